@@ -1,0 +1,3 @@
+from mtbert.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Task metrics (from scikit-learn and scipy), the overall score, and its bootstrap interval."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import pearsonr
+from sklearn.metrics import accuracy_score
+
+from mtbert.tasks import TaskSpec, overall_score, task_score
+
+
+def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy of predicted classes for classification tasks, Pearson r for regression tasks."""
+    predictions = np.asarray(predictions, dtype=float)
+    labels = np.asarray(labels, dtype=float)
+    if spec.metric == "corr":
+        if len(labels) < 2 or np.std(predictions) == 0 or np.std(labels) == 0:
+            return 0.0
+        return float(pearsonr(predictions, labels).statistic)
+    return float(accuracy_score(labels.astype(int), predictions.astype(int)))
+
+
+def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Metrics of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {metric_key: value}."""
+    metrics = {spec.metric_key: task_metric(spec, p, y) for spec, p, y in results.values()}
+    metrics["overall"] = overall_score([spec for spec, _, _ in results.values()], metrics)
+    return metrics
+
+
+def bootstrap_overall(
+    results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]], resamples: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """95% percentile bootstrap interval of the overall score, resampling each task's dev examples."""
+    rng = np.random.default_rng(seed)
+    scores = np.zeros(resamples)
+    for spec, predictions, labels in results.values():
+        predictions = np.asarray(predictions, dtype=float)
+        labels = np.asarray(labels, dtype=float)
+        n = len(labels)
+        for b in range(resamples):
+            idx = rng.integers(0, n, n)
+            scores[b] += task_score(spec, task_metric(spec, predictions[idx], labels[idx]))
+    scores /= len(results)
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)

