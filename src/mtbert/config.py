@@ -6,6 +6,7 @@ Key names follow transformers' `TrainingArguments` wherever one exists.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -100,14 +101,30 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that `1:2:1` stays a string (YAML 1.1 reads it as the base-60 number 3721)."""
+
+    def resolve(self, kind, value, implicit):
+        tag = super().resolve(kind, value, implicit)
+        if kind is yaml.ScalarNode and implicit[0] and ":" in value and tag.endswith((":int", ":float")):
+            return "tag:yaml.org,2002:str"
+        return tag
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load (no Python tags), with task ratios like `1:2:1` kept as strings."""
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+_HINTS = typing.get_type_hints(TrainConfig)
 TWO_STEP_ONLY_KEYS = {"init_from"}
 TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio"}
 
 
-def _coerce(key: str, value: Any, annotation: Any) -> Any:
-    """Check and convert one value to the field's declared type; raise ConfigError naming the key."""
-    hint = typing.get_type_hints(TrainConfig)[key] if isinstance(annotation, str) else annotation
+def _coerce(key: str, value: Any) -> Any:
+    """Check and convert one value to its field's declared type; raise ConfigError naming the key."""
+    hint = _HINTS[key.split(".")[-1]]
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
@@ -126,21 +143,28 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int | str | float):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             number = float(value)
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ConfigError(f"{key}: must be an integer, not {value!r}") from None
-        if number != int(number):
+        if not math.isfinite(number) or number != int(number):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
         return int(number)
     if hint is float:
         if isinstance(value, bool):
             raise ConfigError(f"{key}: must be a number, not {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{key}: must be a number, not {value!r}") from None
+        if not math.isfinite(number):
+            raise ConfigError(f"{key}: must be a finite number, not {value!r}")
+        return number
     if hint is str:
+        if isinstance(value, bool) and key.split(".")[-1] == "bf16":  # `bf16: true` in YAML is a boolean
+            return str(value).lower()
         if isinstance(value, bool | dict | list):
             raise ConfigError(f"{key}: must be a string, not {value!r}")
         return str(value)
@@ -177,8 +201,12 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("head_learning_rate", f"must be positive, not {cfg.head_learning_rate}")
     if not 0 < cfg.layerwise_lr_decay <= 1:
         raise bad("layerwise_lr_decay", f"must be in (0, 1], not {cfg.layerwise_lr_decay}")
-    if cfg.weight_decay < 0 or cfg.warmup_steps < 0 or not 0 <= cfg.warmup_ratio < 1:
-        raise bad("weight_decay", "weight_decay and warmup_steps must be >= 0 and warmup_ratio in [0, 1)")
+    if cfg.weight_decay < 0:
+        raise bad("weight_decay", f"must be >= 0, not {cfg.weight_decay}")
+    if cfg.warmup_steps < 0:
+        raise bad("warmup_steps", f"must be >= 0, not {cfg.warmup_steps}")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise bad("warmup_ratio", f"must be in [0, 1), not {cfg.warmup_ratio}")
     if cfg.max_grad_norm < 0:
         raise bad("max_grad_norm", "must be >= 0 (0 turns clipping off)")
     if not 0 <= cfg.dropout < 1:
@@ -214,7 +242,7 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     for key, value in raw.items():
         if key not in _FIELDS:
             raise ConfigError(f"{key}: unknown config key (see `mtbert train --help` for the keys)")
-        values[key] = _coerce(key, value, _FIELDS[key].type)
+        values[key] = _coerce(key, value)
     cfg = TrainConfig(**values)
     _check_values(cfg)
     if cfg.two_step is not None:
@@ -232,7 +260,7 @@ def stage2_config(cfg: TrainConfig) -> TrainConfig:
     for key, value in overrides.items():
         if key not in _FIELDS or key in TWO_STEP_FORBIDDEN:
             raise ConfigError(f"two_step.{key}: not a key that stage 2 can change")
-        values[key] = _coerce(f"two_step.{key}", value, _FIELDS[key].type)
+        values[key] = _coerce(f"two_step.{key}", value)
     values["task_ratio"] = None
     return TrainConfig(**values)
 
@@ -247,7 +275,7 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{flag}: expected an option of the form --key value")
         key = flag[2:].replace("-", "_") if flag[2:] not in _FIELDS else flag[2:]
         try:
-            value = yaml.safe_load(text)
+            value = safe_load(text)
         except yaml.YAMLError:
             value = text
         target = out
@@ -274,7 +302,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         mark = getattr(err, "problem_mark", None)
         line = f", line {mark.line + 1}" if mark else ""

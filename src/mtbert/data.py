@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
+import re
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,7 +80,15 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> Re
     seen_ids: dict[str, int] = {}
     line = 1
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
+        data = path.read_bytes()
+        data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data  # a byte-order mark
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            # Name the line of the first bad byte (the line breaks csv counts: \r\n, \r or \n).
+            line = len(re.findall(rb"\r\n?|\n", data[: err.start])) + 1
+            raise
+        with io.StringIO(text, newline="") as handle:
             reader = csv.reader(handle, delimiter="\t")
             header = next(reader, None)
             if header is None:
@@ -86,9 +96,8 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> Re
             positions = {}
             for column in wanted:
                 if column not in header:
-                    raise DataError(
-                        f"{path}, line 1: missing column '{column}' (the header has {', '.join(repr(h) for h in header)})"
-                    )
+                    shown = ", ".join(repr(h) for h in header)
+                    raise DataError(f"{path}, line 1: missing column '{column}' (the header has {shown})")
                 positions[column] = header.index(column)
             width = len(header)
             line = reader.line_num + 1
@@ -145,7 +154,8 @@ class EncodedSet:
         return len(self.ids)
 
 
-def encode_examples(tokenizer, spec: TaskSpec, examples: list[Example], max_length: int, pair_architecture: str) -> EncodedSet:
+def encode_examples(tokenizer, spec: TaskSpec, examples: list[Example], max_length: int,
+                    pair_architecture: str) -> EncodedSet:
     """Tokenize with the backbone's fast tokenizer, truncating to max_length; no padding here.
 
     Pairs go into one sequence for the `cross` architecture, into two for the bi-encoders.
@@ -176,7 +186,8 @@ def encode_examples(tokenizer, spec: TaskSpec, examples: list[Example], max_leng
 def collate(encoded: EncodedSet, indices: list[int], pad_token_id: int) -> dict:
     """Stack the chosen examples into padded tensors, padding only to the batch's longest member.
 
-    Returns {"inputs": [ {input_ids, attention_mask, token_type_ids}, ... one per encoder input ], "labels": tensor|None}.
+    Returns {"inputs": [{input_ids, attention_mask, token_type_ids}, ... one per encoder input],
+    "labels": tensor | None}.
     """
     n_inputs = len(encoded.features[indices[0]])
     inputs = []
@@ -265,7 +276,8 @@ class TaskData:
 
 def load_task_data(specs: list[TaskSpec], data_dir: Path, tokenizer, max_length: int, pair_architecture: str,
                    max_train_samples: int | None = None, max_eval_samples: int | None = None,
-                   max_predict_samples: int | None = None, splits: tuple[str, ...] = ("train", "dev", "test")) -> dict[str, TaskData]:
+                   max_predict_samples: int | None = None,
+                   splits: tuple[str, ...] = ("train", "dev", "test")) -> dict[str, TaskData]:
     """Read and tokenize every task's files. A missing train or dev file is an error; a missing test file is skipped."""
     if not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; {DATA_HELP}")

@@ -1,9 +1,10 @@
 """Per-task gradient aggregation: a T x P matrix of per-task gradients in, one P-vector update out.
 
-Row t of ``grads`` is task t's gradient of the shared encoder parameters, flattened. Every method here
-returns a linear combination ``w @ grads`` whose T weights are computed from the T x T Gramian
+Row t of ``grads`` is task t's gradient of the shared encoder parameters, flattened. Every method but
+``sum`` returns a linear combination ``w @ grads`` whose T weights are computed from the T x T Gramian
 ``grads @ grads.T`` alone: one matrix product on the gradients' device, one copy of the Gramian to the
-CPU in float64, the method's small loops or solver there, then one product ``w @ grads``.
+CPU in float64 (the only host sync), the method's small loops or solver there, then one product
+``w @ grads``.
 
 Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
 ``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the

@@ -5,7 +5,8 @@ Nothing outside this module knows the built-in tasks by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, fields
 from typing import Any
 
 from mtbert.errors import ConfigError
@@ -101,7 +102,8 @@ _FIELD_NAMES = {f.name for f in fields(TaskSpec)}
 
 
 def task_from_config(entry: Any, where: str) -> TaskSpec:
-    """Build a TaskSpec from a config entry: a built-in name, or a mapping (a built-in name with overrides, or a new task)."""
+    """Build a TaskSpec from a config entry: a built-in name, or a mapping (a built-in name with overrides, or a new
+    task)."""
     if isinstance(entry, str):
         if entry not in BUILTIN_TASKS:
             raise ConfigError(
@@ -139,12 +141,24 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
 def _validate(spec: TaskSpec, where: str) -> None:
     if spec.kind not in KINDS:
         raise ConfigError(f"{where}.kind: '{spec.kind}' is not one of {' | '.join(KINDS)}")
+    for key in ("train_file", "dev_file", "test_file"):
+        if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
+            raise ConfigError(f"{where}.{key}: must be a file name")
+    for key in ("id_column", "label_column", "output_header"):
+        if not isinstance(getattr(spec, key), str) or not getattr(spec, key):
+            raise ConfigError(f"{where}.{key}: must be a non-empty string")
+    if any(not isinstance(c, str) or not c for c in spec.text_columns):
+        raise ConfigError(f"{where}.text_columns: every column must be a non-empty string")
+    for key in ("label_min", "label_max"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{where}.{key}: must be a number")
     want = 1 if spec.kind == "single" else 2
     if len(spec.text_columns) != want:
         raise ConfigError(f"{where}.text_columns: a {spec.kind} task needs {want} text column(s)")
     if not isinstance(spec.num_labels, int) or spec.num_labels < (1 if spec.is_regression else 2):
         raise ConfigError(f"{where}.num_labels: must be an integer of at least 2 for a classification task")
-    if any(not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
+    if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
         raise ConfigError(f"{where}.head_hidden_sizes: every size must be a positive integer")
     if spec.is_regression and not spec.label_min < spec.label_max:
         raise ConfigError(f"{where}.label_min: must be below label_max")

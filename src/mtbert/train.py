@@ -113,7 +113,10 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     buffer = PerTaskGradients(model.shared_parameters(), len(active), model.encoder.get_input_embeddings().weight)
 
     state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0}
-    if resume_from_checkpoint:
+    if not resume_from_checkpoint:
+        for name in ("metrics.jsonl", "train_log.jsonl"):
+            (output_dir / name).unlink(missing_ok=True)
+    else:
         path = ckpt.find_checkpoint(output_dir, resume_from_checkpoint)
         state = ckpt.load_checkpoint(path, model, optimizer, scheduler, sampler, generator)
         ckpt.truncate_logs(output_dir, state["global_step"])
@@ -130,25 +133,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         log_now = step % cfg.logging_steps == 0 or step == total_steps
         per_task = cfg.method not in ("sum", "single") or (log_now and len(active) > 1)
         batches = {t: collate(data[t].train, sampler.draw(t, n), pad_id) for t, n in per_step.items()}
-        if per_task:
-            touched = torch.cat([x["input_ids"].view(-1) for b in batches.values() for x in b["inputs"]])
-            buffer.begin_step(touched)
-        losses = {}
-        for index, (task, batch) in enumerate(batches.items()):
-            inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                outputs = model(task, inputs)
-            loss = task_loss(model.specs[task], outputs.float(), batch["labels"].to(device), cfg.sts_loss)
-            (loss * loss_scale[task]).backward()  # frees this task's graph: peak memory is one task batch
-            losses[task] = loss.item() / len(batch["labels"])
-            if per_task:
-                buffer.collect(index)
-        stats = None
-        if per_task:
-            update = aggregate(buffer.grads, generator=generator)
-            if log_now:
-                stats = diagnose(buffer.grads, update, list(batches))
-            buffer.write(update)
+        losses, stats = training_step(model, batches, loss_scale, buffer if per_task else None, aggregate, generator,
+                                      device, use_bf16, cfg.sts_loss, diagnostics=log_now)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
 
         if not (math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values())):
@@ -213,6 +199,36 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     if not cfg.save_steps:
         ckpt.remove_checkpoints(output_dir)  # only the automatic end-of-epoch ones; asked-for ones stay
     return results
+
+
+def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: dict[str, float],
+                  buffer: PerTaskGradients | None, aggregate, generator: torch.Generator, device: torch.device,
+                  use_bf16: bool = False, sts_loss: str = "mse", diagnostics: bool = False,
+                  ) -> tuple[dict[str, float], dict | None]:
+    """Forward and backward each task's batch; with a buffer, aggregate the per-task gradients into `.grad`.
+
+    Returns the mean per-sample loss of each task and, when asked, the gradient diagnostics.
+    """
+    if buffer is not None:
+        touched = torch.cat([x["input_ids"].view(-1) for b in batches.values() for x in b["inputs"]])
+        buffer.begin_step(touched)
+    losses = {}
+    for index, (task, batch) in enumerate(batches.items()):
+        inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            outputs = model(task, inputs)
+        loss = task_loss(model.specs[task], outputs.float(), batch["labels"].to(device), sts_loss)
+        (loss * loss_scale[task]).backward()  # frees this task's graph: peak memory is one task batch
+        losses[task] = loss.item() / len(batch["labels"])
+        if buffer is not None:
+            buffer.collect(index)
+    stats = None
+    if buffer is not None:
+        update = aggregate(buffer.grads, generator=generator)
+        if diagnostics:
+            stats = diagnose(buffer.grads, update, list(batches))
+        buffer.write(update)
+    return losses, stats
 
 
 def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfig, output_dir: Path, pad_id: int,

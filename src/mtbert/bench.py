@@ -1,0 +1,118 @@
+"""`mtbert bench`: seconds per training step of each gradient method, throughput, and the quality table."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtbert.config import build_config
+from mtbert.data import MultiTaskSampler, collate, load_task_data
+from mtbert.errors import MtbertError
+from mtbert.gradients import AGGREGATORS, make_aggregator
+from mtbert.io import atomic_write_json
+from mtbert.model import MultiTaskModel, load_encoder, task_loss
+from mtbert.pertask import PerTaskGradients
+from mtbert.train import param_groups, training_step
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.bench == "step":
+        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size)
+    elif args.bench == "throughput":
+        from mtbert.bench_throughput import bench_throughput
+
+        results = bench_throughput(args.examples)
+    else:
+        from mtbert.bench_quality import bench_quality
+
+        results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
+                                Path(args.configs))
+    print(json.dumps(results, indent=2))
+    if getattr(args, "json", None):
+        atomic_write_json(args.json, results)
+    return 0
+
+
+def machine() -> dict[str, Any]:
+    return {"date": date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+    """Median seconds per training step of each method on the same real batches, methods interleaved.
+
+    `torchjd` times torchjd's `mtl_backward` + `jac_to_grad` with its PCGrad aggregator on the same batches.
+    """
+    for method in methods:
+        if method not in AGGREGATORS and method != "torchjd":
+            raise MtbertError(f"--methods: unknown method '{method}' (known: {', '.join(AGGREGATORS)}, torchjd)")
+    cfg = build_config({"per_device_train_batch_size": batch_size})
+    torch.manual_seed(0)
+    encoder, tokenizer = load_encoder(None, 0.1)
+    specs = cfg.task_specs()
+    model = MultiTaskModel(encoder, specs)
+    data = load_task_data(specs, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
+                          splits=("train",))
+    sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in specs}, seed=0)
+    pad = tokenizer.pad_token_id or 0
+    all_batches = [{s.name: collate(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
+                   for _ in range(steps + warmup)]
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-5)
+    scale = {s.name: 1.0 / batch_size for s in specs}
+    buffer = PerTaskGradients(model.shared_parameters(), len(specs), model.encoder.get_input_embeddings().weight)
+    generator = torch.Generator().manual_seed(0)
+    device = torch.device("cpu")
+    model.train()
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for i, batches in enumerate(all_batches):
+        for method in methods:
+            start = time.perf_counter()
+            if method == "torchjd":
+                torchjd_step(model, batches, scale)
+            else:
+                aggregate = make_aggregator(method)
+                training_step(model, batches, scale, None if method == "sum" else buffer, aggregate, generator,
+                              device)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= warmup:
+                times[method].append(time.perf_counter() - start)
+    medians = {m: statistics.median(t) for m, t in times.items()}
+    base = medians.get("sum")
+    return {
+        "benchmark": "step", "tasks": [s.name for s in specs], "batch_size_per_task": batch_size, "steps": steps,
+        **machine(),
+        "methods": {m: {"median_seconds": round(v, 4), "ratio_to_sum": round(v / base, 3) if base else None,
+                        "all_seconds": [round(t, 4) for t in times[m]]} for m, v in medians.items()},
+    }
+
+
+def torchjd_step(model: MultiTaskModel, batches: dict[str, dict], scale: dict[str, float]) -> None:
+    """One step the torchjd way: all tasks' graphs kept, `mtl_backward`, then `jac_to_grad` with its PCGrad."""
+    from torchjd.aggregation import PCGrad
+    from torchjd.autojac import jac_to_grad, mtl_backward
+
+    losses, features = [], []
+    for task, batch in batches.items():
+        embeddings = [model.embed(x) for x in batch["inputs"]]
+        features.extend(embeddings)
+        outputs = model.heads[task](embeddings)
+        losses.append(task_loss(model.specs[task], outputs, batch["labels"]) * scale[task])
+    shared = model.shared_parameters()
+    mtl_backward(losses, features=features, shared_params=shared)
+    jac_to_grad([p for p in shared if getattr(p, "jac", None) is not None], PCGrad())
+
+
+def write_json(path: str | Path, data: dict) -> None:
+    atomic_write_json(path, data)

@@ -1,0 +1,303 @@
+"""Combining runs: the seed's vote over prediction files, or a soft average of their scores.
+
+Vote (the seed's rules, by task kind): a single-sentence classification task takes the mean of the
+members' classes rounded half up; a pair-classification task takes the majority vote, a tie going to
+the earliest member listed; a regression task takes the mean value. Soft averages the members'
+`scores/` (probabilities or values) and then decides as one model would.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtbert.errors import DataError, MtbertError
+from mtbert.io import atomic_write_json
+from mtbert.tasks import BUILTIN_TASKS, TaskSpec
+
+logger = logging.getLogger(__name__)
+
+MODES = ("vote", "soft")
+SPLITS = ("dev", "test")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member as given, with its prediction folder, its scores folder and the folder of its config."""
+
+    path: Path
+    predictions: Path
+    scores: Path | None  # None for a bare predictions/ folder
+    run_dir: Path | None  # the folder holding config.yaml, when there is one
+
+
+def resolve_member(path: Path) -> Member:
+    """A run folder (config.yaml or predictions/ inside) or a predictions/ folder; anything else is an error."""
+    if (path / "config.yaml").is_file() or (path / "predictions").is_dir():
+        run_dir = path if (path / "config.yaml").is_file() else None
+        return Member(path, path / "predictions", path / "scores", run_dir)
+    if path.is_dir():
+        run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+        return Member(path, path, None, run_dir)
+    raise MtbertError(f"{path}: ensemble member not found (give a run folder or its predictions/ folder)")
+
+
+def prediction_file(task: str, split: str) -> str:
+    return f"{task}-{split}-output.csv"
+
+
+def score_file(task: str, split: str) -> str:
+    return f"{task}-{split}.tsv"
+
+
+def score_columns(spec: TaskSpec) -> list[str]:
+    """Columns of a task's scores file after `id`: `value`, `prob_1`, or `prob_0..prob_{K-1}`."""
+    if spec.is_regression:
+        return ["value"]
+    if spec.num_outputs == 1:
+        return ["prob_1"]
+    return [f"prob_{k}" for k in range(spec.num_outputs)]
+
+
+# ---- the combining rules -------------------------------------------------------------------------
+
+
+def vote(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
+    """Combine members' predictions (members x examples) by the seed's rule for the task's kind."""
+    predictions = np.asarray(predictions, dtype=float)
+    if spec.is_regression:
+        return predictions.mean(axis=0)
+    if spec.kind == "single":
+        return np.floor(predictions.mean(axis=0) + 0.5)  # round half up: 2.5 -> 3
+    return majority(predictions.astype(int), spec.num_labels).astype(float)
+
+
+def majority(classes: np.ndarray, num_labels: int) -> np.ndarray:
+    """The most voted class of each column (members x examples); a tie goes to the earliest member's class."""
+    members, n = classes.shape
+    columns = np.arange(n)
+    counts = np.zeros((n, num_labels), dtype=int)
+    for row in classes:
+        np.add.at(counts, (columns, row), 1)
+    top = counts.max(axis=1)
+    is_top = counts[columns, classes] == top  # members x examples: did this member vote a top class?
+    first = is_top.argmax(axis=0)
+    return classes[first, columns]
+
+
+def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
+    """Predictions from scores (examples x columns): argmax of probabilities, prob_1 > 0.5, or the value."""
+    scores = np.asarray(scores, dtype=float)
+    if spec.is_regression:
+        return scores[:, 0]
+    if spec.num_outputs == 1:
+        return (scores[:, 0] > 0.5).astype(float)
+    return scores.argmax(axis=1).astype(float)
+
+
+def soft(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
+    """Combine members' scores (members x examples x columns) by averaging, then decide."""
+    return decide_scores(spec, np.asarray(scores, dtype=float).mean(axis=0))
+
+
+# ---- reading members' files ----------------------------------------------------------------------
+
+
+def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
+    """A member's CS224N file as {id: prediction}, checking that classes are classes of the task."""
+    from mtbert.predict import read_cs224n
+
+    _, values = read_cs224n(path)
+    if not spec.is_regression:
+        for example_id, value in values.items():
+            if value != int(value) or not 0 <= value < spec.num_labels:
+                raise DataError(
+                    f"{path}: prediction {value:g} for id {example_id} is not a class in 0..{spec.num_labels - 1}"
+                )
+    return values
+
+
+def read_scores(path: Path, spec: TaskSpec) -> dict[str, np.ndarray]:
+    """A member's scores file as {id: row of probabilities or the value}, checking its columns."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot be read ({err})") from None
+    expected = ["id", *score_columns(spec)]
+    if not lines or lines[0].split("\t") != expected:
+        raise DataError(f"{path}, line 1: expected the columns {', '.join(expected)} for task {spec.name}")
+    values: dict[str, np.ndarray] = {}
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != len(expected):
+            raise DataError(f"{path}, line {number}: {len(parts)} fields where the header has {len(expected)}")
+        try:
+            row = np.array([float(v) for v in parts[1:]])
+        except ValueError:
+            raise DataError(f"{path}, line {number}: a score is not a number") from None
+        if not np.isfinite(row).all():
+            raise DataError(f"{path}, line {number}: a score is not finite")
+        values[parts[0].strip()] = row
+    return values
+
+
+def check_ids(name: str, members: list[Member], tables: list[dict[str, Any]]) -> None:
+    """Every member must predict the same ids in file `name`."""
+    reference = set(tables[0])
+    for member, table in zip(members[1:], tables[1:], strict=True):
+        ids = set(table)
+        if ids != reference:
+            missing, extra = reference - ids, ids - reference
+            example = sorted(missing or extra)[0]
+            raise MtbertError(
+                f"{name}: member {member.path} has {len(missing)} ids missing and {len(extra)} extra ids "
+                f"compared with {members[0].path} (e.g. id {example}); members must predict the same examples"
+            )
+
+
+# ---- tasks and labels ----------------------------------------------------------------------------
+
+
+def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int | None]:
+    """Task specs, data folder and max_eval_samples from the first member with a config, else the built-ins."""
+    for member in members:
+        if member.run_dir is not None:
+            from mtbert.runs import load_run_config
+
+            cfg = load_run_config(member.run_dir)
+            return {s.name: s for s in cfg.task_specs()}, cfg.resolved_data_dir(), cfg.max_eval_samples
+    return dict(BUILTIN_TASKS), Path(os.environ.get("MTBERT_DATA") or "data"), None
+
+
+def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, float] | None:
+    """{id: label} of the task's dev file (its first `limit` usable rows), or None when the file is absent."""
+    from mtbert.data import read_task_file
+
+    if not spec.dev_file or not (data_dir / spec.dev_file).is_file():
+        logger.warning("%s: no dev labels for task %s (file %s not found); its dev metrics are left out",
+                       data_dir, spec.name, spec.dev_file)
+        return None
+    examples = read_task_file(data_dir / spec.dev_file, spec).examples
+    if limit is not None:
+        examples = examples[:limit]
+    return {e.id: float(e.label) for e in examples}
+
+
+# ---- the command ---------------------------------------------------------------------------------
+
+
+def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
+    """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
+    from mtbert.metrics import bootstrap_overall, compute_metrics
+    from mtbert.predict import format_value, write_cs224n
+
+    if mode not in MODES:
+        raise MtbertError(f"--mode: '{mode}' is not one of {' | '.join(MODES)}")
+    if not members:
+        raise MtbertError("ensemble: give at least one member")
+    resolved = [resolve_member(Path(m)) for m in members]
+    if mode == "soft":
+        for member in resolved:
+            if member.scores is None or not member.scores.is_dir():
+                raise MtbertError(
+                    f"{member.path}: --mode soft averages the scores/ of run folders and this member has none; "
+                    "give its run folder or use --mode vote"
+                )
+    output_dir = Path(output_dir)
+    for member in resolved:
+        if output_dir.resolve() in (member.predictions.resolve(), member.path.resolve()):
+            raise MtbertError(f"--output_dir: {output_dir} is a member's folder; choose a new folder")
+    specs, data_dir, max_eval_samples = resolve_tasks(resolved)
+    note_unknown_files(resolved, specs, mode)
+
+    written: list[str] = []
+    dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]] = {}
+    for spec in specs.values():
+        for split in SPLITS:
+            name = prediction_file(spec.name, split) if mode == "vote" else score_file(spec.name, split)
+            paths = [(m.predictions if mode == "vote" else m.scores) / name for m in resolved]
+            present = [p for p in paths if p.is_file()]
+            if not present:
+                continue
+            if len(present) < len(paths):
+                lacking = [str(m.path) for m, p in zip(resolved, paths, strict=True) if not p.is_file()]
+                logger.warning("%s: skipped, since %s lack%s it", name, ", ".join(lacking),
+                               "s" if len(lacking) == 1 else "")
+                continue
+            if mode == "vote":
+                tables: list[dict[str, Any]] = [read_predictions(p, spec) for p in paths]
+            else:
+                tables = [read_scores(p, spec) for p in paths]
+            check_ids(name, resolved, tables)
+            ids = list(tables[0])
+            if mode == "vote":
+                stack = np.array([[table[i] for i in ids] for table in tables], dtype=float).reshape(len(tables), -1)
+                combined = vote(spec, stack)
+                per_member = list(stack)
+            else:
+                shape = (len(tables), len(ids), len(score_columns(spec)))
+                stack = np.array([[table[i] for i in ids] for table in tables], dtype=float).reshape(shape)
+                combined = soft(spec, stack)
+                per_member = [decide_scores(spec, s) for s in stack]
+            out_name = prediction_file(spec.name, split)
+            write_cs224n(output_dir / out_name, spec, ids, combined)
+            written.append(out_name)
+            if split == "dev":
+                # metrics of the predictions as written (regression values are rounded in the file)
+                as_written = np.array([float(format_value(spec, v)) for v in combined])
+                dev[spec.name] = (spec, ids, as_written, per_member)
+    if not written:
+        raise MtbertError("ensemble: the members share no prediction files "
+                          f"({'{task}-{split}-output.csv' if mode == 'vote' else 'scores/{task}-{split}.tsv'})")
+
+    ensemble_results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]] = {}
+    member_results: list[dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]] = [{} for _ in resolved]
+    for task, (spec, ids, combined, per_member) in dev.items():
+        labels = dev_labels(spec, data_dir, max_eval_samples)
+        if labels is None:
+            continue
+        position = {example_id: k for k, example_id in enumerate(ids)}
+        scored = [example_id for example_id in labels if example_id in position]
+        if not scored:
+            logger.warning("%s: no predicted id has a dev label; its dev metrics are left out",
+                           prediction_file(task, "dev"))
+            continue
+        if len(scored) < len(labels):
+            logger.warning("%s: %d of %d dev labels have no prediction; metrics use the %d that do",
+                           prediction_file(task, "dev"), len(labels) - len(scored), len(labels), len(scored))
+        index = np.array([position[i] for i in scored])
+        y = np.array([labels[i] for i in scored])
+        ensemble_results[task] = (spec, combined[index], y)
+        for k, predictions in enumerate(per_member):
+            member_results[k][task] = (spec, predictions[index], y)
+
+    metrics: dict[str, Any] = {}
+    member_metrics: list[dict[str, float]] = [{} for _ in resolved]
+    if ensemble_results:
+        metrics = compute_metrics(ensemble_results)
+        metrics["overall_ci95"] = list(bootstrap_overall(ensemble_results))
+        member_metrics = [compute_metrics(r) for r in member_results]
+    results = {"mode": mode, "members": [str(m) for m in members], "ensemble": metrics,
+               "member_metrics": member_metrics, "files": written}
+    atomic_write_json(output_dir / "results.json", results)
+    return results
+
+
+def note_unknown_files(members: list[Member], specs: dict[str, TaskSpec], mode: str) -> None:
+    """Log files in members' folders that belong to no known task (they are not combined)."""
+    known = {prediction_file(t, s) for t in specs for s in SPLITS} | {score_file(t, s) for t in specs for s in SPLITS}
+    pattern = "*-output.csv" if mode == "vote" else "*.tsv"
+    for member in members:
+        folder = member.predictions if mode == "vote" else member.scores
+        if folder is None or not folder.is_dir():
+            continue
+        for path in sorted(folder.glob(pattern)):
+            if path.name not in known:
+                logger.warning("%s: skipped, not a file of the tasks %s", path, ", ".join(specs))

@@ -1,0 +1,246 @@
+"""Tests of mtbert.ensemble: the seed's vote rules and the soft average on hand-made files, with pinned values."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import pearsonr
+
+import mtbert.metrics
+from mtbert.config import build_config, save_config
+from mtbert.ensemble import majority, run_ensemble, vote
+from mtbert.errors import MtbertError
+from mtbert.predict import read_cs224n, write_cs224n, write_scores
+from mtbert.tasks import BUILTIN_TASKS, TaskSpec
+
+SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
+
+
+@pytest.fixture(autouse=True)
+def fast_accuracy(monkeypatch):
+    """The same accuracy without scikit-learn's per-call validation (the bootstrap calls it 3000 times)."""
+    monkeypatch.setattr(mtbert.metrics, "accuracy_score", lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))))
+
+
+@pytest.fixture()
+def no_data(tmp_path, monkeypatch) -> Path:
+    """An empty data folder as $MTBERT_DATA: no dev labels, so no metrics."""
+    folder = tmp_path / "no-data"
+    folder.mkdir()
+    monkeypatch.setenv("MTBERT_DATA", str(folder))
+    return folder
+
+
+def write_labels(folder: Path, labels: dict[str, dict[str, float]]) -> Path:
+    """Dev files in the CS224N layout with the given {task: {id: label}}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for task, rows in labels.items():
+        spec = BUILTIN_TASKS[task]
+        lines = ["\t".join(["", spec.id_column, *spec.text_columns, spec.label_column])]
+        for k, (example_id, label) in enumerate(rows.items()):
+            lines.append("\t".join([str(k), example_id, *(["some words"] * len(spec.text_columns)), str(label)]))
+        (folder / spec.dev_file).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
+
+
+def write_predictions(folder: Path, predictions: dict[str, dict[str, float]], split: str = "dev") -> Path:
+    """A predictions/ folder with one CS224N file per task: {task: {id: prediction}}."""
+    for task, rows in predictions.items():
+        write_cs224n(folder / f"{task}-{split}-output.csv", BUILTIN_TASKS[task], list(rows), np.array(list(rows.values())))
+    return folder
+
+
+def write_run(folder: Path, scores: dict[str, dict[str, list[float]]], data_dir: Path, **config) -> Path:
+    """A run folder with config.yaml and scores/: {task: {id: row of scores}}."""
+    save_config(build_config({"output_dir": str(folder), "data_dir": str(data_dir), **config}), folder / "config.yaml")
+    for task, rows in scores.items():
+        write_scores(folder / "scores" / f"{task}-dev.tsv", BUILTIN_TASKS[task], list(rows), np.array(list(rows.values())))
+    return folder
+
+
+def read_output(folder: Path, task: str, split: str = "dev") -> dict[str, float]:
+    return read_cs224n(folder / f"{task}-{split}-output.csv")[1]
+
+
+# ---- the rules on arrays -------------------------------------------------------------------------
+
+
+def test_single_sentence_rounds_the_mean_half_up():
+    predictions = np.array([[2, 1, 0, 4, 0], [3, 2, 0, 3, 1]])  # means 2.5, 1.5, 0, 3.5, 0.5
+    assert vote(SST, predictions).tolist() == [3, 2, 0, 4, 1]
+    three = np.array([[0, 4, 2], [1, 4, 3], [1, 3, 3]])  # means 0.67, 3.67, 2.67
+    assert vote(SST, three).tolist() == [1, 4, 3]
+
+
+def test_rules_go_by_task_kind_not_name():
+    mood = TaskSpec(name="mood", kind="single", num_labels=3)
+    assert vote(mood, np.array([[0, 1], [1, 2]])).tolist() == [1, 2]  # mean rounded half up
+    nli = TaskSpec(name="sst", kind="pair-classification", text_columns=("a", "b"), num_labels=3)
+    assert vote(nli, np.array([[0], [2]])).tolist() == [0]  # a vote even under a single-sentence task's name
+    similarity = TaskSpec(name="para", kind="pair-regression", text_columns=("a", "b"), num_labels=1)
+    assert vote(similarity, np.array([[0.0], [1.0]])).tolist() == [0.5]
+
+
+def test_majority_ties_go_to_the_earliest_member():
+    assert majority(np.array([[1, 0], [0, 1]]), 2).tolist() == [1, 0]  # 1-1 ties: the first member's
+    assert majority(np.array([[0, 1, 1], [1, 1, 0], [1, 0, 0]]), 2).tolist() == [1, 1, 0]  # 2-1 majorities
+    # five members, five classes; each column is one example's votes
+    votes = np.array([[0, 1, 1, 2, 2],  # 1 and 2 tie at two votes; member 2's 1 comes first
+                      [2, 0, 0, 2, 1],  # 2 and 0 tie; the first member's 2
+                      [0, 1, 2, 3, 4],  # all tie; the first member's 0
+                      [0, 1, 1, 2, 3]]).T  # 1 wins outright over the first member's 0
+    assert majority(votes, 5).tolist() == [1, 2, 0, 1]
+
+
+# ---- vote on files -------------------------------------------------------------------------------
+
+A = {"sst": {"s1": 2, "s2": 1, "s3": 0, "s4": 4}, "para": {"p1": 1, "p2": 0, "p3": 1, "p4": 0},
+     "sts": {"t1": 1.0, "t2": 2.5, "t3": 4.0}}
+B = {"sst": {"s1": 3, "s2": 2, "s3": 0, "s4": 3}, "para": {"p1": 0, "p2": 1, "p3": 1, "p4": 0},
+     "sts": {"t1": 2.0, "t2": 3.0, "t3": 5.0}}
+LABELS = {"sst": {"s1": 3, "s2": 2, "s3": 1, "s4": 4}, "para": {"p1": 1, "p2": 0, "p3": 0, "p4": 0},
+          "sts": {"t1": 1.0, "t2": 3.0, "t3": 4.0}}
+
+
+def test_vote_files_and_dev_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBERT_DATA", str(write_labels(tmp_path / "data", LABELS)))
+    a = write_predictions(tmp_path / "a" / "predictions", A)
+    b = write_predictions(tmp_path / "b" / "predictions", B)
+    results = run_ensemble([a, b], tmp_path / "ens")
+
+    assert read_output(tmp_path / "ens", "sst") == {"s1": 3, "s2": 2, "s3": 0, "s4": 4}  # 2.5 -> 3, 1.5 -> 2
+    assert read_output(tmp_path / "ens", "para") == {"p1": 1, "p2": 0, "p3": 1, "p4": 0}  # ties: a's votes
+    assert read_output(tmp_path / "ens", "sts") == {"t1": 1.5, "t2": 2.75, "t3": 4.5}
+    r = float(pearsonr([1.5, 2.75, 4.5], [1.0, 3.0, 4.0]).statistic)
+    expected = {"sst_acc": 0.75, "para_acc": 0.75, "sts_corr": r, "overall": (0.75 + 0.75 + (1 + r) / 2) / 3}
+    assert {k: v for k, v in results["ensemble"].items() if k != "overall_ci95"} == pytest.approx(expected, abs=1e-12)
+    low, high = results["ensemble"]["overall_ci95"]
+    assert 0 <= low <= high <= 1
+    assert results["member_metrics"][0]["sst_acc"] == 0.25 and results["member_metrics"][1]["sst_acc"] == 0.5
+    assert results["member_metrics"][0]["para_acc"] == 0.75 and results["member_metrics"][1]["para_acc"] == 0.25
+    on_disk = json.loads((tmp_path / "ens" / "results.json").read_text())
+    assert on_disk["mode"] == "vote" and on_disk["members"] == [str(a), str(b)]
+    assert on_disk["ensemble"] == results["ensemble"]
+
+    run_ensemble([b, a], tmp_path / "swapped")
+    assert read_output(tmp_path / "swapped", "para") == {"p1": 0, "p2": 1, "p3": 1, "p4": 0}  # ties: b's votes now
+    assert read_output(tmp_path / "swapped", "sst") == read_output(tmp_path / "ens", "sst")
+
+
+def test_vote_of_three_members_without_labels(tmp_path, no_data):
+    members = [
+        write_predictions(tmp_path / name, {"sst": sst, "para": para, "sts": sts}, split="test")
+        for name, sst, para, sts in (
+            ("a", {"x": 0, "y": 4, "z": 2}, {"x": 0, "y": 1, "z": 1}, {"x": 0.0, "y": 1.0, "z": 2.0}),
+            ("b", {"x": 1, "y": 4, "z": 3}, {"x": 1, "y": 1, "z": 0}, {"x": 1.0, "y": 1.0, "z": 1.0}),
+            ("c", {"x": 1, "y": 3, "z": 3}, {"x": 1, "y": 0, "z": 0}, {"x": 2.0, "y": 4.0, "z": 3.0}),
+        )
+    ]
+    results = run_ensemble(members, tmp_path / "ens")
+    out = tmp_path / "ens"
+    assert read_output(out, "sst", "test") == {"x": 1, "y": 4, "z": 3}
+    assert read_output(out, "para", "test") == {"x": 1, "y": 1, "z": 0}  # 2-1 majorities
+    assert read_output(out, "sts", "test") == {"x": 1.0, "y": 2.0, "z": 2.0}
+    assert results["ensemble"] == {} and results["member_metrics"] == [{}, {}, {}]
+    assert (out / "sst-test-output.csv").read_text().splitlines()[:2] == ["id \t Predicted_Sentiment ", "x , 1 "]
+
+
+def test_a_single_member_reproduces_its_own_predictions_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTBERT_DATA", str(write_labels(tmp_path / "data", LABELS)))
+    a = write_predictions(tmp_path / "a", A)
+    results = run_ensemble([a, a], tmp_path / "ens")
+    for task in ("sst", "para", "sts"):
+        assert read_output(tmp_path / "ens", task) == A[task]
+    ensemble = {k: v for k, v in results["ensemble"].items() if k != "overall_ci95"}
+    assert ensemble == results["member_metrics"][0] == results["member_metrics"][1]
+
+
+def test_a_file_only_some_members_have_is_skipped(tmp_path, no_data, caplog):
+    a = write_predictions(tmp_path / "a", A)
+    b = write_predictions(tmp_path / "b", {"sst": B["sst"]})
+    with caplog.at_level(logging.WARNING, logger="mtbert.ensemble"):
+        results = run_ensemble([a, b], tmp_path / "ens")
+    assert results["files"] == ["sst-dev-output.csv"]
+    assert not (tmp_path / "ens" / "para-dev-output.csv").exists()
+    assert f"para-dev-output.csv: skipped, since {b} lacks it" in caplog.text
+    assert f"sts-dev-output.csv: skipped, since {b} lacks it" in caplog.text
+
+
+# ---- soft on scores ------------------------------------------------------------------------------
+
+
+def test_soft_averages_scores_and_limits_dev_metrics(tmp_path):
+    data = write_labels(tmp_path / "data", {"sst": {"s1": 3, "s2": 4, "s3": 0, "s4": 0},
+                                            "para": {"s1": 1, "s2": 0, "s3": 1, "s4": 1},
+                                            "sts": {"s1": 1.0, "s2": 2.0, "s3": 4.0, "s4": 0.0}})
+    a = write_run(tmp_path / "a", {
+        "sst": {"s1": [0.1, 0.2, 0.3, 0.4, 0.0], "s2": [0.6, 0.1, 0.1, 0.1, 0.1], "s3": [0, 0, 1, 0, 0],
+                "s4": [1, 0, 0, 0, 0]},
+        "para": {"s1": [0.9], "s2": [0.4], "s3": [0.25], "s4": [0.0]},
+        "sts": {"s1": [1.0], "s2": [2.0], "s3": [3.0], "s4": [5.0]},
+    }, data, max_eval_samples=3)
+    b = write_run(tmp_path / "b", {
+        "sst": {"s1": [0.0, 0.5, 0.1, 0.4, 0.0], "s2": [0.0, 0.0, 0.0, 0.3, 0.7], "s3": [0, 0, 1, 0, 0],
+                "s4": [1, 0, 0, 0, 0]},
+        "para": {"s1": [0.2], "s2": [0.5], "s3": [0.75], "s4": [0.0]},
+        "sts": {"s1": [2.0], "s2": [2.0], "s3": [4.0], "s4": [0.0]},
+    }, data)
+    results = run_ensemble([a, b], tmp_path / "ens", mode="soft")
+
+    out = tmp_path / "ens"
+    assert read_output(out, "sst") == {"s1": 3, "s2": 4, "s3": 2, "s4": 0}  # a vote would give 2 for s1
+    assert read_output(out, "para") == {"s1": 1, "s2": 0, "s3": 0, "s4": 0}  # mean 0.5 is not > 0.5
+    assert read_output(out, "sts") == {"s1": 1.5, "s2": 2.0, "s3": 3.5, "s4": 2.5}
+    # the first member's config sets max_eval_samples 3: the fourth dev row is not scored
+    r = float(pearsonr([1.5, 2.0, 3.5], [1.0, 2.0, 4.0]).statistic)
+    assert results["ensemble"]["sst_acc"] == pytest.approx(2 / 3)
+    assert results["ensemble"]["para_acc"] == pytest.approx(2 / 3)
+    assert results["ensemble"]["sts_corr"] == pytest.approx(r, abs=1e-12)
+    assert results["member_metrics"][0]["sst_acc"] == pytest.approx(1 / 3)  # a's own argmax: 3, 0, 2
+    assert results["member_metrics"][1]["para_acc"] == pytest.approx(2 / 3)  # b's own: 0, 0, 1
+    assert results["mode"] == "soft"
+
+
+def test_soft_refuses_a_predictions_folder(tmp_path, no_data):
+    a = write_run(tmp_path / "a", {"sst": {"s1": [0.2, 0.2, 0.2, 0.2, 0.2]}}, no_data)
+    b = write_predictions(tmp_path / "b" / "predictions", {"sst": {"s1": 1}})
+    with pytest.raises(MtbertError, match=rf"^{re.escape(str(b))}: --mode soft averages the scores/ of run folders and this "
+                                          "member has none; give its run folder or use --mode vote$"):
+        run_ensemble([a, b], tmp_path / "ens", mode="soft")
+
+
+# ---- errors --------------------------------------------------------------------------------------
+
+
+def test_members_with_different_ids_are_an_error(tmp_path, no_data):
+    a = write_predictions(tmp_path / "a", {"sst": {"s1": 1, "s2": 2}})
+    b = write_predictions(tmp_path / "b", {"sst": {"s1": 1, "s3": 2}})
+    with pytest.raises(MtbertError, match=rf"^sst-dev-output\.csv: member {re.escape(str(b))} has 1 ids missing and 1 extra ids "
+                                          rf"compared with {re.escape(str(a))} \(e\.g\. id s2\)"):
+        run_ensemble([a, b], tmp_path / "ens")
+    assert not (tmp_path / "ens" / "results.json").exists()
+
+
+def test_a_prediction_that_is_not_a_class_is_an_error(tmp_path, no_data):
+    a = write_predictions(tmp_path / "a", {"sst": {"s1": 1}})
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "sst-dev-output.csv").write_text("id \t Predicted_Sentiment \ns1 , 7 \n")
+    with pytest.raises(MtbertError, match=r"sst-dev-output\.csv: prediction 7 for id s1 is not a class in 0\.\.4$"):
+        run_ensemble([a, tmp_path / "b"], tmp_path / "ens")
+
+
+def test_missing_member_and_output_into_a_member_are_errors(tmp_path, no_data):
+    a = write_predictions(tmp_path / "a", {"sst": {"s1": 1}})
+    with pytest.raises(MtbertError, match=r"nope: ensemble member not found"):
+        run_ensemble([a, tmp_path / "nope"], tmp_path / "ens")
+    with pytest.raises(MtbertError, match=r"^--output_dir: .* is a member's folder"):
+        run_ensemble([a, a], a)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MtbertError, match=r"^ensemble: the members share no prediction files"):
+        run_ensemble([empty], tmp_path / "ens")
