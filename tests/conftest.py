@@ -34,7 +34,8 @@ def write_tiny_data(folder: Path, rows: int = 40, seed: int = 0) -> Path:
         for i in range(rows):
             label = rng.randint(0, 4)
             text = ("great fun love " if label >= 3 else "awful dull hate ") + _sentence(rng)
-            lines.append(f"{i}\t{_hex(rng)}\t{text}\t{label}" if labeled else f"{i + 1}\t{float(i)}\t{_hex(rng)}\t{text}")
+            row = f"{i}\t{_hex(rng)}\t{text}\t{label}" if labeled else f"{i + 1}\t{float(i)}\t{_hex(rng)}\t{text}"
+            lines.append(row)
         return "\n".join(lines) + "\n"
 
     def pair(label_kind: str, labeled: bool) -> str:

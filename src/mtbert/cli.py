@@ -54,9 +54,9 @@ KEY_HELP = {
 
 
 def _train_parser(sub) -> None:
-    from mtbert.config import TrainConfig
-
     import dataclasses
+
+    from mtbert.config import TrainConfig
 
     lines = ["config keys (set in the YAML file or as --key value; dots nest: --two_step.learning_rate 3e-6):"]
     for f in dataclasses.fields(TrainConfig):

@@ -268,6 +268,8 @@ def stage2_config(cfg: TrainConfig) -> TrainConfig:
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
     """Turn `--key value` command-line pairs into a nested mapping (dots nest: --two_step.learning_rate 3e-6)."""
     out: dict[str, Any] = {}
+    pairs = [part for item in pairs for part in (item.split("=", 1) if item.startswith("--") and "=" in item
+                                                 else [item])]  # --key=value is --key value
     if len(pairs) % 2:
         raise ConfigError(f"{pairs[-1]}: an override needs a value (--key value)")
     for flag, text in zip(pairs[0::2], pairs[1::2], strict=True):
@@ -280,8 +282,12 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             value = text
         target = out
         parts = key.split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise ConfigError(f"{'.'.join(parts[: i + 1])}: cannot be both a value and a mapping of nested keys")
+        if isinstance(target.get(parts[-1]), dict):
+            raise ConfigError(f"{key}: cannot be both a value and a mapping of nested keys")
         target[parts[-1]] = value
     return out
 

@@ -195,25 +195,10 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, f
 
 def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
     """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
-    from mtbert.metrics import bootstrap_overall, compute_metrics
     from mtbert.predict import format_value, write_cs224n
 
-    if mode not in MODES:
-        raise MtbertError(f"--mode: '{mode}' is not one of {' | '.join(MODES)}")
-    if not members:
-        raise MtbertError("ensemble: give at least one member")
-    resolved = [resolve_member(Path(m)) for m in members]
-    if mode == "soft":
-        for member in resolved:
-            if member.scores is None or not member.scores.is_dir():
-                raise MtbertError(
-                    f"{member.path}: --mode soft averages the scores/ of run folders and this member has none; "
-                    "give its run folder or use --mode vote"
-                )
     output_dir = Path(output_dir)
-    for member in resolved:
-        if output_dir.resolve() in (member.predictions.resolve(), member.path.resolve()):
-            raise MtbertError(f"--output_dir: {output_dir} is a member's folder; choose a new folder")
+    resolved = check_members([Path(m) for m in members], output_dir, mode)
     specs, data_dir, max_eval_samples = resolve_tasks(resolved)
     note_unknown_files(resolved, specs, mode)
 
@@ -221,73 +206,100 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
     dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]] = {}
     for spec in specs.values():
         for split in SPLITS:
-            name = prediction_file(spec.name, split) if mode == "vote" else score_file(spec.name, split)
-            paths = [(m.predictions if mode == "vote" else m.scores) / name for m in resolved]
-            present = [p for p in paths if p.is_file()]
-            if not present:
+            combined = combine_split(resolved, spec, split, mode)
+            if combined is None:
                 continue
-            if len(present) < len(paths):
-                lacking = [str(m.path) for m, p in zip(resolved, paths, strict=True) if not p.is_file()]
-                logger.warning("%s: skipped, since %s lack%s it", name, ", ".join(lacking),
-                               "s" if len(lacking) == 1 else "")
-                continue
-            if mode == "vote":
-                tables: list[dict[str, Any]] = [read_predictions(p, spec) for p in paths]
-            else:
-                tables = [read_scores(p, spec) for p in paths]
-            check_ids(name, resolved, tables)
-            ids = list(tables[0])
-            if mode == "vote":
-                stack = np.array([[table[i] for i in ids] for table in tables], dtype=float).reshape(len(tables), -1)
-                combined = vote(spec, stack)
-                per_member = list(stack)
-            else:
-                shape = (len(tables), len(ids), len(score_columns(spec)))
-                stack = np.array([[table[i] for i in ids] for table in tables], dtype=float).reshape(shape)
-                combined = soft(spec, stack)
-                per_member = [decide_scores(spec, s) for s in stack]
-            out_name = prediction_file(spec.name, split)
-            write_cs224n(output_dir / out_name, spec, ids, combined)
-            written.append(out_name)
+            ids, predictions, per_member = combined
+            name = prediction_file(spec.name, split)
+            write_cs224n(output_dir / name, spec, ids, predictions)
+            written.append(name)
             if split == "dev":
-                # metrics of the predictions as written (regression values are rounded in the file)
-                as_written = np.array([float(format_value(spec, v)) for v in combined])
+                # score the predictions as written (regression values are rounded in the file)
+                as_written = np.array([float(format_value(spec, v)) for v in predictions])
                 dev[spec.name] = (spec, ids, as_written, per_member)
     if not written:
-        raise MtbertError("ensemble: the members share no prediction files "
-                          f"({'{task}-{split}-output.csv' if mode == 'vote' else 'scores/{task}-{split}.tsv'})")
-
-    ensemble_results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]] = {}
-    member_results: list[dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]] = [{} for _ in resolved]
-    for task, (spec, ids, combined, per_member) in dev.items():
-        labels = dev_labels(spec, data_dir, max_eval_samples)
-        if labels is None:
-            continue
-        position = {example_id: k for k, example_id in enumerate(ids)}
-        scored = [example_id for example_id in labels if example_id in position]
-        if not scored:
-            logger.warning("%s: no predicted id has a dev label; its dev metrics are left out",
-                           prediction_file(task, "dev"))
-            continue
-        if len(scored) < len(labels):
-            logger.warning("%s: %d of %d dev labels have no prediction; metrics use the %d that do",
-                           prediction_file(task, "dev"), len(labels) - len(scored), len(labels), len(scored))
-        index = np.array([position[i] for i in scored])
-        y = np.array([labels[i] for i in scored])
-        ensemble_results[task] = (spec, combined[index], y)
-        for k, predictions in enumerate(per_member):
-            member_results[k][task] = (spec, predictions[index], y)
-
-    metrics: dict[str, Any] = {}
-    member_metrics: list[dict[str, float]] = [{} for _ in resolved]
-    if ensemble_results:
-        metrics = compute_metrics(ensemble_results)
-        metrics["overall_ci95"] = list(bootstrap_overall(ensemble_results))
-        member_metrics = [compute_metrics(r) for r in member_results]
+        pattern = "predictions/{task}-{split}-output.csv" if mode == "vote" else "scores/{task}-{split}.tsv"
+        raise MtbertError(f"ensemble: the members share no prediction files ({pattern})")
+    metrics, member_metrics = dev_metrics(dev, data_dir, max_eval_samples, len(resolved))
     results = {"mode": mode, "members": [str(m) for m in members], "ensemble": metrics,
                "member_metrics": member_metrics, "files": written}
     atomic_write_json(output_dir / "results.json", results)
     return results
+
+
+def check_members(members: list[Path], output_dir: Path, mode: str) -> list[Member]:
+    """Resolve the members and refuse what cannot work: no members, soft without scores/, output into a member."""
+    if mode not in MODES:
+        raise MtbertError(f"--mode: '{mode}' is not one of {' | '.join(MODES)}")
+    if not members:
+        raise MtbertError("ensemble: give at least one member")
+    resolved = [resolve_member(m) for m in members]
+    for member in resolved:
+        if mode == "soft" and (member.scores is None or not member.scores.is_dir()):
+            raise MtbertError(
+                f"{member.path}: --mode soft averages the scores/ of run folders and this member has none; "
+                "give its run folder or use --mode vote"
+            )
+        if output_dir.resolve() in (member.predictions.resolve(), member.path.resolve()):
+            raise MtbertError(f"--output_dir: {output_dir} is a member's folder; choose a new folder")
+    return resolved
+
+
+def combine_split(members: list[Member], spec: TaskSpec, split: str,
+                  mode: str) -> tuple[list[str], np.ndarray, list[np.ndarray]] | None:
+    """(ids, ensemble predictions, each member's predictions) of one task and split; None when not shared."""
+    name = prediction_file(spec.name, split) if mode == "vote" else score_file(spec.name, split)
+    paths = [(m.predictions if mode == "vote" else m.scores) / name for m in members]
+    lacking = [str(m.path) for m, p in zip(members, paths, strict=True) if not p.is_file()]
+    if len(lacking) == len(members):
+        return None
+    if lacking:
+        logger.warning("%s: skipped, since %s lack%s it", name, ", ".join(lacking), "s" if len(lacking) == 1 else "")
+        return None
+    if mode == "vote":
+        tables: list[dict[str, Any]] = [read_predictions(p, spec) for p in paths]
+    else:
+        tables = [read_scores(p, spec) for p in paths]
+    check_ids(name, members, tables)
+    ids = list(tables[0])
+    rows = [[table[i] for i in ids] for table in tables]
+    if mode == "vote":
+        stack = np.array(rows, dtype=float).reshape(len(members), len(ids))
+        return ids, vote(spec, stack), list(stack)
+    stack = np.array(rows, dtype=float).reshape(len(members), len(ids), len(score_columns(spec)))
+    return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack]
+
+
+def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]], data_dir: Path,
+                limit: int | None, n_members: int) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Metrics (with the overall score's bootstrap interval) of the ensemble and of each member on the dev labels."""
+    from mtbert.metrics import bootstrap_overall, compute_metrics
+
+    ensemble: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]] = {}
+    members: list[dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]] = [{} for _ in range(n_members)]
+    for task, (spec, ids, predictions, per_member) in dev.items():
+        labels = dev_labels(spec, data_dir, limit)
+        if labels is None:
+            continue
+        position = {example_id: k for k, example_id in enumerate(ids)}
+        scored = [example_id for example_id in labels if example_id in position]
+        name = prediction_file(task, "dev")
+        if not scored:
+            logger.warning("%s: no predicted id has a dev label; its dev metrics are left out", name)
+            continue
+        if len(scored) < len(labels):
+            logger.warning("%s: %d of %d dev labels have no prediction; metrics use the %d that do",
+                           name, len(labels) - len(scored), len(labels), len(scored))
+        index = np.array([position[i] for i in scored])
+        y = np.array([labels[i] for i in scored])
+        ensemble[task] = (spec, predictions[index], y)
+        for k, own in enumerate(per_member):
+            members[k][task] = (spec, own[index], y)
+    if not ensemble:
+        return {}, [{} for _ in range(n_members)]
+    metrics: dict[str, Any] = compute_metrics(ensemble)
+    metrics["overall_ci95"] = list(bootstrap_overall(ensemble))
+    return metrics, [compute_metrics(m) for m in members]
 
 
 def note_unknown_files(members: list[Member], specs: dict[str, TaskSpec], mode: str) -> None:

@@ -93,8 +93,9 @@ def build_report(run_dirs: list[Path], output_dir: Path) -> Path:
     if any(r.stage2_tasks for r in runs):
         plot_stage2(runs, output_dir / "stage2.png")
         sections.append(figure_md("Stage 2: per-task fine-tuning", "stage2.png",
-                                  "Dev metric of each task's specialised model per stage-2 epoch; dotted: the "
-                                  "stage-1 best model it started from."))
+                                  "Dev metric of each task's specialised model per stage-2 epoch; dotted: the task's "
+                                  "score of the stage-1 best model, whose encoder stage 2 starts from (with a new "
+                                  "head)."))
     logged = [r for r in runs if any("cosine" in rec for rec in r.train_log)]
     if logged:
         window = plot_conflicts(logged, output_dir / "conflicts.png")
@@ -361,7 +362,7 @@ def plot_stage2(runs: list[Run], path: Path) -> None:
     for h in handles:
         h.set_linestyle(STAGE2_STYLE)
         h.set_markerfacecolor("white")
-    handles.append(Line2D([], [], color="0.35", linestyle=":", label="stage-1 best model"))
+    handles.append(Line2D([], [], color="0.35", linestyle=":", label="stage-1 best model's score"))
     legend_below(fig, handles)
     save(fig, path)
 
@@ -374,7 +375,8 @@ def plot_conflicts(runs: list[Run], path: Path) -> int:
     logs = {r.name: [rec for rec in r.train_log if "cosine" in rec] for r in runs}
     pairs = list(dict.fromkeys(p for recs in logs.values() for rec in recs for p in rec["cosine"]))
     tasks = list(dict.fromkeys(t for recs in logs.values() for rec in recs for t in rec.get("grad_norm", {})))
-    window = int(min(100, max(1, max(len(v) for v in logs.values()) // 15)))
+    longest = max(len(v) for v in logs.values())
+    window = int(min(100, max(min(5, longest), longest // 15)))  # at least 5 steps: a rate of 1 step is 0 or 1
     columns = math.lcm(2, max(1, len(tasks)))
     rows = len(pairs) + (1 if tasks else 0)
     fig = new_figure(11.0, 2.7 * rows + 0.9)

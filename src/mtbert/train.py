@@ -7,6 +7,7 @@ aggregates the per-task gradients of the shared encoder (`pcgrad`, ...; see grad
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import shutil
@@ -26,7 +27,7 @@ from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data
 from mtbert.errors import MtbertError
 from mtbert.evaluate import evaluate_sets
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
-from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, read_jsonl
+from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
 from mtbert.pertask import PerTaskGradients
 from mtbert.predict import write_cs224n, write_scores
@@ -331,8 +332,6 @@ def resolve_best(run_dir: Path) -> Path:
 
 
 def read_results(run_dir: Path) -> dict:
-    import json
-
     return json.loads((run_dir / "results.json").read_text(encoding="utf-8"))
 
 
@@ -352,9 +351,10 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
         task_dir = output_dir / "tasks" / spec.name
         triples[spec.name] = dev_predictions_with_labels(cfg, spec, task_dir)
     results["overall_ci95"] = list(bootstrap_overall(triples))
-    results["train_seconds"] = round(sum(r.get("train_seconds", 0.0) for r in per_task.values()) + (
-        read_results(output_dir / "stage1").get("train_seconds", 0.0) if (output_dir / "stage1" / "results.json").is_file()
-        else 0.0), 1)
+    stage1_results = output_dir / "stage1" / "results.json"
+    stage1_seconds = read_results(output_dir / "stage1").get("train_seconds", 0.0) if stage1_results.is_file() else 0.0
+    results["train_seconds"] = round(sum(r.get("train_seconds", 0.0) for r in per_task.values()) + stage1_seconds, 1)
+    results["best_step"] = {spec.name: per_task[spec.name].get("best_step") for spec in specs}
     # one metrics line per stage-2 epoch: each task's metric at that evaluation
     histories = {s.name: read_jsonl(output_dir / "tasks" / s.name / "metrics.jsonl") for s in specs}
     lines = []
@@ -365,8 +365,8 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
             row[spec.metric_key] = histories[spec.name][i][spec.metric_key]
         row["overall"] = overall_score(specs, row)
         lines.append(row)
-    from mtbert.io import atomic_write_text
     import json
+
 
     atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     for folder in ("predictions", "scores"):

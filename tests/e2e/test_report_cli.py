@@ -50,35 +50,29 @@ def check_table(report: str, run_dirs: list[Path]) -> None:
         assert 3600 * h + 60 * m + s == round(results["train_seconds"])
 
 
-def test_report_of_two_tiny_runs(tiny_config, tmp_path, capsys):
+def test_report_of_a_sum_run_and_a_two_step_pcgrad_run(tiny_config, tmp_path, capsys):
     sum_run = train_run(tiny_config, tmp_path / "runs" / "sum", method="sum")
-    pcgrad_run = train_run(tiny_config, tmp_path / "runs" / "pcgrad", method="pcgrad", task_ratio="1:2:1",
-                           sample_weighting=True)
+    two_step = train_run(tiny_config, tmp_path / "runs" / "pcgrad-2step", method="pcgrad", task_ratio="1:2:1",
+                         sample_weighting=True, two_step={"num_train_epochs": 1})
     out = tmp_path / "report"
-    assert main(["report", str(sum_run), str(pcgrad_run), "--output_dir", str(out)]) == 0
+    assert main(["report", str(sum_run), str(two_step), "--output_dir", str(out)]) == 0
     assert f"wrote {out / 'report.md'}" in capsys.readouterr().out
-    report = (out / "report.md").read_text(encoding="utf-8")
-    for png in ("overall.png", "tasks.png", "conflicts.png"):
-        check_png(out / png)
-        assert f"]({png})" in report
-    assert not (out / "stage2.png").exists()
-    check_table(report, [sum_run, pcgrad_run])
-    rows = table_rows(report)
-    assert (rows["pcgrad"]["method"], rows["pcgrad"]["task ratio"], rows["pcgrad"]["sample weighting"]) == (
-        "pcgrad", "1:2:1", "yes")
-
-    (sum_run / "results.json").unlink()
-    assert main(["report", str(sum_run), "--output_dir", str(out)]) == 2
-    assert f"error: {sum_run}: not a finished run (results.json is missing)" in capsys.readouterr().err
-
-
-def test_report_of_a_two_step_run(tiny_config, tmp_path):
-    run = train_run(tiny_config, tmp_path / "two-step", method="pcgrad", two_step={"num_train_epochs": 1})
-    out = tmp_path / "report"
-    assert main(["report", str(run), "--output_dir", str(out)]) == 0
     report = (out / "report.md").read_text(encoding="utf-8")
     for png in ("overall.png", "tasks.png", "stage2.png", "conflicts.png"):
         check_png(out / png)
         assert f"]({png})" in report
-    check_table(report, [run])
-    assert table_rows(report)["two-step"]["two-step"] == "yes"
+    check_table(report, [sum_run, two_step])
+    rows = table_rows(report)
+    assert [rows["sum"][k] for k in ("method", "task ratio", "sample weighting", "two-step")] == [
+        "sum", "1:1:1", "no", "no"]
+    assert [rows["pcgrad-2step"][k] for k in ("method", "task ratio", "sample weighting", "two-step")] == [
+        "pcgrad", "1:2:1", "yes", "yes"]
+
+    # without a two-step run there is no stage-2 plot (and the earlier one is not left behind)
+    assert main(["report", str(sum_run), "--output_dir", str(out)]) == 0
+    assert not (out / "stage2.png").exists() and "stage2.png" not in (out / "report.md").read_text(encoding="utf-8")
+    check_png(out / "conflicts.png")  # the sum run logs per-task gradients too
+
+    (sum_run / "results.json").unlink()
+    assert main(["report", str(sum_run), "--output_dir", str(out)]) == 2
+    assert f"error: {sum_run}: not a finished run (results.json is missing)" in capsys.readouterr().err

@@ -276,8 +276,38 @@ def test_any_value_is_accepted_or_refused_naming_the_key(raw):
     except ConfigError as err:
         message = str(err)
         assert KEY_PATTERN.match(message), message
-        assert "\n" not in message
         return
     cfg.task_specs()
     cfg.ratios()
     yaml.safe_dump(cfg.to_dict())  # the resolved config can be saved
+
+
+def test_key_equals_value_overrides():
+    assert parse_overrides(["--seed=3", "--two_step.learning_rate=3e-6", "--output_dir", "runs/a=b"]) == {
+        "seed": 3, "two_step": {"learning_rate": "3e-6"}, "output_dir": "runs/a=b"}
+    with pytest.raises(ConfigError, match=r"^seed: must not be empty$"):
+        build_config(parse_overrides(["--seed="]))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--seed", "1", "--seed.x", "2"], "seed: cannot be both a value and a mapping of nested keys"),
+    (["--two_step.seed", "1", "--two_step", "2"], "two_step: cannot be both a value and a mapping of nested keys"),
+])
+def test_a_key_cannot_be_a_value_and_nested(argv, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        parse_overrides(argv)
+
+
+FLAGS = st.sampled_from(["--seed", "--two_step", "--two_step.seed", "--two_step.learning_rate", "--tasks", "--x",
+                         "--max-length", "--task_ratio", "--seed.x", "--", "-s", "seed", "--bf16", "--seed=1"])
+ARG_VALUES = st.sampled_from(["1", "-1", "3e-6", "1:2:1", "[sst]", "{a: 1}", "{seed: 2}", "true", "", "[", "!!x y",
+                              "!!python/name:os.system", "--seed=2", "null", ".nan"]) | st.text(max_size=6)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(argv=st.lists(FLAGS | ARG_VALUES, max_size=6))
+def test_any_command_line_is_accepted_or_refused_with_a_config_error(argv):
+    try:
+        build_config(parse_overrides(argv))
+    except ConfigError as err:
+        assert ": " in str(err), str(err)

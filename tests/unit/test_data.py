@@ -99,7 +99,7 @@ def test_regression_labels_on_the_bounds_load(tmp_path):
 
 
 def test_duplicate_and_empty_ids_are_skipped(tmp_path):
-    lines = ["\tid\tsentence\tsentiment", f"0\t{ID(1)}\ta\t1", f"1\t{ID(1)}\tb\t2", f"2\t\tc\t3"]
+    lines = ["\tid\tsentence\tsentiment", f"0\t{ID(1)}\ta\t1", f"1\t{ID(1)}\tb\t2", "2\t\tc\t3"]
     result = read_task_file(write(tmp_path / "sst.csv", "\n".join(lines)), SST)
     assert [e.texts for e in result.examples] == [("a",)]
     assert result.skipped == [(3, f"duplicate id {ID(1)} (first on line 2)"), (4, "empty id")]

@@ -29,8 +29,10 @@ from mtbert.gradients import (
 )
 
 F64 = torch.float64
-# The methods that call torchjd (everything but sum and pcgrad) and those that run a cvxpy solver (slow-ish).
+# The methods that call torchjd (everything but sum and pcgrad), the solvers some of them need (torchjd's extras
+# cagrad, nash-mtl, quadprog-projector), and those that run a cvxpy solver (slow-ish).
 TORCHJD_METHODS = [name for name in AGGREGATORS if name not in ("sum", "pcgrad")]
+SOLVER_MODULES = {"cagrad": ("cvxpy", "clarabel"), "nash-mtl": ("cvxpy", "ecos"), "upgrad": ("qpsolvers", "quadprog")}
 SOLVER_METHODS = {"cagrad", "nash-mtl"}
 # The figures on the fixed matrix of torchjd's docs, J = [[-4, 1, 1], [6, 1, 1]].
 J = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
@@ -54,10 +56,11 @@ def t(rows: list[list[float]]) -> torch.Tensor:
 
 
 def needs_torchjd(name: str) -> None:
+    """Skip unless torchjd and the solvers of method ``name`` are installed."""
     if name in TORCHJD_METHODS:
         pytest.importorskip("torchjd")
-    if name in SOLVER_METHODS:
-        pytest.importorskip("cvxpy")
+    for module in SOLVER_MODULES.get(name, ()):
+        pytest.importorskip(module)
 
 
 def naive_pcgrad(rows: list[list[float]], generator: torch.Generator) -> list[list[float]]:
@@ -374,7 +377,9 @@ def test_aggregator_leaves_no_conflict(name: str) -> None:
 @FAST
 @given(grads=matrices())
 def test_upgrad_leaves_no_conflict_up_to_torchjds_regularisation(grads: torch.Tensor) -> None:
-    aggregation = pytest.importorskip("torchjd.aggregation")
+    needs_torchjd("upgrad")
+    import torchjd.aggregation as aggregation
+
     # torchjd solves the projection on the trace-normalised Gramian plus reg_eps = 1e-4 times the identity, so the
     # KKT conditions give g_i . update >= -1e-4 * trace * w_i for the weights w; exact when reg_eps is 0.
     gramian = grads @ grads.T
@@ -409,7 +414,7 @@ def test_aggregator_pinned_value(name: str, expected: list[float], rtol: float) 
 
 
 def test_cagrad_stays_at_distance_c_norm_of_the_mean() -> None:
-    pytest.importorskip("cvxpy")
+    needs_torchjd("cagrad")
     for seed in range(3):
         grads = torch.randn(3, 8, generator=gen(seed), dtype=F64)
         mean = grads.mean(0)
@@ -437,7 +442,7 @@ def test_mgda_is_the_min_norm_point_of_the_convex_hull(grads: torch.Tensor) -> N
 
 
 def test_upgrad_with_two_tasks_is_half_of_pcgrad() -> None:
-    pytest.importorskip("torchjd")
+    needs_torchjd("upgrad")
     # Known equivalence (Quinton & Rey 2024): on two rows PCGrad equals UPGrad with a SUM preference; ours averages.
     # torchjd regularises its QP (reg_eps 1e-4 on the normalised Gramian), hence the 1e-3 tolerance.
     for rows in (J, [[1.0, 0.0], [-1.0, 1.0]], [[2.0, 0.0], [-1.0, 1.0]]):
@@ -476,7 +481,7 @@ def test_gradvac_seeds_torchjds_global_rng_from_our_generator_and_restores_it() 
 
 
 def test_nash_mtl_orthogonal_tasks_zero_gradients_and_task_order() -> None:
-    pytest.importorskip("cvxpy")
+    needs_torchjd("nash-mtl")
     # Orthogonal rows: the bargaining solution alpha_i |g_i|^2 alpha_i = 1 gives alpha_i proportional to 1/|g_i|,
     # so the update is along the sum of unit vectors, clipped to norm max_norm = 1.
     grads = t([[3, 0, 0], [0, 1, 0]])

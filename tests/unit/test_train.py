@@ -93,7 +93,7 @@ def test_same_seed_same_result_and_sample_weighting_changes_it(tiny_config, tmp_
                                 "task_ratio": "1:3:1"}))
     second = train(build_config({**tiny_config, "output_dir": str(tmp_path / "b"), "method": "pcgrad",
                                  "task_ratio": "1:3:1"}))
-    weighted = train(build_config({**tiny_config, "output_dir": str(tmp_path / "c"), "method": "pcgrad",
+    train(build_config({**tiny_config, "output_dir": str(tmp_path / "c"), "method": "pcgrad",
                                    "task_ratio": "1:3:1", "sample_weighting": True}))
     for key in ("sst_acc", "para_acc", "sts_corr", "overall"):
         assert first[key] == second[key]
@@ -141,5 +141,6 @@ def test_non_finite_loss_stops_after_max_bad_steps(tiny_config, monkeypatch):
             spec, outputs, labels, sts_loss)
 
     monkeypatch.setattr(train_module, "task_loss", poisoned)
-    with pytest.raises(MtbertError, match=r"training stopped at step 3 after 3 non-finite steps in a row \(tasks: sts\)"):
+    message = r"training stopped at step 3 after 3 non-finite steps in a row \(tasks: sts\)"
+    with pytest.raises(MtbertError, match=message):
         train(build_config({**tiny_config, "max_bad_steps": 3}))

@@ -1,0 +1,96 @@
+"""A training subprocess killed with SIGKILL and resumed ends exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.e2e
+
+
+def _config(tiny_config: dict, tmp_path: Path, name: str, **extra) -> Path:
+    cfg = {**tiny_config, "output_dir": str(tmp_path / name), "samples_per_task_per_epoch": 40,
+           "num_train_epochs": 3, "save_steps": 2, "save_total_limit": 2, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mtbert", "train", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def _kill_when(args: list[str], marker: str) -> None:
+    """Start training and SIGKILL it as soon as a path matching `marker` exists."""
+    folder, pattern = os.path.split(marker)
+    proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if list(Path(folder).glob(pattern)):
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def _assert_same_run(a: Path, b: Path, sub: str = "best") -> None:
+    ra, rb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
+    for key, value in ra.items():
+        if key not in ("train_seconds",):
+            assert rb[key] == pytest.approx(value, abs=1e-6), key
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        ta, tb = load_file(str(a / sub / name)), load_file(str(b / sub / name))
+        for key in ta:
+            torch.testing.assert_close(tb[key], ta[key], atol=1e-6, rtol=0, msg=key)
+    ma = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (a / "metrics.jsonl").open()]
+    mb = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (b / "metrics.jsonl").open()]
+    assert len(ma) == len(mb)
+    for x, y in zip(ma, mb, strict=True):
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)
+
+
+@pytest.mark.parametrize("method", ["sum", "pcgrad"])
+def test_sigkill_then_resume_matches_uninterrupted(tiny_config, tmp_path, method):
+    whole = _config(tiny_config, tmp_path, "whole", method=method)
+    broken = _config(tiny_config, tmp_path, "broken", method=method)
+    assert _run([str(whole)]).returncode == 0
+    _kill_when([str(broken)], str(tmp_path / "broken" / "checkpoint-*"))
+    resumed = _run([str(broken), "--resume_from_checkpoint", "last"])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(tmp_path / "whole", tmp_path / "broken")
+
+
+def test_sigkill_in_stage_two_then_resume_matches_uninterrupted(tiny_config, tmp_path):
+    extra = {"method": "pcgrad", "task_ratio": "0:1:1", "num_train_epochs": 1,
+             "two_step": {"num_train_epochs": 2, "learning_rate": 5e-4}}
+    whole = _config(tiny_config, tmp_path, "whole", **extra)
+    broken = _config(tiny_config, tmp_path, "broken", **extra)
+    assert _run([str(whole)]).returncode == 0
+    _kill_when([str(broken)], str(tmp_path / "broken" / "tasks" / "para" / "checkpoint-*"))
+    assert (tmp_path / "broken" / "tasks" / "sst" / "results.json").is_file()
+    resumed = _run([str(broken), "--resume_from_checkpoint", "last"])
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_same_run(tmp_path / "whole", tmp_path / "broken", sub="tasks/para/best")
+    for task in ("sst", "sts"):
+        _assert_same_run(tmp_path / "whole" / "tasks" / task, tmp_path / "broken" / "tasks" / task)
+
+
+def test_resume_without_checkpoint_is_one_clear_error(tiny_config, tmp_path):
+    cfg = _config(tiny_config, tmp_path, "empty")
+    result = _run([str(cfg), "--resume_from_checkpoint", "last"])
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --resume_from_checkpoint: no checkpoint in")
+    assert "Traceback" not in result.stderr
