@@ -2,7 +2,9 @@
 
 `checkpoint-<step>/` holds `model.safetensors`, `optimizer.pt` and `scheduler.pt` (loaded with
 `weights_only=True`, so nothing is unpickled), `rng.safetensors` and `trainer_state.json`. A checkpoint is
-filled in a temporary folder and renamed into place.
+filled in a temporary folder and renamed into place. With several ranks rank 0 writes it (model, optimizer and
+sampler are the same on every rank) and `rng.safetensors` also holds each other rank's dropout RNG state
+(`torch.rank<r>`, `cuda.rank<r>`); every rank loads it.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ def find_checkpoint(output_dir: Path, which: str) -> Path:
 
 
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sampler, generator,
-                    state: dict[str, Any], keep: int | None) -> Path:
+                    state: dict[str, Any], keep: int | None,
+                    rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
+    """Write checkpoint-<step>/; `rank_rng` holds every rank's RNG states when there are several ranks."""
     target = output_dir / f"{PREFIX}{step}"
 
     def fill(tmp: Path) -> None:
@@ -63,6 +67,9 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sa
         rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state()
+        for rank, states in enumerate(rank_rng or []):
+            if rank > 0:
+                rng.update({f"{kind}.rank{rank}": value for kind, value in states.items()})
         save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "trainer_state.json").write_text(
             json.dumps({**state, "sampler": sampler.state_dict()}, indent=2) + "\n", encoding="utf-8")
@@ -74,8 +81,11 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sa
     return target
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator) -> dict[str, Any]:
-    """Restore everything saved by save_checkpoint; return the trainer state."""
+def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator, rank: int = 0) -> dict[str, Any]:
+    """Restore everything saved by save_checkpoint (the RNG states of `rank`); return the trainer state.
+
+    A rank the checkpoint has no RNG state for (it was written by fewer ranks) keeps its current one.
+    """
     try:
         load_model(model, str(path / "model.safetensors"))
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
@@ -84,10 +94,12 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator)
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
     except (OSError, RuntimeError, ValueError, KeyError) as err:
         raise MtbertError(f"{path}: cannot resume from this checkpoint ({str(err).splitlines()[0]})") from None
-    torch.set_rng_state(rng["torch"])
+    suffix = f".rank{rank}" if rank > 0 else ""
+    if f"torch{suffix}" in rng:
+        torch.set_rng_state(rng[f"torch{suffix}"])
     generator.set_state(rng["generator"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"])
+    if f"cuda{suffix}" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng[f"cuda{suffix}"])
     sampler.load_state_dict(state.pop("sampler"))
     return state
 

@@ -7,47 +7,66 @@ import torch
 from tqdm.auto import tqdm
 
 from mtbert.data import EncodedSet, collate, length_sorted_batches
+from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.metrics import bootstrap_overall, compute_metrics
 from mtbert.model import MultiTaskModel, decide
 
 
-@torch.inference_mode()
 def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad_token_id: int,
-                device: torch.device | str = "cpu", progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                device: torch.device | str = "cpu", progress: bool = False,
+                ranks: Ranks = ONE_PROCESS) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and scores (probabilities or values) for every example, in the set's original order.
 
-    Examples are batched longest-first so that each batch pads little.
+    Examples are batched longest-first so that each batch pads little. With several ranks (all of them must
+    call this) each predicts a strided share of the batches and every rank gets all the results.
     """
-    was_training = model.training
-    model.eval()
+    batches = ranks.shard(list(length_sorted_batches(encoded, batch_size)))
+    done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress))
     n = len(encoded)
     predictions = np.zeros(n)
-    scores: np.ndarray | None = None
-    batches = list(length_sorted_batches(encoded, batch_size))
+    scores = np.zeros((n, done[0][2].shape[-1])) if done else np.zeros((0, 1))
+    for indices, pred, score in done:
+        predictions[indices] = pred
+        scores[indices] = score
+    return predictions, scores
+
+
+@torch.inference_mode()
+def _predict_batches(model: MultiTaskModel, encoded: EncodedSet, batches: list[list[int]], pad_token_id: int,
+                     device: torch.device | str, progress: bool) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+    """(indices, predictions, scores) of each batch."""
+    was_training = model.training
+    model.eval()
+    done = []
     for indices in tqdm(batches, desc=f"predict {encoded.spec.name}", disable=not progress, leave=False):
         batch = collate(encoded, indices, pad_token_id)
         inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
         outputs = model(encoded.spec.name, inputs).float()
         pred, score = decide(encoded.spec, outputs)
-        if scores is None:
-            scores = np.zeros((n, score.shape[-1]))
-        predictions[indices] = pred.cpu().numpy()
-        scores[indices] = score.cpu().numpy()
+        done.append((indices, pred.cpu().numpy(), score.cpu().numpy()))
     model.train(was_training)
-    return predictions, scores if scores is not None else np.zeros((0, 1))
+    return done
 
 
 def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_size: int, pad_token_id: int,
-                  device: torch.device | str = "cpu", with_interval: bool = False,
-                  progress: bool = False) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
-    """Dev metrics of the given tasks (plus `overall`, and `overall_ci95` when asked) and the raw outputs."""
+                  device: torch.device | str = "cpu", with_interval: bool = False, progress: bool = False,
+                  ranks: Ranks = ONE_PROCESS) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Dev metrics of the given tasks (plus `overall`, and `overall_ci95` when asked) and the raw outputs.
+
+    With several ranks the prediction is spread over them, and rank 0's metrics are given to every rank, so
+    that all of them take the same decisions (the best model, early stops).
+    """
     raw = {}
     results = {}
     for name, encoded in dev_sets.items():
-        predictions, scores = predict_set(model, encoded, batch_size, pad_token_id, device, progress)
+        predictions, scores = predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
         raw[name] = (predictions, scores)
         results[name] = (encoded.spec, predictions, np.asarray(encoded.labels, dtype=float))
+    return ranks.main_only(_metrics, results, with_interval), raw
+
+
+def _metrics(results: dict[str, tuple], with_interval: bool) -> dict[str, float]:
     metrics = compute_metrics(results)
     if with_interval:
         metrics["overall_ci95"] = list(bootstrap_overall(results))
-    return metrics, raw
+    return metrics

@@ -3,6 +3,10 @@
 A step takes a batch from every active task (ratio x per_device_train_batch_size samples each), runs one
 forward and one backward per task, and then either keeps the summed gradient (`sum`, `single`) or
 aggregates the per-task gradients of the shared encoder (`pcgrad`, ...; see gradients.py).
+
+Launched on several processes (`torchrun`, `accelerate launch`), every rank takes its own share of each task's
+batches and the per-task gradients are averaged over the ranks before the aggregation, so N ranks take the
+step of one process with N times the batch (see distributed.py). Rank 0 alone writes files and logs.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from transformers import get_scheduler
 from mtbert import checkpoint as ckpt
 from mtbert.config import TrainConfig, save_config, stage2_config
 from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data
+from mtbert.distributed import ONE_PROCESS, Ranks
+from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
 from mtbert.evaluate import evaluate_sets
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
@@ -41,8 +47,10 @@ RUN_FILES = ("metrics.jsonl", "train_log.jsonl", "results.json", "config.yaml")
 def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite_output_dir: bool = False) -> dict:
     """Run a training job (one stage, or two with `two_step`) and return the final dev metrics."""
     output_dir = Path(cfg.output_dir)
-    prepare_output_dir(output_dir, resume_from_checkpoint, overwrite_output_dir)
-    save_config(cfg, output_dir / "config.yaml")
+    ranks = start_ranks(cfg.ddp_mode)
+    ranks.main_only(prepare_output_dir, output_dir, resume_from_checkpoint, overwrite_output_dir)
+    if ranks.is_main:
+        save_config(cfg, output_dir / "config.yaml")
     if cfg.two_step is None:
         return train_stage(cfg, output_dir, resume_from_checkpoint=resume_from_checkpoint)
     return train_two_step(cfg, output_dir, resume_from_checkpoint)
@@ -70,10 +78,12 @@ def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) ->
 def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = None, reset_head: str | None = None,
                 resume_from_checkpoint: str | None = None) -> dict:
     """Train one stage into `output_dir` (a normal run dir) and return the best model's dev metrics."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, output_dir / "config.yaml")
+    ranks = start_ranks(cfg.ddp_mode)  # one process unless launched by torchrun or accelerate
+    if ranks.is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, output_dir / "config.yaml")
     torch.manual_seed(cfg.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = ranks.device
     use_bf16 = device.type == "cuda" and cfg.bf16 in ("auto", "true")
     specs = cfg.task_specs()
     ratios = cfg.ratios()
@@ -91,6 +101,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         torch.manual_seed(cfg.seed)
         model.reset_head(reset_head)
     model.to(device)
+    ranks.prepare_model(model, cfg.seed)
     data = load_task_data(specs, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
                           cfg.max_train_samples, cfg.max_eval_samples, cfg.max_predict_samples)
     pad_id = tokenizer.pad_token_id or 0
@@ -98,44 +109,48 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
 
     # ---- optimisation ---------------------------------------------------------------------------
     unit = cfg.per_device_train_batch_size
-    per_step = {s.name: ratios[s.name] * unit for s in active}
-    steps_per_epoch = math.ceil(cfg.samples_per_task_per_epoch / unit)
+    per_step = {s.name: ratios[s.name] * unit for s in active}  # on each rank
+    steps_per_epoch = math.ceil(cfg.samples_per_task_per_epoch / (unit * ranks.world_size))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
-    sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in active}, seed=cfg.seed)
+    sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in active}, seed=cfg.seed, rank=ranks.rank,
+                               world_size=ranks.world_size)
     aggregate = make_aggregator(cfg.method if cfg.method in AGGREGATORS else "sum")
     generator = torch.Generator().manual_seed(cfg.seed)
     # Sample weighting: a task's summed loss is scaled by 1/n_i; without it by 1/unit, so that a task
-    # with more samples per step weighs more (the contrast the seed draws). Equal at ratio 1:1:1.
+    # with more samples per step weighs more (the contrast the seed draws). Equal at ratio 1:1:1. With several
+    # ranks the gradients are averaged over them, which gives the same scale over the union of their batches.
     loss_scale = {t: 1.0 / (n if cfg.sample_weighting else unit) for t, n in per_step.items()}
     buffer = PerTaskGradients(model.shared_parameters(), len(active), model.encoder.get_input_embeddings().weight)
 
     state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0}
     if not resume_from_checkpoint:
-        for name in ("metrics.jsonl", "train_log.jsonl"):
-            (output_dir / name).unlink(missing_ok=True)
+        if ranks.is_main:
+            for name in ("metrics.jsonl", "train_log.jsonl"):
+                (output_dir / name).unlink(missing_ok=True)
     else:
         path = ckpt.find_checkpoint(output_dir, resume_from_checkpoint)
-        state = ckpt.load_checkpoint(path, model, optimizer, scheduler, sampler, generator)
-        ckpt.truncate_logs(output_dir, state["global_step"])
+        state = ckpt.load_checkpoint(path, model, optimizer, scheduler, sampler, generator, ranks.rank)
+        if ranks.is_main:
+            ckpt.truncate_logs(output_dir, state["global_step"])
         logger.info("resumed from %s at step %d", path, state["global_step"])
-    tensorboard = ckpt.open_tensorboard(cfg, output_dir)
+    tensorboard = ckpt.open_tensorboard(cfg, output_dir) if ranks.is_main else None
 
     # ---- the loop -------------------------------------------------------------------------------
     model.train()
     epoch_log: list[dict] = []
     started = time.perf_counter() - state["train_seconds"]
     progress = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {output_dir.name}",
-                    dynamic_ncols=True, mininterval=2.0)
+                    dynamic_ncols=True, mininterval=2.0, disable=not ranks.is_main)
     for step in range(state["global_step"] + 1, total_steps + 1):
         log_now = step % cfg.logging_steps == 0 or step == total_steps
-        per_task = cfg.method not in ("sum", "single") or (log_now and len(active) > 1)
+        per_task = cfg.method not in ("sum", "single") or (log_now and len(active) > 1) or ranks.distributed
         batches = {t: collate(data[t].train, sampler.draw(t, n), pad_id) for t, n in per_step.items()}
         losses, stats = training_step(model, batches, loss_scale, buffer if per_task else None, aggregate, generator,
-                                      device, use_bf16, cfg.sts_loss, diagnostics=log_now)
+                                      device, use_bf16, cfg.sts_loss, diagnostics=log_now, ranks=ranks)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
 
         if not (math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values())):
@@ -159,7 +174,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         progress.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
 
         epoch = step / steps_per_epoch
-        if log_now:
+        if log_now and ranks.is_main:
             record = {"step": step, "epoch": round(epoch, 4), "lr": scheduler.get_last_lr()[0],
                       "loss": losses, "total_grad_norm": grad_norm.item()}
             if stats is not None:
@@ -171,22 +186,24 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
         eval_now = (cfg.eval_strategy == "epoch" and end_of_epoch) or step == total_steps or (
             cfg.eval_strategy == "steps" and step % cfg.eval_steps == 0)
-        if eval_now:
-            metrics, _ = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device)
+        if eval_now:  # every rank predicts a share of the dev sets and gets the same metrics
+            metrics, _ = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device, ranks=ranks)
             state["train_seconds"] = time.perf_counter() - started
-            append_jsonl(output_dir / "metrics.jsonl", {"epoch": round(epoch, 4), "step": step, "split": "dev",
-                                                        **metrics, "train_seconds": round(state["train_seconds"], 1)})
-            ckpt.log_tensorboard(tensorboard, {"dev": metrics}, step)
+            if ranks.is_main:
+                record = {"epoch": round(epoch, 4), "step": step, "split": "dev", **metrics,
+                          "train_seconds": round(state["train_seconds"], 1)}
+                append_jsonl(output_dir / "metrics.jsonl", record)
+                ckpt.log_tensorboard(tensorboard, {"dev": metrics}, step)
+                progress.write(epoch_summary(epoch, losses, metrics, epoch_log))
             if state["best_metric"] is None or metrics["overall"] > state["best_metric"]:
                 state["best_metric"], state["best_step"] = metrics["overall"], step
-                atomic_dir(output_dir / "best", lambda tmp: model.save_pretrained(tmp, tokenizer))
-            progress.write(epoch_summary(epoch, losses, metrics, epoch_log))
+                ranks.main_only(atomic_dir, output_dir / "best", lambda tmp: model.save_pretrained(tmp, tokenizer))
             epoch_log = []
         save_now = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < total_steps)
         if save_now:
             state["train_seconds"] = time.perf_counter() - started
-            ckpt.save_checkpoint(output_dir, step, model, optimizer, scheduler, sampler, generator, state,
-                                 cfg.save_total_limit)
+            ranks.main_only(ckpt.save_checkpoint, output_dir, step, model, optimizer, scheduler, sampler, generator,
+                            state, cfg.save_total_limit, rank_rng=ranks.rng_states())
     progress.close()
     if tensorboard is not None:
         tensorboard.close()
@@ -194,25 +211,28 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     # ---- final results from the best model ------------------------------------------------------
     state["train_seconds"] = time.perf_counter() - started
     best = MultiTaskModel.from_pretrained(output_dir / "best").to(device)
-    results = finish_run(best, {s.name: data[s.name] for s in active}, cfg, output_dir, pad_id, device)
+    results = finish_run(best, {s.name: data[s.name] for s in active}, cfg, output_dir, pad_id, device, ranks)
     results.update(train_seconds=round(state["train_seconds"], 1), best_step=state["best_step"])
-    atomic_write_json(output_dir / "results.json", results)
-    if not cfg.save_steps:
-        ckpt.remove_checkpoints(output_dir)  # only the automatic end-of-epoch ones; asked-for ones stay
+    if ranks.is_main:
+        atomic_write_json(output_dir / "results.json", results)
+        if not cfg.save_steps:
+            ckpt.remove_checkpoints(output_dir)  # only the automatic end-of-epoch ones; asked-for ones stay
+    ranks.barrier()  # the stage's files are in place before any rank goes on
     return results
 
 
 def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: dict[str, float],
                   buffer: PerTaskGradients | None, aggregate, generator: torch.Generator, device: torch.device,
                   use_bf16: bool = False, sts_loss: str = "mse", diagnostics: bool = False,
-                  ) -> tuple[dict[str, float], dict | None]:
+                  ranks: Ranks = ONE_PROCESS) -> tuple[dict[str, float], dict | None]:
     """Forward and backward each task's batch; with a buffer, aggregate the per-task gradients into `.grad`.
 
-    Returns the mean per-sample loss of each task and, when asked, the gradient diagnostics.
+    Returns the mean per-sample loss of each task and, when asked, the gradient diagnostics. With several
+    ranks, the gradients and losses are averaged over them (`ranks.share`) before the aggregation.
     """
     if buffer is not None:
         touched = torch.cat([x["input_ids"].view(-1) for b in batches.values() for x in b["inputs"]])
-        buffer.begin_step(touched)
+        buffer.begin_step(ranks.union_rows(touched, model.encoder.get_input_embeddings().num_embeddings))
     losses = {}
     for index, (task, batch) in enumerate(batches.items()):
         inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
@@ -223,31 +243,36 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
         losses[task] = loss.item() / len(batch["labels"])
         if buffer is not None:
             buffer.collect(index)
+    losses = ranks.share(losses, buffer, model)  # ddp_mode exact: one all-reduce of the T x P buffer
     stats = None
     if buffer is not None:
         update = aggregate(buffer.grads, generator=generator)
         if diagnostics:
             stats = diagnose(buffer.grads, update, list(batches))
-        buffer.write(update)
+        buffer.write(ranks.mean_update(update))  # ddp_mode local: the mean of the ranks' updates
     return losses, stats
 
 
 def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfig, output_dir: Path, pad_id: int,
-               device: torch.device) -> dict[str, Any]:
+               device: torch.device, ranks: Ranks = ONE_PROCESS) -> dict[str, Any]:
     """Dev metrics (with the bootstrap interval), CS224N prediction files and ensemble scores of a model."""
     dev_sets = {t: d.dev for t, d in data.items()}
-    metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device, with_interval=True)
+    metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device, with_interval=True,
+                                 ranks=ranks)
     from mtbert.evaluate import predict_set
 
     for task, task_data in data.items():
-        write_cs224n(output_dir / "predictions" / f"{task}-dev-output.csv", task_data.spec, task_data.dev.ids,
-                     raw[task][0])
-        write_scores(output_dir / "scores" / f"{task}-dev.tsv", task_data.spec, task_data.dev.ids, raw[task][1])
+        if ranks.is_main:
+            write_cs224n(output_dir / "predictions" / f"{task}-dev-output.csv", task_data.spec, task_data.dev.ids,
+                         raw[task][0])
+            write_scores(output_dir / "scores" / f"{task}-dev.tsv", task_data.spec, task_data.dev.ids, raw[task][1])
         if task_data.test is not None and len(task_data.test):
-            predictions, scores = predict_set(model, task_data.test, cfg.per_device_eval_batch_size, pad_id, device)
-            write_cs224n(output_dir / "predictions" / f"{task}-test-output.csv", task_data.spec, task_data.test.ids,
-                         predictions)
-            write_scores(output_dir / "scores" / f"{task}-test.tsv", task_data.spec, task_data.test.ids, scores)
+            predictions, scores = predict_set(model, task_data.test, cfg.per_device_eval_batch_size, pad_id, device,
+                                              ranks=ranks)
+            if ranks.is_main:
+                write_cs224n(output_dir / "predictions" / f"{task}-test-output.csv", task_data.spec,
+                             task_data.test.ids, predictions)
+                write_scores(output_dir / "scores" / f"{task}-test.tsv", task_data.spec, task_data.test.ids, scores)
     return metrics
 
 
@@ -313,7 +338,8 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         stage_resume = resume if resume and ckpt.has_checkpoint(task_dir, resume) else None
         per_task_results[spec.name] = train_stage(task_cfg, task_dir, init_from=stage1_best, reset_head=spec.name,
                                                   resume_from_checkpoint=stage_resume)
-    return combine_task_runs(cfg, output_dir, per_task_results)
+    ranks = start_ranks(cfg.ddp_mode)
+    return ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
 
 
 def _task_entry(cfg: TrainConfig, spec: TaskSpec) -> Any:

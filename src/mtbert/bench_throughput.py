@@ -1,0 +1,285 @@
+"""`mtbert bench throughput`: mtbert against the tools a user would otherwise pick, side by side in one process.
+
+- training samples/s: mtbert's single-task step (`training_step`, AdamW) vs `transformers.Trainer` with
+  `AutoModelForSequenceClassification` (the run_glue recipe) on SST and STS;
+- prediction examples/s: `mtbert predict`'s path (tokenize, then `predict_set`: length-sorted dynamic padding,
+  inference_mode) vs `sentence_transformers.CrossEncoder.predict` and vs a plain batched loop in file order,
+  on the Quora and STS dev pairs;
+- peak resident memory of a three-task `sum` and `pcgrad` training run, each in its own subprocess.
+
+Every contender gets the same model (the default backbone unless told otherwise), the same real examples and
+the same batch size; each is warmed up, then the repeats are interleaved (A B A B) and the median is kept.
+The comparisons need the `bench` extra (sentence-transformers; the Trainer needs accelerate).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mtbert.config import build_config
+from mtbert.data import Example, collate, encode_examples, read_task_file
+from mtbert.evaluate import predict_set
+from mtbert.gradients import make_aggregator
+from mtbert.model import MultiTaskModel, default_backbone, load_encoder
+from mtbert.tasks import BUILTIN_TASKS, TaskSpec
+from mtbert.train import param_groups, training_step
+
+GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
+
+
+def bench_throughput(examples: int = 256, model_path: str | None = None, data_dir: str | Path | None = None,
+                     batch_size: int = 16, eval_batch_size: int = 64, repeats: int = 3, max_length: int = 128,
+                     memory_steps: int = 5, memory_train_samples: int | None = None,
+                     train_tasks: tuple[str, ...] = ("sst", "sts"),
+                     predict_tasks: tuple[str, ...] = ("para", "sts")) -> dict[str, Any]:
+    """Run the three comparisons and return one JSON-ready dict with each figure, its ratio and the goals."""
+    from mtbert.bench import machine
+
+    source = model_path or default_backbone()
+    folder = Path(data_dir) if data_dir is not None else build_config({}).resolved_data_dir()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    results: dict[str, Any] = {
+        "benchmark": "throughput", "model": "all-MiniLM-L6-v2 (bundled)" if model_path is None else str(model_path),
+        "examples": examples, "batch_size": batch_size, "eval_batch_size": eval_batch_size, "repeats": repeats,
+        "max_length": max_length, **machine(),
+    }
+    results["training"] = {t: bench_training(BUILTIN_TASKS[t], source, folder, examples, batch_size, repeats,
+                                             max_length, device) for t in train_tasks}
+    results["prediction"] = {t: bench_prediction(BUILTIN_TASKS[t], source, folder, examples, eval_batch_size,
+                                                 repeats, max_length, device) for t in predict_tasks}
+    results["memory"] = bench_memory(model_path, folder, memory_steps, batch_size, memory_train_samples)
+    results["goals"] = goals(results)
+    return results
+
+
+# ---- timing helpers ------------------------------------------------------------------------------
+
+
+def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: dict[str, Callable[[], Any]]
+                ) -> dict[str, list[float]]:
+    """Warm each contender up once, then time them in turn (A B A B ...) `repeats` times; seconds per run."""
+    for run in warmup.values():
+        run()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, run in contenders.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def rates(times: dict[str, list[float]], items: int) -> dict[str, dict[str, Any]]:
+    """Items per second from the median time of each contender, with every repeat's figure."""
+    return {name: {"per_second": round(items / statistics.median(t), 2),
+                   "all_per_second": [round(items / s, 2) for s in t]} for name, t in times.items()}
+
+
+def ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+def sample_examples(path: Path, spec: TaskSpec, n: int, shuffle: bool) -> list[Example]:
+    """The first n rows of a file (file order), or a seeded random n of them."""
+    examples = read_task_file(path, spec).examples
+    if shuffle:
+        examples = random.Random(0).sample(examples, min(n, len(examples)))
+    return examples[:n]
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def bench_training(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_size: int, repeats: int,
+                   max_length: int, device: torch.device) -> dict[str, Any]:
+    """Training samples/s of mtbert's single-task step vs the Trainer recipe, on the same batches.
+
+    The examples are a seeded random sample of the training file; both contenders go through them in that
+    order (the Trainer with its `sequential` sampler), so every step sees exactly the same batch and padding.
+    """
+    examples = sample_examples(data_dir / spec.train_file, spec, n, shuffle=True)
+    n = len(examples)
+    steps = -(-n // batch_size)
+    warm_steps = min(2, steps)
+    torch.manual_seed(0)
+    run_mtbert = mtbert_trainer(spec, source, examples, batch_size, max_length, device)
+    run_hf = hf_trainer(spec, source, examples, batch_size, max_length, device)
+    times = interleaved({"mtbert": lambda: run_mtbert(steps), "trainer": lambda: run_hf(steps)}, repeats,
+                        {"mtbert": lambda: run_mtbert(warm_steps), "trainer": lambda: run_hf(warm_steps)})
+    figures = rates(times, n)
+    return {"samples": n, "steps": steps, "samples_per_second": figures,
+            "ratio": ratio(figures["mtbert"]["per_second"], figures["trainer"]["per_second"])}
+
+
+def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size: int, max_length: int,
+                   device: torch.device) -> Callable[[int], None]:
+    """`run(steps)`: mtbert's training loop for one task (collate, step, clip, AdamW, schedule), fresh optimizer."""
+    from transformers import get_scheduler
+
+    cfg = build_config({"per_device_train_batch_size": batch_size, "tasks": [spec.name]})
+    encoder, tokenizer = load_encoder(source, cfg.dropout)
+    model = MultiTaskModel(encoder, [spec], cfg.pair_architecture, cfg.pooling, cfg.dropout).to(device)
+    encoded = encode_examples(tokenizer, spec, examples, max_length, cfg.pair_architecture)
+    pad_id = tokenizer.pad_token_id or 0
+    batches = [list(range(i, min(i + batch_size, len(examples)))) for i in range(0, len(examples), batch_size)]
+    aggregate = make_aggregator("sum")
+    generator = torch.Generator().manual_seed(0)
+    scale = {spec.name: 1.0 / batch_size}
+
+    def run(steps: int) -> None:
+        model.train()
+        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=0, num_training_steps=steps)
+        for step in range(steps):
+            batch = {spec.name: collate(encoded, batches[step % len(batches)], pad_id)}
+            training_step(model, batch, scale, None, aggregate, generator, device)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def hf_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size: int, max_length: int,
+               device: torch.device) -> Callable[[int], None]:
+    """`run(steps)`: the run_glue recipe, `Trainer.train()` for a fixed number of steps (no eval, no saving)."""
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments)
+
+    cfg = build_config({})
+    tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
+    num_labels = 1 if spec.is_regression else spec.num_labels
+    model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
+    texts = [[e.texts[k] for e in examples] for k in range(len(spec.text_columns))]
+    features = tokenizer(*texts, truncation=True, max_length=max_length)  # run_glue: padding left to the collator
+    labels = [float(e.label) if spec.is_regression else int(e.label) for e in examples]
+    dataset = [{**{k: v[i] for k, v in features.items()}, "labels": labels[i]} for i in range(len(examples))]
+    collator = DataCollatorWithPadding(tokenizer)
+    output_dir = tempfile.mkdtemp(prefix="mtbert-bench-trainer-")
+
+    def run(steps: int) -> None:
+        args = TrainingArguments(
+            output_dir=output_dir, max_steps=steps, per_device_train_batch_size=batch_size,
+            learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay, max_grad_norm=cfg.max_grad_norm,
+            lr_scheduler_type=cfg.lr_scheduler_type, eval_strategy="no", save_strategy="no", logging_strategy="no",
+            report_to=[], use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+            train_sampling_strategy="sequential", seed=0,
+        )
+        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                processing_class=tokenizer).train()
+
+    return run
+
+
+# ---- prediction ----------------------------------------------------------------------------------
+
+
+def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_size: int, repeats: int,
+                     max_length: int, device: torch.device) -> dict[str, Any]:
+    """Prediction examples/s from raw text (tokenization included) of the first n dev pairs, file order."""
+    from sentence_transformers import CrossEncoder
+
+    examples = sample_examples(data_dir / spec.dev_file, spec, n, shuffle=False)
+    n = len(examples)
+    encoder, tokenizer = load_encoder(source, 0.1)
+    model = MultiTaskModel(encoder, [spec]).to(device).eval()
+    pad_id = tokenizer.pad_token_id or 0
+    cross = CrossEncoder(source, num_labels=1, max_length=max_length, device=str(device))
+    pairs = [list(e.texts) for e in examples]
+
+    def run_mtbert() -> None:  # what `mtbert predict` does after reading the file
+        encoded = encode_examples(tokenizer, spec, examples, max_length, "cross")
+        predict_set(model, encoded, batch_size, pad_id, device)
+
+    def run_cross() -> None:
+        cross.predict(pairs, batch_size=batch_size, show_progress_bar=False)
+
+    @torch.inference_mode()
+    def run_plain() -> None:  # file order, each batch padded to its longest member
+        for start in range(0, n, batch_size):
+            chunk = examples[start : start + batch_size]
+            inputs = tokenizer([e.texts[0] for e in chunk], [e.texts[1] for e in chunk], padding=True,
+                               truncation=True, max_length=max_length, return_tensors="pt")
+            model(spec.name, [{k: v.to(device) for k, v in inputs.items()}]).cpu()
+
+    contenders = {"mtbert": run_mtbert, "cross_encoder": run_cross, "plain_loop": run_plain}
+    times = interleaved(contenders, repeats, contenders)
+    figures = rates(times, n)
+    mine = figures["mtbert"]["per_second"]
+    return {"examples": n, "examples_per_second": figures,
+            "ratio": {"to_cross_encoder": ratio(mine, figures["cross_encoder"]["per_second"]),
+                      "to_plain_loop": ratio(mine, figures["plain_loop"]["per_second"])}}
+
+
+# ---- memory --------------------------------------------------------------------------------------
+
+
+def bench_memory(model_path: str | None, data_dir: Path, steps: int, batch_size: int,
+                 max_train_samples: int | None = None, methods: tuple[str, ...] = ("sum", "pcgrad")
+                 ) -> dict[str, Any]:
+    """Peak resident memory (MB) of a short three-task training run per method, each in a fresh subprocess."""
+    peaks = {}
+    for method in methods:
+        with tempfile.TemporaryDirectory(prefix="mtbert-bench-memory-") as tmp:
+            config = Path(tmp) / "config.yaml"
+            config.write_text(f"output_dir: {Path(tmp) / 'run'}\ntasks: [sst, para, sts]\n", encoding="utf-8")
+            command = [sys.executable, "-m", "mtbert", "train", str(config), "--method", method,
+                       "--max_steps", str(steps), "--eval_strategy", "no", "--max_eval_samples", "50",
+                       "--max_predict_samples", "10", "--per_device_train_batch_size", str(batch_size),
+                       "--data_dir", str(data_dir)]
+            if model_path is not None:
+                command += ["--model_name_or_path", str(model_path)]
+            if max_train_samples is not None:
+                command += ["--max_train_samples", str(max_train_samples)]
+            peaks[method] = peak_rss_mb(command, Path(tmp) / "log.txt")
+    out: dict[str, Any] = {"steps": steps, "tasks": ["sst", "para", "sts"], "batch_size_per_task": batch_size,
+                           "peak_rss_mb": peaks}
+    if "sum" in peaks and "pcgrad" in peaks:
+        out["ratio"] = ratio(peaks["pcgrad"], peaks["sum"])
+    return out
+
+
+def peak_rss_mb(command: list[str], log: Path) -> float:
+    """Run a command and return its peak resident set size in MB (ru_maxrss of that child alone, via wait4)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "wb") as handle:
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        tail = log.read_text(encoding="utf-8", errors="replace")[-2000:]
+        raise RuntimeError(f"{' '.join(command)} failed with exit status {process.returncode}:\n{tail}")
+    return round(usage.ru_maxrss / 1024, 1)  # Linux reports kilobytes
+
+
+# ---- goals ---------------------------------------------------------------------------------------
+
+
+def goals(results: dict[str, Any]) -> dict[str, Any]:
+    """Each goal of issue 10 with the worst measured ratio and whether it is met."""
+    out: dict[str, Any] = {}
+    training = [r["ratio"] for r in results.get("training", {}).values()]
+    if training:
+        out["training_vs_trainer"] = {"goal": f">= {GOALS['training']}", "worst": min(training),
+                                      "met": min(training) >= GOALS["training"]}
+    prediction = [r["ratio"]["to_cross_encoder"] for r in results.get("prediction", {}).values()]
+    if prediction:
+        out["prediction_vs_cross_encoder"] = {"goal": f">= {GOALS['prediction']}", "worst": min(prediction),
+                                              "met": min(prediction) >= GOALS["prediction"]}
+    memory = results.get("memory", {}).get("ratio")
+    if memory is not None:
+        out["pcgrad_memory_vs_sum"] = {"goal": f"<= {GOALS['memory']}", "ratio": memory,
+                                       "met": memory <= GOALS["memory"]}
+    return out

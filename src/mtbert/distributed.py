@@ -1,0 +1,178 @@
+"""Several processes (`torchrun` or `accelerate launch`): ranks, the per-step gradient all-reduce, shared results.
+
+Hugging Face Accelerate's `PartialState` starts the process group from the launcher's environment (gloo on
+CPU, nccl on GPU) and gives each process its rank and device; the collectives are torch.distributed's.
+There is no DDP wrapper: every rank computes its per-task gradients locally, and then
+
+- `exact` (the default): the T x P per-task buffer is all-reduced ONCE (mean) and every rank aggregates the
+  same matrix with the same seeded generator, so N ranks take exactly the step of one process trained on the
+  union of their batches (DESIGN.md, "Distributed training on an existing engine");
+- `local`: each rank aggregates its own buffer and the P-vector updates are averaged, a cheaper approximation
+  that is a different algorithm for every method but `sum`.
+
+Both modes average the heads' gradients and the logged losses, and give every buffer the same layout (the
+embedding rows touched on ANY rank). With one process every method here does nothing and returns its input.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from mtbert.errors import MtbertError
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the processes of a run (one process: rank 0 of 1, and every method a no-op)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    ddp_mode: str = "exact"
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0, the only process that writes files, logs and progress bars."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    # ---- start of a stage ----------------------------------------------------------------------
+    def prepare_model(self, model: nn.Module, seed: int) -> None:
+        """Rank 0's weights on every rank; then a dropout RNG of its own on each rank > 0 (seeded seed + rank)."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for tensor in model.state_dict().values():
+                dist.broadcast(tensor, src=0)
+        if self.rank > 0:
+            torch.manual_seed(seed + self.rank)
+
+    # ---- the training step ---------------------------------------------------------------------
+    def union_rows(self, token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        """The embedding rows (token ids) that any rank's batches use, so that every buffer has the same layout."""
+        if not self.distributed:
+            return token_ids
+        mask = torch.zeros(vocab_size, dtype=torch.uint8, device=self.device)
+        mask[token_ids.to(self.device)] = 1
+        dist.all_reduce(mask, op=dist.ReduceOp.MAX)
+        return mask.nonzero().squeeze(1)
+
+    def share(self, losses: dict[str, float], buffer: Any, model: nn.Module) -> dict[str, float]:
+        """Average over the ranks what the step's backward passes left; return the losses averaged too.
+
+        `exact`: the per-task buffer (`PerTaskGradients`, one all-reduce of T x P floats). Both modes: the
+        gradients of the parameters outside the buffer (the heads; every parameter when there is no buffer),
+        and which parameters got a gradient on any rank (the others keep `.grad = None`, as on one process).
+        Each rank's gradients are scaled by 1/(its own samples), so the mean over ranks of equal batches is
+        the gradient of the union of their batches.
+        """
+        if not self.distributed:
+            return losses
+        in_buffer = set() if buffer is None else {id(p) for p in buffer.params} | {id(buffer.embedding)}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in in_buffer]
+        used = (list(buffer.used) if buffer is not None else []) + [p.grad is not None for p in others]
+        small = torch.tensor([*losses.values(), *map(float, used)], dtype=torch.float64, device=self.device)
+        dist.all_reduce(small)
+        mean_losses = dict(zip(losses, (small[: len(losses)] / self.world_size).tolist(), strict=True))
+        used = (small[len(losses) :] > 0).tolist()
+        if buffer is not None:
+            buffer.used, used = used[: len(buffer.used)], used[len(buffer.used) :]
+            if self.ddp_mode == "exact":
+                self._mean_(buffer.grads)
+        self._mean_grads([p for p, u in zip(others, used, strict=True) if u])
+        return mean_losses
+
+    def mean_update(self, update: torch.Tensor) -> torch.Tensor:
+        """`local`: the mean over the ranks of each rank's aggregated update; `exact`: the update as it is."""
+        if self.distributed and self.ddp_mode == "local":
+            self._mean_(update)
+        return update
+
+    def _mean_(self, tensor: torch.Tensor) -> None:
+        dist.all_reduce(tensor)  # SUM, then divide: gloo has no AVG
+        tensor.div_(self.world_size)
+
+    def _mean_grads(self, params: list[nn.Parameter]) -> None:
+        if not params:
+            return
+        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in params])
+        self._mean_(flat)
+        for p, part in zip(params, flat.split([p.numel() for p in params]), strict=True):
+            p.grad = part.view_as(p).clone()
+
+    # ---- results, files and checkpoints --------------------------------------------------------
+    def shard(self, items: list[T]) -> list[T]:
+        """This rank's strided share of `items` (all of them on one process)."""
+        return items[self.rank :: self.world_size]
+
+    def gather(self, items: list[T]) -> list[T]:
+        """Every rank's `items`, concatenated in rank order, on every rank (picklable items)."""
+        if not self.distributed:
+            return items
+        parts: list[Any] = [None] * self.world_size
+        dist.all_gather_object(parts, items)
+        return [item for part in parts for item in part]
+
+    def main_only(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` on rank 0 alone; the other ranks wait for it and get its result or error."""
+        if not self.distributed:
+            return fn(*args, **kwargs)
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn(*args, **kwargs))
+            except Exception as err:
+                message = str(err) if isinstance(err, MtbertError) else f"rank 0 failed: {type(err).__name__}: {err}"
+                dist.broadcast_object_list([("error", message)], src=0)
+                raise
+        dist.broadcast_object_list(box, src=0)
+        kind, value = box[0]
+        if kind == "error":
+            raise MtbertError(value)
+        return value
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+    def rng_states(self) -> list[dict[str, torch.Tensor]] | None:
+        """Every rank's dropout RNG state, for rank 0's checkpoint (None on one process)."""
+        if not self.distributed:
+            return None
+        mine = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            mine["cuda"] = torch.cuda.get_rng_state()
+        return self.gather([mine])
+
+
+ONE_PROCESS = Ranks()
+
+
+def start(ddp_mode: str = "exact") -> Ranks:
+    """The ranks of this run, from the launcher's environment (`torchrun`, `accelerate launch`, or none).
+
+    On one process the device is the GPU when there is one, else the CPU, as it always was. With several,
+    the process group is started by Accelerate (once per process) and the non-main ranks' log messages
+    below ERROR are silenced.
+    """
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if state.num_processes == 1:
+        return Ranks(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), ddp_mode=ddp_mode)
+    if not state.is_main_process:
+        logging.getLogger("mtbert").setLevel(logging.ERROR)
+    return Ranks(rank=state.process_index, world_size=state.num_processes, device=state.device, ddp_mode=ddp_mode)
+
