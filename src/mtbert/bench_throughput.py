@@ -14,6 +14,7 @@ The comparisons need the `bench` extra (sentence-transformers; the Trainer needs
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -113,12 +114,14 @@ def bench_training(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_si
     steps = -(-n // batch_size)
     warm_steps = min(2, steps)
     torch.manual_seed(0)
-    run_mtbert = mtbert_trainer(spec, source, examples, batch_size, max_length, device)
-    run_hf = hf_trainer(spec, source, examples, batch_size, max_length, device)
-    times = interleaved({"mtbert": lambda: run_mtbert(steps), "trainer": lambda: run_hf(steps)}, repeats,
-                        {"mtbert": lambda: run_mtbert(warm_steps), "trainer": lambda: run_hf(warm_steps)})
+    with tempfile.TemporaryDirectory(prefix="mtbert-bench-trainer-") as tmp:
+        run_mtbert = mtbert_trainer(spec, source, examples, batch_size, max_length, device)
+        run_hf = hf_trainer(spec, source, examples, batch_size, max_length, device, tmp)
+        times = interleaved({"mtbert": lambda: run_mtbert(steps), "trainer": lambda: run_hf(steps)}, repeats,
+                            {"mtbert": lambda: run_mtbert(warm_steps), "trainer": lambda: run_hf(warm_steps)})
     figures = rates(times, n)
     return {"samples": n, "steps": steps, "samples_per_second": figures,
+            "optimizer": {"mtbert": run_mtbert.optimizer, "trainer": run_hf.optimizer},
             "ratio": ratio(figures["mtbert"]["per_second"], figures["trainer"]["per_second"])}
 
 
@@ -139,7 +142,9 @@ def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_s
 
     def run(steps: int) -> None:
         model.train()
+        # as train_stage builds it
         optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        run.optimizer = adamw_kind(optimizer)
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=0, num_training_steps=steps)
         for step in range(steps):
             batch = {spec.name: collate(encoded, batches[step % len(batches)], pad_id)}
@@ -149,14 +154,32 @@ def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_s
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
+    run.optimizer = ""
     return run
 
 
+def adamw_kind(optimizer: torch.optim.Optimizer) -> str:
+    """Which implementation torch's AdamW runs: fused, foreach, or the per-tensor loop (its CPU default)."""
+    group = optimizer.param_groups[0]
+    if group.get("fused"):
+        return "adamw_torch_fused"
+    if group.get("foreach"):
+        return "adamw_torch_foreach"
+    on_cuda = all(p.is_cuda for g in optimizer.param_groups for p in g["params"])
+    return "adamw_torch (foreach)" if on_cuda else "adamw_torch (per-tensor loop)"
+
+
 def hf_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size: int, max_length: int,
-               device: torch.device) -> Callable[[int], None]:
+               device: torch.device, output_dir: str) -> Callable[[int], None]:
     """`run(steps)`: the run_glue recipe, `Trainer.train()` for a fixed number of steps (no eval, no saving)."""
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        Trainer,
+        TrainingArguments,
+    )
 
     cfg = build_config({})
     tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
@@ -167,7 +190,6 @@ def hf_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size:
     labels = [float(e.label) if spec.is_regression else int(e.label) for e in examples]
     dataset = [{**{k: v[i] for k, v in features.items()}, "labels": labels[i]} for i in range(len(examples))]
     collator = DataCollatorWithPadding(tokenizer)
-    output_dir = tempfile.mkdtemp(prefix="mtbert-bench-trainer-")
 
     def run(steps: int) -> None:
         args = TrainingArguments(
@@ -177,9 +199,13 @@ def hf_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size:
             report_to=[], use_cpu=device.type == "cpu", dataloader_num_workers=0, disable_tqdm=True,
             train_sampling_strategy="sequential", seed=0,
         )
-        Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
-                processing_class=tokenizer).train()
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator,
+                          processing_class=tokenizer)
+        trainer.remove_callback(PrinterCallback)  # it prints the final metrics to stdout, where our JSON goes
+        trainer.train()
+        run.optimizer = str(getattr(args.optim, "value", args.optim))
 
+    run.optimizer = ""
     return run
 
 
@@ -234,9 +260,10 @@ def bench_memory(model_path: str | None, data_dir: Path, steps: int, batch_size:
     for method in methods:
         with tempfile.TemporaryDirectory(prefix="mtbert-bench-memory-") as tmp:
             config = Path(tmp) / "config.yaml"
-            config.write_text(f"output_dir: {Path(tmp) / 'run'}\ntasks: [sst, para, sts]\n", encoding="utf-8")
+            run_dir = json.dumps(str(Path(tmp) / "run"))  # a JSON string is a YAML string
+            config.write_text(f"output_dir: {run_dir}\ntasks: [sst, para, sts]\n", encoding="utf-8")
             command = [sys.executable, "-m", "mtbert", "train", str(config), "--method", method,
-                       "--max_steps", str(steps), "--eval_strategy", "no", "--max_eval_samples", "50",
+                       "--max_steps", str(steps), "--max_eval_samples", "50",
                        "--max_predict_samples", "10", "--per_device_train_batch_size", str(batch_size),
                        "--data_dir", str(data_dir)]
             if model_path is not None:

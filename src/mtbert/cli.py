@@ -16,7 +16,8 @@ KEY_HELP = {
     "model_name_or_path": "any Hugging Face encoder, by hub name or local folder (default: bundled all-MiniLM-L6-v2)",
     "data_dir": "folder of the task files (default: $MTBERT_DATA, else ./data)",
     "tasks": "built-in task names (sst, para, sts) or mappings declaring your own task",
-    "method": "single | sum | pcgrad | other aggregators (see mtbert.gradients.AGGREGATORS)",
+    "method": "single | sum | pcgrad | cagrad | gradvac | imtl-g | mgda | upgrad | aligned-mtl | nash-mtl "
+              "(gradient aggregation) | uncertainty | famo (loss weighting)",
     "task_ratio": "samples per step of each task in units of the batch size, e.g. '0:3:1' (0 leaves a task out)",
     "sample_weighting": "scale each task's summed loss by 1/n_i (the seed's sample-weighted PCGrad)",
     "pair_architecture": "cross (one sequence with [SEP]) | bi-cosine | bi-concat",
@@ -48,6 +49,9 @@ KEY_HELP = {
     "max_predict_samples": "predict only the first N test rows of each task (for quick checks)",
     "report_to": "none | tensorboard", "bf16": "auto (GPU only) | true | false",
     "ddp_mode": "exact (all-reduce per-task gradients, then aggregate) | local (aggregate per rank)",
+    "sampling": "fixed-ratio (task_ratio) | proportional | temperature | annealed: samples of each task per step",
+    "sampling_temperature": "T of temperature sampling (shares proportional to size^(1/T))",
+    "surgery_scope": "global | per-layer: aggregate the whole shared vector or each encoder layer separately",
     "trust_remote_code": "allow model code from the hub (off unless you set it)",
     "two_step": "stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR)",
 }

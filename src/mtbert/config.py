@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from mtbert.errors import ConfigError
+from mtbert.sampling import SAMPLING_STRATEGIES
 from mtbert.tasks import TaskSpec, task_from_config
 
 PAIR_ARCHITECTURES = ("cross", "bi-cosine", "bi-concat")
@@ -24,6 +25,7 @@ POOLINGS = ("cls", "mean")
 EVAL_STRATEGIES = ("epoch", "steps", "no")
 STS_LOSSES = ("mse", "cosent")
 DDP_MODES = ("exact", "local")
+SURGERY_SCOPES = ("global", "per-layer")
 
 
 @dataclass
@@ -68,6 +70,9 @@ class TrainConfig:
     report_to: str = "none"
     bf16: str = "auto"
     ddp_mode: str = "exact"
+    sampling: str = "fixed-ratio"
+    sampling_temperature: float = 2.0
+    surgery_scope: str = "global"
     trust_remote_code: bool = False
     two_step: dict[str, Any] | None = None
 
@@ -215,14 +220,18 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("save_steps", "must be >= 0 (0 saves no periodic checkpoint)")
     for key, allowed in (("pair_architecture", PAIR_ARCHITECTURES), ("pooling", POOLINGS),
                          ("eval_strategy", EVAL_STRATEGIES), ("sts_loss", STS_LOSSES), ("ddp_mode", DDP_MODES),
+                         ("sampling", SAMPLING_STRATEGIES), ("surgery_scope", SURGERY_SCOPES),
                          ("report_to", ("none", "tensorboard")), ("bf16", ("auto", "true", "false"))):
         if getattr(cfg, key) not in allowed:
             raise bad(key, f"'{getattr(cfg, key)}' is not one of {' | '.join(allowed)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
         raise bad("eval_steps", "must be set when eval_strategy is steps")
     from mtbert.gradients import AGGREGATORS
+    from mtbert.weighting import LOSS_WEIGHTINGS
 
-    methods = ("single", *AGGREGATORS)
+    methods = ("single", *AGGREGATORS, *LOSS_WEIGHTINGS)
+    if cfg.sampling_temperature <= 0:
+        raise bad("sampling_temperature", f"must be positive, not {cfg.sampling_temperature}")
     if cfg.method not in methods:
         raise bad("method", f"'{cfg.method}' is not one of {' | '.join(methods)}")
     specs = cfg.task_specs()

@@ -241,7 +241,11 @@ class MultiTaskSampler:
         return cached[1]
 
     def draw(self, task: str, n: int) -> list[int]:
-        """The next n indices of `task` for this rank; all ranks together consume n * world_size."""
+        """The next n indices of `task` for this rank; all ranks together consume n * world_size.
+
+        Rank r takes stream positions [pos + r*n, pos + (r+1)*n): the ranks' draws, in rank order, are exactly
+        the n * world_size indices one process would draw (the union of the ranks' batches is that batch).
+        """
         size = self.sizes[task]
         out = []
         start = self.positions[task] + self.rank * n

@@ -11,12 +11,16 @@ There is no DDP wrapper: every rank computes its per-task gradients locally, and
   that is a different algorithm for every method but `sum`.
 
 Both modes average the heads' gradients and the logged losses, and give every buffer the same layout (the
-embedding rows touched on ANY rank). With one process every method here does nothing and returns its input.
+embedding rows touched on ANY rank). With one process nothing here communicates: the methods return their
+input (or call the function they are given), so the training loop reads the same either way.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -28,6 +32,7 @@ from torch import nn
 from mtbert.errors import MtbertError
 
 T = TypeVar("T")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -171,8 +176,27 @@ def start(ddp_mode: str = "exact") -> Ranks:
 
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.num_processes == 1:
+        if "ACCELERATE_DYNAMO_BACKEND" in os.environ and "MASTER_ADDR" in os.environ:
+            _warn_once_single_process()
         return Ranks(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"), ddp_mode=ddp_mode)
     if not state.is_main_process:
         logging.getLogger("mtbert").setLevel(logging.ERROR)
+    _destroy_at_exit()
     return Ranks(rank=state.process_index, world_size=state.num_processes, device=state.device, ddp_mode=ddp_mode)
 
+
+@functools.cache
+def _warn_once_single_process() -> None:
+    # `accelerate launch --num_processes N` without --multi_gpu on a machine without GPUs runs ONE process
+    logger.warning("accelerate launch started a single process; without GPUs it starts several only with "
+                   "--multi_gpu (accelerate launch --multi_gpu --num_processes N ...)")
+
+
+@functools.cache
+def _destroy_at_exit() -> None:
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    if dist.is_initialized():  # nccl complains at exit about a process group left open
+        dist.destroy_process_group()

@@ -11,6 +11,8 @@ Gramian and of the update without changing the result (the other rows are zero f
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -18,9 +20,12 @@ from torch import nn
 class PerTaskGradients:
     """A T x P buffer of per-task gradients of `params`, with the embedding matrix stored by touched rows."""
 
-    def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None) -> None:
+    def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
+                 names: list[str] | None = None) -> None:
         self.embedding = embedding
+        names = names or [str(i) for i in range(len(params))]
         self.params = [p for p in params if p is not embedding]
+        self.names = [n for n, p in zip(names, params, strict=True) if p is not embedding]
         self.num_tasks = num_tasks
         self.dense_size = sum(p.numel() for p in self.params)
         self.rows: torch.Tensor | None = None
@@ -77,3 +82,27 @@ class PerTaskGradients:
             grad = torch.zeros_like(self.embedding)
             grad.index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
             self.embedding.grad = grad
+
+    def layer_groups(self) -> list[list[tuple[int, int]]]:
+        """Column ranges of the buffer grouped by encoder layer (`.layer.<i>.`); the rest (embeddings, the
+        word-embedding rows, anything else) is one group. Valid after `begin_step`."""
+        groups: dict[str, list[tuple[int, int]]] = {}
+        offset = 0
+        for name, p in zip(self.names, self.params, strict=True):
+            match = re.search(r"\.layers?\.(\d+)\.", f".{name}")
+            key = f"layer{match.group(1)}" if match else "other"
+            groups.setdefault(key, []).append((offset, offset + p.numel()))
+            offset += p.numel()
+        if self.embedding is not None and self.grads.shape[1] > offset:
+            groups.setdefault("other", []).append((offset, self.grads.shape[1]))
+        return list(groups.values())
+
+
+def aggregate_per_layer(aggregate, grads: torch.Tensor, groups: list[list[tuple[int, int]]],
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`)."""
+    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device)
+    for group in groups:
+        columns = torch.cat([torch.arange(s, e, device=grads.device) for s, e in group])
+        update[columns] = aggregate(grads.index_select(1, columns), generator=generator)
+    return update

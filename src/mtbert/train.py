@@ -35,9 +35,11 @@ from mtbert.evaluate import evaluate_sets
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
 from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
-from mtbert.pertask import PerTaskGradients
+from mtbert.pertask import PerTaskGradients, aggregate_per_layer
 from mtbert.predict import write_cs224n, write_scores
+from mtbert.sampling import samples_per_step
 from mtbert.tasks import TaskSpec
+from mtbert.weighting import make_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -109,9 +111,13 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
 
     # ---- optimisation ---------------------------------------------------------------------------
     unit = cfg.per_device_train_batch_size
-    per_step = {s.name: ratios[s.name] * unit for s in active}  # on each rank
+    sizes = {s.name: len(data[s.name].train) for s in active}
     steps_per_epoch = math.ceil(cfg.samples_per_task_per_epoch / (unit * ranks.world_size))
     total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs * steps_per_epoch)
+    num_epochs = math.ceil(total_steps / steps_per_epoch)
+    weighting = make_weighting(cfg.method, list(sizes))
+    if isinstance(weighting, torch.nn.Module):
+        model.loss_weighting = weighting.to(device)  # trained, and checkpointed, with the model
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
@@ -120,11 +126,9 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
                                world_size=ranks.world_size)
     aggregate = make_aggregator(cfg.method if cfg.method in AGGREGATORS else "sum")
     generator = torch.Generator().manual_seed(cfg.seed)
-    # Sample weighting: a task's summed loss is scaled by 1/n_i; without it by 1/unit, so that a task
-    # with more samples per step weighs more (the contrast the seed draws). Equal at ratio 1:1:1. With several
-    # ranks the gradients are averaged over them, which gives the same scale over the union of their batches.
-    loss_scale = {t: 1.0 / (n if cfg.sample_weighting else unit) for t, n in per_step.items()}
-    buffer = PerTaskGradients(model.shared_parameters(), len(active), model.encoder.get_input_embeddings().weight)
+    shared_names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
+    buffer = PerTaskGradients(model.shared_parameters(), len(active), model.encoder.get_input_embeddings().weight,
+                              names=shared_names)
 
     state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0}
     if not resume_from_checkpoint:
@@ -147,10 +151,19 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
                     dynamic_ncols=True, mininterval=2.0, disable=not ranks.is_main)
     for step in range(state["global_step"] + 1, total_steps + 1):
         log_now = step % cfg.logging_steps == 0 or step == total_steps
-        per_task = cfg.method not in ("sum", "single") or (log_now and len(active) > 1) or ranks.distributed
+        per_task = cfg.method in AGGREGATORS and cfg.method != "sum" or (log_now and len(active) > 1) or (
+            ranks.distributed)
+        # Samples of each task this step (on each rank): task_ratio x batch, or the sampling strategy's shares.
+        per_step = samples_per_step(cfg.sampling, sizes, ratios, unit, cfg.sampling_temperature,
+                                    epoch=(step - 1) // steps_per_epoch + 1, num_epochs=num_epochs)
+        # Sample weighting: a task's summed loss is scaled by 1/n_i; without it by 1/unit, so that a task
+        # with more samples per step weighs more (the contrast the seed draws). Equal at ratio 1:1:1. With several
+        # ranks the gradients are averaged over them, which gives the same scale over the union of their batches.
+        loss_scale = {t: 1.0 / (n if cfg.sample_weighting else unit) for t, n in per_step.items()}
         batches = {t: collate(data[t].train, sampler.draw(t, n), pad_id) for t, n in per_step.items()}
         losses, stats = training_step(model, batches, loss_scale, buffer if per_task else None, aggregate, generator,
-                                      device, use_bf16, cfg.sts_loss, diagnostics=log_now, ranks=ranks)
+                                      device, use_bf16, cfg.sts_loss, diagnostics=log_now, ranks=ranks,
+                                      weighting=weighting, per_layer=cfg.surgery_scope == "per-layer")
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
 
         if not (math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values())):
@@ -169,6 +182,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if weighting is not None:
+                weighting.after_step(losses)
         state["global_step"] = step
         progress.update(1)
         progress.set_postfix({t: f"{v:.3f}" for t, v in losses.items()}, refresh=False)
@@ -224,7 +239,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
 def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: dict[str, float],
                   buffer: PerTaskGradients | None, aggregate, generator: torch.Generator, device: torch.device,
                   use_bf16: bool = False, sts_loss: str = "mse", diagnostics: bool = False,
-                  ranks: Ranks = ONE_PROCESS) -> tuple[dict[str, float], dict | None]:
+                  ranks: Ranks = ONE_PROCESS, weighting=None, per_layer: bool = False,
+                  ) -> tuple[dict[str, float], dict | None]:
     """Forward and backward each task's batch; with a buffer, aggregate the per-task gradients into `.grad`.
 
     Returns the mean per-sample loss of each task and, when asked, the gradient diagnostics. With several
@@ -239,14 +255,20 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             outputs = model(task, inputs)
         loss = task_loss(model.specs[task], outputs.float(), batch["labels"].to(device), sts_loss)
-        (loss * loss_scale[task]).backward()  # frees this task's graph: peak memory is one task batch
+        scaled = loss * loss_scale[task]
+        if weighting is not None:  # uncertainty / famo: a weight per task on its loss
+            scaled = weighting.weigh(task, scaled)
+        scaled.backward()  # frees this task's graph: peak memory is one task batch
         losses[task] = loss.item() / len(batch["labels"])
         if buffer is not None:
             buffer.collect(index)
     losses = ranks.share(losses, buffer, model)  # ddp_mode exact: one all-reduce of the T x P buffer
     stats = None
     if buffer is not None:
-        update = aggregate(buffer.grads, generator=generator)
+        if per_layer:
+            update = aggregate_per_layer(aggregate, buffer.grads, buffer.layer_groups(), generator)
+        else:
+            update = aggregate(buffer.grads, generator=generator)
         if diagnostics:
             stats = diagnose(buffer.grads, update, list(batches))
         buffer.write(ranks.mean_update(update))  # ddp_mode local: the mean of the ranks' updates
@@ -284,7 +306,7 @@ def param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
         if not p.requires_grad:
             continue
         decay = 0.0 if (p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name) else cfg.weight_decay
-        if name.startswith("heads."):
+        if name.startswith(("heads.", "loss_weighting.")):
             lr = cfg.head_learning_rate or cfg.learning_rate
         else:
             depth = layers  # embeddings sit below layer 0

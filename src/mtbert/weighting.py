@@ -72,3 +72,12 @@ class FAMO:
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self._z().tolist(), strict=True))
+
+
+def make_weighting(method: str, tasks: list[str]) -> UncertaintyWeighting | FAMO | None:
+    """The loss weighting a method names (`uncertainty`, `famo`), or None for the other methods."""
+    if method == "uncertainty":
+        return UncertaintyWeighting(tasks)
+    if method == "famo":
+        return FAMO(tasks)
+    return None

@@ -47,7 +47,7 @@ def test_smoke_run_writes_every_file_in_cs224n_format(smoke_run):
     for task, header in headers.items():
         lines = _lines(smoke_run / "predictions" / f"{task}-dev-output.csv")
         assert lines[0] == f"id \t {header} "
-        assert len(lines) == 1 + 200 if REAL else len(lines) > 1
+        assert len(lines) == 1 + (200 if REAL else 40)
         ident, value = lines[1].split(" , ")
         assert len(ident) == 25 and value.endswith(" ")
         float(value)
@@ -67,25 +67,24 @@ def test_smoke_metrics_beat_chance(smoke_run):
         assert results["sst_acc"] > 0.25 and results["para_acc"] > 0.6 and results["sts_corr"] > 0.1
 
 
-def test_evaluate_and_predict_agree_with_the_run(smoke_run, tmp_path):
-    cfg_data = os.environ["MTBERT_DATA"] if REAL else None
-    result = mtbert("evaluate", str(smoke_run), "--json", str(tmp_path / "eval.json"))
+def test_evaluate_and_predict_agree_with_the_run(smoke_run, tmp_path, tiny_data_dir):
+    data_dir = Path(os.environ["MTBERT_DATA"]) if REAL else tiny_data_dir
+    files = {}
+    for task, name in (("sst", "ids-sst-dev.csv"), ("para", "quora-dev.csv"), ("sts", "sts-dev.csv")):
+        # the smoke config evaluates the first 200 dev rows: hand evaluate exactly those
+        files[task] = tmp_path / name
+        files[task].write_text("\n".join(_lines(data_dir / name)[:201]) + "\n", encoding="utf-8")
+    args = [f"--{task}={path}" for task, path in files.items()]
+    result = mtbert("evaluate", str(smoke_run), *args, "--json", str(tmp_path / "eval.json"))
     assert result.returncode == 0, result.stderr[-2000:]
     evaluated = json.loads((tmp_path / "eval.json").read_text())
-    assert set(evaluated) >= {"sst_acc", "para_acc", "sts_corr", "overall"}
-    if not REAL:  # tiny runs evaluate the whole dev file, so evaluate must equal results.json
-        results = json.loads((smoke_run / "results.json").read_text())
-        for key in ("sst_acc", "para_acc", "sts_corr", "overall"):
-            assert evaluated[key] == pytest.approx(results[key], abs=1e-6)
-    data_dir = Path(cfg_data) if cfg_data else Path(json.dumps(None))
-    source = (data_dir / "sts-dev.csv") if REAL else None
-    if source is not None:
-        out = tmp_path / "sts.csv"
-        result = mtbert("predict", str(smoke_run), "--task", "sts", "--input", str(source), "--output", str(out))
-        assert result.returncode == 0, result.stderr[-2000:]
-        ours = _lines(out)
-        run_lines = _lines(smoke_run / "predictions" / "sts-dev-output.csv")
-        assert ours[: len(run_lines)] == run_lines  # the run predicted the first 200 dev rows
+    results = json.loads((smoke_run / "results.json").read_text())
+    for key in ("sst_acc", "para_acc", "sts_corr", "overall"):
+        assert evaluated[key] == pytest.approx(results[key], abs=1e-6), key
+    out = tmp_path / "sts.csv"
+    result = mtbert("predict", str(smoke_run), "--task", "sts", "--input", str(files["sts"]), "--output", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert _lines(out) == _lines(smoke_run / "predictions" / "sts-dev-output.csv")
     result = mtbert("predict", str(smoke_run), "--task", "para", "--input", "-",
                     stdin="How do I learn Python?\tWhat is the best way to learn Python?\nhello\tgoodbye\n")
     assert result.returncode == 0, result.stderr[-2000:]

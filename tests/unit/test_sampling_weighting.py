@@ -64,3 +64,32 @@ def test_famo_gradient_is_that_of_the_weighted_log_losses_and_favours_the_slow_t
         famo.after_step({"a": 2.0, "b": 0.5 * 0.9**k})
     weights = famo.weights()
     assert weights["a"] > weights["b"]
+
+
+@pytest.mark.parametrize("extra", [
+    {"method": "uncertainty"},
+    {"method": "famo"},
+    {"method": "pcgrad", "surgery_scope": "per-layer"},
+    {"method": "sum", "sampling": "annealed"},
+    {"method": "pcgrad", "sampling": "temperature", "sampling_temperature": 3.0, "sample_weighting": True},
+])
+def test_runs_with_each_strategy_complete(tiny_config, extra):
+    from mtbert.config import build_config
+    from mtbert.train import train
+
+    results = train(build_config({**tiny_config, **extra}))
+    assert 0 <= results["overall"] <= 1
+
+
+def test_per_layer_pcgrad_equals_global_pcgrad_per_group():
+    from mtbert.gradients import pcgrad
+    from mtbert.pertask import aggregate_per_layer
+
+    grads = torch.randn(3, 10, dtype=torch.float64)
+    groups = [[(0, 4), (8, 10)], [(4, 8)]]
+    update = aggregate_per_layer(pcgrad, grads, groups, torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    first = pcgrad(grads[:, [0, 1, 2, 3, 8, 9]], generator)
+    second = pcgrad(grads[:, 4:8], generator)
+    torch.testing.assert_close(update[[0, 1, 2, 3, 8, 9]], first)
+    torch.testing.assert_close(update[4:8], second)

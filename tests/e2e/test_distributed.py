@@ -1,0 +1,128 @@
+"""Two CPU processes (torchrun, gloo) train exactly as one process does on the union of their batches.
+
+Rank r of 2 draws positions [pos + 4r, pos + 4r + 4) of each task's seeded stream, and one process with batch 8
+draws [pos, pos + 8): the same samples. Without dropout, the two runs' weights agree to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.e2e
+
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir, tiny_data_dir, tmp_path_factory) -> dict:
+    """Three steps of constant learning rate, no dropout, evaluation at the end only (so best/ = final weights).
+
+    One step per epoch (8 samples per task per epoch), so a checkpoint is saved after steps 1 and 2.
+    """
+    return {"model_name_or_path": str(tiny_model_dir), "data_dir": str(tiny_data_dir),
+            "folder": tmp_path_factory.mktemp("distributed"), "tasks": ["sst", "para", "sts"], "method": "sum",
+            "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16, "samples_per_task_per_epoch": 8,
+            "max_steps": 3, "lr_scheduler_type": "constant", "learning_rate": 1e-3, "dropout": 0.0,
+            "max_length": 32, "eval_strategy": "no", "logging_steps": 1, "seed": 0}
+
+
+def _start(base: dict, name: str, processes: int, **extra) -> subprocess.Popen:
+    folder = base["folder"]
+    cfg = {**{k: v for k, v in base.items() if k != "folder"}, "output_dir": str(folder / name), **extra}
+    config = folder / f"{name}.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
+    command = [sys.executable, *(launcher if processes > 1 else []), "-m", "mtbert", "train", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _finish(base: dict, runs: dict[str, subprocess.Popen]) -> dict[str, Path]:
+    for proc in runs.values():
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err[-3000:]
+    return {name: base["folder"] / name for name in runs}
+
+
+@pytest.fixture(scope="module")
+def sum_runs(base) -> dict[str, Path]:
+    """`sum`: one process with batch 8, and two with batch 4 in each ddp_mode (two runs at a time)."""
+    runs = _finish(base, {"one": _start(base, "one", 1, per_device_train_batch_size=8),
+                          "exact": _start(base, "exact", 2)})
+    return {**runs, **_finish(base, {"local": _start(base, "local", 2, ddp_mode="local")})}
+
+
+def _assert_same_weights(a: Path, b: Path) -> None:
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        ta, tb = load_file(str(a / "best" / name)), load_file(str(b / "best" / name))
+        assert ta.keys() == tb.keys()
+        for key in ta:
+            torch.testing.assert_close(tb[key], ta[key], atol=1e-6, rtol=0, msg=key)
+
+
+def _assert_same_losses(a: Path, b: Path) -> None:
+    """The logged losses of the two ranks are averaged: the mean over the union of their batches."""
+    la, lb = ([json.loads(line)["loss"] for line in (run / "train_log.jsonl").open()] for run in (a, b))
+    assert len(la) == len(lb) == 3
+    for x, y in zip(la, lb, strict=True):
+        assert x.keys() == y.keys() and all(x[t] == pytest.approx(y[t], rel=1e-5) for t in x)
+
+
+def _rows(path: Path) -> list[tuple[str, float]]:
+    """(id, prediction) of each line of a CS224N prediction file."""
+    return [(i.strip(), float(v)) for i, v in (line.split(",") for line in path.read_text().splitlines()[1:])]
+
+
+def _files(run: Path) -> set[str]:
+    return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
+
+
+def test_two_processes_with_sum_equal_one_process_on_the_union(sum_runs):
+    _assert_same_weights(sum_runs["exact"], sum_runs["one"])
+    _assert_same_losses(sum_runs["exact"], sum_runs["one"])
+
+
+def test_two_processes_with_sample_weighted_pcgrad_equal_one_process_on_the_union(base):
+    extra = {"method": "pcgrad", "task_ratio": "1:2:1", "sample_weighting": True}
+    runs = _finish(base, {"pcgrad-one": _start(base, "pcgrad-one", 1, per_device_train_batch_size=8, **extra),
+                          "pcgrad-two": _start(base, "pcgrad-two", 2, **extra)})
+    _assert_same_weights(runs["pcgrad-two"], runs["pcgrad-one"])
+    _assert_same_losses(runs["pcgrad-two"], runs["pcgrad-one"])
+
+
+def test_local_mode_with_sum_equals_one_process_on_the_union(sum_runs):
+    """`ddp_mode: local` averages each rank's aggregated update: for the linear `sum` that is the same step."""
+    _assert_same_weights(sum_runs["local"], sum_runs["one"])
+
+
+def test_two_process_run_writes_the_same_files_as_one_process(sum_runs):
+    two, one = sum_runs["exact"], sum_runs["one"]
+    assert _files(two) == _files(one)  # rank 0 alone wrote them; the automatic checkpoints were removed
+    for path in (two / "predictions").iterdir():  # every dev and test example predicted once, in file order
+        rows_two, rows_one = (_rows(run / "predictions" / path.name) for run in (two, one))
+        assert [i for i, _ in rows_two] == [i for i, _ in rows_one]
+        assert [v for _, v in rows_two] == pytest.approx([v for _, v in rows_one], abs=1e-4)
+    metrics = json.loads((two / "results.json").read_text())
+    assert metrics.keys() == json.loads((one / "results.json").read_text()).keys()
+
+
+def test_ranks_draw_the_union_of_one_process_batch():
+    """Rank r of N takes positions [pos + r*n, pos + (r+1)*n): together, in rank order, one process's N*n draw."""
+    from mtbert.data import MultiTaskSampler
+
+    sizes = {"a": 10, "b": 7}
+    one = MultiTaskSampler(sizes, seed=3)
+    ranks = [MultiTaskSampler(sizes, seed=3, rank=r, world_size=2) for r in range(2)]
+    for _ in range(6):  # crosses several reshuffles of both streams
+        for task in sizes:
+            assert ranks[0].draw(task, 3) + ranks[1].draw(task, 3) == one.draw(task, 6)
+    assert ranks[0].state_dict() == ranks[1].state_dict() == one.state_dict()
