@@ -201,6 +201,9 @@ def stages(cfg: TrainConfig) -> list[dict[str, Any]]:
         steps = stage.max_steps if stage.max_steps > 0 else math.ceil(
             stage.num_train_epochs * math.ceil(stage.samples_per_task_per_epoch / unit))
         samples = {task: steps * unit * r for task, r in ratios.items()}
+        sampling = getattr(stage, "sampling", "fixed-ratio")
+        if sampling != "fixed-ratio":  # its shares depend on the data; a step still takes a batch per active task
+            samples = {f"all tasks ({sampling})": steps * unit * sum(1 for r in ratios.values() if r > 0)}
         return {"stage": name, "steps": steps, "samples": samples,
                 "samples_per_task": round(sum(samples.values()) / len(ratios))}
 

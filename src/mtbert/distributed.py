@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place among the processes of a run (one process: rank 0 of 1, and every method a no-op)."""
+    """This process's place among the processes of a run (one process: rank 0 of 1, and nothing communicates)."""
 
     rank: int = 0
     world_size: int = 1
@@ -99,6 +99,18 @@ class Ranks:
         self._mean_grads([p for p, u in zip(others, used, strict=True) if u])
         return mean_losses
 
+    def with_mean_value(self, loss: torch.Tensor) -> torch.Tensor:
+        """`loss` carrying the value of its mean over the ranks, and the gradient of this rank's own loss.
+
+        A loss weighting that reads a loss's value (FAMO's 1/L_t) then weighs every rank's gradient by the loss
+        of the union of the batches, as one process would. One all-reduce of a scalar.
+        """
+        if not self.distributed:
+            return loss
+        mean = loss.detach().clone()
+        self._mean_(mean)
+        return loss + (mean - loss.detach())
+
     def mean_update(self, update: torch.Tensor) -> torch.Tensor:
         """`local`: the mean over the ranks of each rank's aggregated update; `exact`: the update as it is."""
         if self.distributed and self.ddp_mode == "local":
@@ -115,7 +127,7 @@ class Ranks:
         flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in params])
         self._mean_(flat)
         for p, part in zip(params, flat.split([p.numel() for p in params]), strict=True):
-            p.grad = part.view_as(p).clone()
+            p.grad = part.view_as(p)
 
     # ---- results, files and checkpoints --------------------------------------------------------
     def shard(self, items: list[T]) -> list[T]:

@@ -256,8 +256,8 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
             outputs = model(task, inputs)
         loss = task_loss(model.specs[task], outputs.float(), batch["labels"].to(device), sts_loss)
         scaled = loss * loss_scale[task]
-        if weighting is not None:  # uncertainty / famo: a weight per task on its loss
-            scaled = weighting.weigh(task, scaled)
+        if weighting is not None:  # uncertainty / famo: a weight per task on its loss (of all ranks' batches)
+            scaled = weighting.weigh(task, ranks.with_mean_value(scaled))
         scaled.backward()  # frees this task's graph: peak memory is one task batch
         losses[task] = loss.item() / len(batch["labels"])
         if buffer is not None:

@@ -53,12 +53,16 @@ def _finish(base: dict, runs: dict[str, subprocess.Popen]) -> dict[str, Path]:
     return {name: base["folder"] / name for name in runs}
 
 
+def _pair(base: dict, name: str, **extra) -> tuple[Path, Path]:
+    """Train 2 processes with batch 4 per task and, at the same time, 1 process with batch 8: their run dirs."""
+    runs = _finish(base, {f"{name}-two": _start(base, f"{name}-two", 2, **extra),
+                          f"{name}-one": _start(base, f"{name}-one", 1, per_device_train_batch_size=8, **extra)})
+    return runs[f"{name}-two"], runs[f"{name}-one"]
+
+
 @pytest.fixture(scope="module")
-def sum_runs(base) -> dict[str, Path]:
-    """`sum`: one process with batch 8, and two with batch 4 in each ddp_mode (two runs at a time)."""
-    runs = _finish(base, {"one": _start(base, "one", 1, per_device_train_batch_size=8),
-                          "exact": _start(base, "exact", 2)})
-    return {**runs, **_finish(base, {"local": _start(base, "local", 2, ddp_mode="local")})}
+def sum_runs(base) -> tuple[Path, Path]:
+    return _pair(base, "sum")
 
 
 def _assert_same_weights(a: Path, b: Path) -> None:
@@ -87,25 +91,26 @@ def _files(run: Path) -> set[str]:
 
 
 def test_two_processes_with_sum_equal_one_process_on_the_union(sum_runs):
-    _assert_same_weights(sum_runs["exact"], sum_runs["one"])
-    _assert_same_losses(sum_runs["exact"], sum_runs["one"])
+    _assert_same_weights(*sum_runs)
+    _assert_same_losses(*sum_runs)
 
 
 def test_two_processes_with_sample_weighted_pcgrad_equal_one_process_on_the_union(base):
-    extra = {"method": "pcgrad", "task_ratio": "1:2:1", "sample_weighting": True}
-    runs = _finish(base, {"pcgrad-one": _start(base, "pcgrad-one", 1, per_device_train_batch_size=8, **extra),
-                          "pcgrad-two": _start(base, "pcgrad-two", 2, **extra)})
-    _assert_same_weights(runs["pcgrad-two"], runs["pcgrad-one"])
-    _assert_same_losses(runs["pcgrad-two"], runs["pcgrad-one"])
+    two, one = _pair(base, "pcgrad", method="pcgrad", task_ratio="1:2:1", sample_weighting=True)
+    _assert_same_weights(two, one)
+    _assert_same_losses(two, one)
 
 
-def test_local_mode_with_sum_equals_one_process_on_the_union(sum_runs):
-    """`ddp_mode: local` averages each rank's aggregated update: for the linear `sum` that is the same step."""
-    _assert_same_weights(sum_runs["local"], sum_runs["one"])
+def test_local_mode_with_famo_equals_one_process_on_the_union(base):
+    """FAMO aggregates with `sum`, so `ddp_mode: local` (the mean of the ranks' updates) is the same step; and
+    FAMO's weights read the losses' values, which every rank takes from the union of the batches."""
+    two, one = _pair(base, "famo", method="famo", ddp_mode="local")
+    _assert_same_weights(two, one)
+    _assert_same_losses(two, one)
 
 
 def test_two_process_run_writes_the_same_files_as_one_process(sum_runs):
-    two, one = sum_runs["exact"], sum_runs["one"]
+    two, one = sum_runs
     assert _files(two) == _files(one)  # rank 0 alone wrote them; the automatic checkpoints were removed
     for path in (two / "predictions").iterdir():  # every dev and test example predicted once, in file order
         rows_two, rows_one = (_rows(run / "predictions" / path.name) for run in (two, one))
