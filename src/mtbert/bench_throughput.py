@@ -40,7 +40,8 @@ GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
 
 
 def bench_throughput(examples: int = 256, model_path: str | None = None, data_dir: str | Path | None = None,
-                     batch_size: int = 16, eval_batch_size: int = 64, repeats: int = 3, max_length: int = 128,
+                     batch_size: int = 16, eval_batch_size: int = 64, repeats: int = 3, predict_repeats: int = 7,
+                     max_length: int = 128,
                      memory_steps: int = 5, memory_train_samples: int | None = None,
                      train_tasks: tuple[str, ...] = ("sst", "sts"),
                      predict_tasks: tuple[str, ...] = ("para", "sts")) -> dict[str, Any]:
@@ -52,13 +53,14 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results: dict[str, Any] = {
         "benchmark": "throughput", "model": "all-MiniLM-L6-v2 (bundled)" if model_path is None else str(model_path),
-        "examples": examples, "batch_size": batch_size, "eval_batch_size": eval_batch_size, "repeats": repeats,
+        "examples": examples, "batch_size": batch_size, "eval_batch_size": eval_batch_size,
+        "repeats": {"training": repeats, "prediction": predict_repeats},
         "max_length": max_length, **machine(),
     }
     results["training"] = {t: bench_training(BUILTIN_TASKS[t], source, folder, examples, batch_size, repeats,
                                              max_length, device) for t in train_tasks}
     results["prediction"] = {t: bench_prediction(BUILTIN_TASKS[t], source, folder, examples, eval_batch_size,
-                                                 repeats, max_length, device) for t in predict_tasks}
+                                                 predict_repeats, max_length, device) for t in predict_tasks}
     results["memory"] = bench_memory(model_path, folder, memory_steps, batch_size, memory_train_samples)
     results["goals"] = goals(results)
     return results
@@ -69,22 +71,36 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
 
 def interleaved(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: dict[str, Callable[[], Any]]
                 ) -> dict[str, list[float]]:
-    """Warm each contender up once, then time them in turn (A B A B ...) `repeats` times; seconds per run."""
+    """Warm each contender up once, then time them in turn `repeats` rounds; seconds per run, by round.
+
+    Round r starts with the r-th contender (A B, B A, A B, ...), so that a machine getting busier or quieter
+    during a round favours none of them.
+    """
     for run in warmup.values():
         run()
-    times: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, run in contenders.items():
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
             start = time.perf_counter()
-            run()
+            contenders[name]()
             times[name].append(time.perf_counter() - start)
     return times
 
 
 def rates(times: dict[str, list[float]], items: int) -> dict[str, dict[str, Any]]:
-    """Items per second from the median time of each contender, with every repeat's figure."""
+    """Items per second from the median time of each contender, with every round's figure."""
     return {name: {"per_second": round(items / statistics.median(t), 2),
                    "all_per_second": [round(items / s, 2) for s in t]} for name, t in times.items()}
+
+
+def paired_ratio(times: dict[str, list[float]], mine: str, other: str) -> float:
+    """How many times faster `mine` ran than `other`: the median over rounds of the two runs' ratio.
+
+    Each round's two runs are minutes apart at most, so their ratio cancels most of the shared machine's
+    slow swings in load, which a ratio of the two medians would not.
+    """
+    return round(statistics.median(b / a for a, b in zip(times[mine], times[other], strict=True)), 3)
 
 
 def ratio(a: float, b: float) -> float:
@@ -122,7 +138,7 @@ def bench_training(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_si
     figures = rates(times, n)
     return {"samples": n, "steps": steps, "samples_per_second": figures,
             "optimizer": {"mtbert": run_mtbert.optimizer, "trainer": run_hf.optimizer},
-            "ratio": ratio(figures["mtbert"]["per_second"], figures["trainer"]["per_second"])}
+            "ratio": paired_ratio(times, "mtbert", "trainer")}
 
 
 def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size: int, max_length: int,
@@ -242,11 +258,9 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
 
     contenders = {"mtbert": run_mtbert, "cross_encoder": run_cross, "plain_loop": run_plain}
     times = interleaved(contenders, repeats, contenders)
-    figures = rates(times, n)
-    mine = figures["mtbert"]["per_second"]
-    return {"examples": n, "examples_per_second": figures,
-            "ratio": {"to_cross_encoder": ratio(mine, figures["cross_encoder"]["per_second"]),
-                      "to_plain_loop": ratio(mine, figures["plain_loop"]["per_second"])}}
+    return {"examples": n, "examples_per_second": rates(times, n),
+            "ratio": {"to_cross_encoder": paired_ratio(times, "mtbert", "cross_encoder"),
+                      "to_plain_loop": paired_ratio(times, "mtbert", "plain_loop")}}
 
 
 # ---- memory --------------------------------------------------------------------------------------

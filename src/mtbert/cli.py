@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args, extra)
     except MtbertError as err:
-        print(f"error: {err}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -156,7 +157,8 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
         cfg = load_config(args.config, parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)
-        print(json.dumps(results, indent=2))
+        if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, rank 0 alone prints
+            print(json.dumps(results, indent=2))
         return 0
     if args.command == "evaluate":
         from mtbert.runs import evaluate_run

@@ -14,7 +14,8 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
     torch.set_num_threads(1)  # the tiny model's ops are too small to share; a busy machine makes sharing them slow
     try:
         results = bench_throughput(examples=6, model_path=str(tiny_model_dir), data_dir=tiny_data_dir, batch_size=4,
-                                   eval_batch_size=4, repeats=1, max_length=32, memory_steps=1)
+                                   eval_batch_size=4, repeats=1, predict_repeats=1, max_length=32,
+                                   memory_steps=1)
     finally:
         torch.set_num_threads(threads)
     assert json.loads(json.dumps(results)) == results  # JSON-ready as it is
