@@ -8,8 +8,10 @@
 - peak resident memory of a three-task `sum` and `pcgrad` training run, each in its own subprocess.
 
 Every contender gets the same model (the default backbone unless told otherwise), the same real examples and
-the same batch size; each is warmed up, then the repeats are interleaved (A B A B) and the median is kept.
-The comparisons need the `bench` extra (sentence-transformers; the Trainer needs accelerate).
+the same batch size; each is warmed up, then the contenders take turns for a number of rounds (A B, B A, ...).
+A rate is the median over the rounds; a `ratio` is the median of the per-round ratios, which cancels most of
+a shared machine's swings in load. The comparisons need the `bench` extra (sentence-transformers; the
+Trainer needs accelerate, a core dependency).
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
 
 def bench_throughput(examples: int = 256, model_path: str | None = None, data_dir: str | Path | None = None,
                      batch_size: int = 16, eval_batch_size: int = 64, repeats: int = 3, predict_repeats: int = 7,
-                     max_length: int = 128,
-                     memory_steps: int = 5, memory_train_samples: int | None = None,
+                     max_length: int = 128, memory_steps: int = 5, memory_train_samples: int | None = None,
                      train_tasks: tuple[str, ...] = ("sst", "sts"),
                      predict_tasks: tuple[str, ...] = ("para", "sts")) -> dict[str, Any]:
-    """Run the three comparisons and return one JSON-ready dict with each figure, its ratio and the goals."""
+    """Run the three comparisons and return one JSON-ready dict with each figure, its ratio and the goals.
+
+    `examples` is per measurement; `repeats` and `predict_repeats` are the timed rounds of training and of
+    prediction (prediction runs are short, so they get more); `model_path` and `data_dir` default to the
+    bundled backbone and $MTBERT_DATA.
+    """
     from mtbert.bench import machine
 
     source = model_path or default_backbone()
