@@ -67,7 +67,7 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
     pad = tokenizer.pad_token_id or 0
     all_batches = [{s.name: collate(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
                    for _ in range(steps + warmup)]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-5)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-5, fused=True)
     scale = {s.name: 1.0 / batch_size for s in specs}
     buffer = PerTaskGradients(model.shared_parameters(), len(specs), model.encoder.get_input_embeddings().weight)
     generator = torch.Generator().manual_seed(0)

@@ -36,7 +36,7 @@ from mtbert.evaluate import predict_set
 from mtbert.gradients import make_aggregator
 from mtbert.model import MultiTaskModel, default_backbone, load_encoder
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
-from mtbert.train import param_groups, training_step
+from mtbert.train import make_optimizer, training_step
 
 GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
 
@@ -165,7 +165,7 @@ def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_s
     def run(steps: int) -> None:
         model.train()
         # as train_stage builds it
-        optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        optimizer = make_optimizer(model, cfg, device)
         run.optimizer = adamw_kind(optimizer)
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=0, num_training_steps=steps)
         for step in range(steps):

@@ -118,7 +118,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     weighting = make_weighting(cfg.method, list(sizes))
     if isinstance(weighting, torch.nn.Module):
         model.loss_weighting = weighting.to(device)  # trained, and checkpointed, with the model
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg, device)
     warmup = cfg.warmup_steps or int(cfg.warmup_ratio * total_steps)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
                               num_training_steps=total_steps)
@@ -296,6 +296,13 @@ def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfi
                              task_data.test.ids, predictions)
                 write_scores(output_dir / "scores" / f"{task}-test.tsv", task_data.spec, task_data.test.ids, scores)
     return metrics
+
+
+def make_optimizer(model: MultiTaskModel, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `param_groups`, with torch's fused kernel on CPU and CUDA (what Trainer's adamw_torch_fused runs)."""
+    fused = device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(param_groups(model, cfg), lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                             fused=fused or None)
 
 
 def param_groups(model: MultiTaskModel, cfg: TrainConfig) -> list[dict]:
