@@ -107,17 +107,22 @@ class TrainConfig:
 
 
 class _SafeLoader(yaml.SafeLoader):
-    """yaml.safe_load's loader, except that `1:2:1` stays a string (YAML 1.1 reads it as the base-60 number 3721)."""
+    """yaml.safe_load's loader with YAML 1.2 scalars where 1.1 surprises: `1:2:1` stays a string (1.1 reads the
+    base-60 number 3721) and only true/false are booleans (1.1 also reads no/yes/on/off, so `eval_strategy: no`
+    would be False)."""
 
     def resolve(self, kind, value, implicit):
         tag = super().resolve(kind, value, implicit)
-        if kind is yaml.ScalarNode and implicit[0] and ":" in value and tag.endswith((":int", ":float")):
-            return "tag:yaml.org,2002:str"
+        if kind is yaml.ScalarNode and implicit[0]:
+            if ":" in value and tag.endswith((":int", ":float")):
+                return "tag:yaml.org,2002:str"
+            if tag.endswith(":bool") and value.lower() not in ("true", "false"):
+                return "tag:yaml.org,2002:str"
         return tag
 
 
 def safe_load(text: str) -> Any:
-    """yaml.safe_load (no Python tags), with task ratios like `1:2:1` kept as strings."""
+    """yaml.safe_load (no Python tags), with task ratios like `1:2:1` and words like `no` kept as strings."""
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 

@@ -175,6 +175,16 @@ def test_task_ratio_like_a_clock_stays_a_ratio(tmp_path):
     assert cfg.ratios() == {"sst": 1, "para": 1, "sts": 1}
 
 
+@pytest.mark.parametrize("word", ["no", "No", "off", "yes", "on"])
+def test_yaml_1_1_boolean_words_stay_strings(tmp_path, word):
+    # YAML 1.1 reads no/yes/on/off as booleans: `eval_strategy: no` must mean the strategy `no`.
+    assert load_config(write(tmp_path, f"output_dir: {word}\n")).output_dir == word
+    if word == "no":
+        assert load_config(write(tmp_path, "eval_strategy: no\n")).eval_strategy == "no"
+        assert build_config(parse_overrides(["--eval_strategy", "no"])).eval_strategy == "no"
+    assert load_config(write(tmp_path, "sample_weighting: true\n")).sample_weighting is True
+
+
 @pytest.mark.parametrize(("text", "value"), [("bf16: true", "true"), ("bf16: false", "false"), ("bf16: auto", "auto")])
 def test_bf16_accepts_yaml_booleans(tmp_path, text, value):
     assert load_config(write(tmp_path, text + "\n")).bf16 == value
