@@ -14,7 +14,7 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,methods,bench]"
+	$(BIN)/pip install -q -e ".[dev,methods,bench,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

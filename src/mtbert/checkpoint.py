@@ -116,27 +116,3 @@ def truncate_logs(output_dir: Path, step: int) -> None:
 def remove_checkpoints(output_dir: Path) -> None:
     for path in output_dir.glob(f"{PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
-
-
-def open_tensorboard(cfg, output_dir: Path):
-    if cfg.report_to != "tensorboard":
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        raise MtbertError("report_to: tensorboard needs the tensorboard package (pip install tensorboard)") from None
-    return SummaryWriter(log_dir=str(output_dir / "tensorboard"))
-
-
-def log_tensorboard(writer, record: dict[str, Any], step: int, prefix: str = "") -> None:
-    """Write every number in a (nested) log record as a scalar."""
-    if writer is None:
-        return
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            log_tensorboard(writer, value, step, prefix=f"{name}/")
-        elif isinstance(value, bool):
-            writer.add_scalar(name, float(value), step)
-        elif isinstance(value, int | float) and key != "step":
-            writer.add_scalar(name, value, step)

@@ -39,6 +39,7 @@ from mtbert.pertask import PerTaskGradients, aggregate_per_layer
 from mtbert.predict import write_cs224n, write_scores
 from mtbert.sampling import samples_per_step
 from mtbert.tasks import TaskSpec
+from mtbert.tensorboard import log_scalars, open_writer
 from mtbert.weighting import make_weighting
 
 logger = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         if ranks.is_main:
             ckpt.truncate_logs(output_dir, state["global_step"])
         logger.info("resumed from %s at step %d", path, state["global_step"])
-    tensorboard = ckpt.open_tensorboard(cfg, output_dir) if ranks.is_main else None
+    tensorboard = open_writer(cfg.report_to, output_dir) if ranks.is_main else None
 
     # ---- the loop -------------------------------------------------------------------------------
     model.train()
@@ -195,7 +196,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
             if stats is not None:
                 record.update(stats)
             append_jsonl(output_dir / "train_log.jsonl", record)
-            ckpt.log_tensorboard(tensorboard, record, step)
+            log_scalars(tensorboard, record, step)
             epoch_log.append(record)
 
         end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
@@ -208,7 +209,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
                 record = {"epoch": round(epoch, 4), "step": step, "split": "dev", **metrics,
                           "train_seconds": round(state["train_seconds"], 1)}
                 append_jsonl(output_dir / "metrics.jsonl", record)
-                ckpt.log_tensorboard(tensorboard, {"dev": metrics}, step)
+                log_scalars(tensorboard, {"dev": metrics}, step)
                 progress.write(epoch_summary(epoch, losses, metrics, epoch_log))
             if state["best_metric"] is None or metrics["overall"] > state["best_metric"]:
                 state["best_metric"], state["best_step"] = metrics["overall"], step

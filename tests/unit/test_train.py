@@ -144,3 +144,21 @@ def test_non_finite_loss_stops_after_max_bad_steps(tiny_config, monkeypatch):
     message = r"training stopped at step 3 after 3 non-finite steps in a row \(tasks: sts\)"
     with pytest.raises(MtbertError, match=message):
         train(build_config({**tiny_config, "max_bad_steps": 3}))
+
+
+def test_report_to_tensorboard_logs_losses_lr_dev_metrics_and_cosines(tiny_config, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = build_config({**tiny_config, "method": "pcgrad", "report_to": "tensorboard"})
+    train(cfg)
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    logged = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert {"loss/sst", "loss/para", "loss/sts", "lr", "dev/overall", "dev/sts_corr", "cosine/sst-para"} <= tags
+    assert [e.step for e in events.Scalars("loss/sst")] == [r["step"] for r in logged]
+    assert [e.value for e in events.Scalars("loss/para")] == pytest.approx([r["loss"]["para"] for r in logged])
+    dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [e.value for e in events.Scalars("dev/overall")] == pytest.approx(
+        [r["overall"] for r in dev if r.get("split") == "dev"])
