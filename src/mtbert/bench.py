@@ -8,6 +8,7 @@ import os
 import platform
 import statistics
 import time
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,8 @@ from mtbert.gradients import AGGREGATORS, make_aggregator
 from mtbert.io import atomic_write_json
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
 from mtbert.pertask import PerTaskGradients
-from mtbert.train import param_groups, training_step
+from mtbert.train import make_optimizer, training_step
+from mtbert.weighting import LOSS_WEIGHTINGS, make_weighting
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,14 +50,20 @@ def machine() -> dict[str, Any]:
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
+BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd")
+
+
 def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
     """Median seconds per training step of each method on the same real batches, methods interleaved.
 
-    `torchjd` times torchjd's `mtl_backward` + `jac_to_grad` with its PCGrad aggregator on the same batches.
+    A method is an aggregator (`AGGREGATORS`), a loss weighting (`uncertainty`, `famo`: one backward per task,
+    no buffer), `pcgrad-per-layer` (PCGrad on each encoder layer's block) or `torchjd` (torchjd's
+    `mtl_backward` + `jac_to_grad` with its PCGrad aggregator).
     """
+    known = (*AGGREGATORS, *LOSS_WEIGHTINGS, *BENCH_STEP_EXTRA)
     for method in methods:
-        if method not in AGGREGATORS and method != "torchjd":
-            raise MtbertError(f"--methods: unknown method '{method}' (known: {', '.join(AGGREGATORS)}, torchjd)")
+        if method not in known:
+            raise MtbertError(f"--methods: unknown method '{method}' (known: {', '.join(known)})")
     cfg = build_config({"per_device_train_batch_size": batch_size})
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(None, 0.1)
@@ -67,7 +75,11 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
     pad = tokenizer.pad_token_id or 0
     all_batches = [{s.name: collate(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
                    for _ in range(steps + warmup)]
-    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=1e-5, fused=True)
+    weightings = {m: make_weighting(m, [s.name for s in specs]) for m in methods if m in LOSS_WEIGHTINGS}
+    for name, weighting in weightings.items():
+        if isinstance(weighting, torch.nn.Module):
+            model.add_module(f"loss_weighting_{name}", weighting)
+    optimizer = make_optimizer(model, replace(cfg, learning_rate=1e-5), torch.device("cpu"))
     scale = {s.name: 1.0 / batch_size for s in specs}
     buffer = PerTaskGradients(model.shared_parameters(), len(specs), model.encoder.get_input_embeddings().weight)
     generator = torch.Generator().manual_seed(0)
@@ -79,10 +91,14 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
             start = time.perf_counter()
             if method == "torchjd":
                 torchjd_step(model, batches, scale)
+            elif method in weightings:
+                losses, _ = training_step(model, batches, scale, None, make_aggregator("sum"), generator, device,
+                                          weighting=weightings[method])
+                weightings[method].after_step(losses)
             else:
-                aggregate = make_aggregator(method)
+                aggregate = make_aggregator(method.removesuffix("-per-layer"))
                 training_step(model, batches, scale, None if method == "sum" else buffer, aggregate, generator,
-                              device)
+                              device, per_layer=method.endswith("-per-layer"))
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

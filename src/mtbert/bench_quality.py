@@ -79,6 +79,7 @@ class Row:
     members: list[str] = field(default_factory=list)
     reused: bool = False
     note: str = ""
+    versus: dict[str, Any] | None = None  # the paired comparison with its reference row (`reference_row`)
 
     def to_dict(self) -> dict[str, Any]:
         seed = SEED.get(self.name)
@@ -87,7 +88,7 @@ class Row:
             **{k: self.metrics.get(k) for k in METRICS}, "overall_ci95": self.overall_ci95,
             "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "run_dir": self.run_dir,
             "reused": self.reused, "members": self.members or None, "runs": self.runs, "stages": self.stages,
-            "seed": dict(zip(METRICS, seed, strict=True)) if seed else None,
+            "seed": dict(zip(METRICS, seed, strict=True)) if seed else None, "versus": self.versus,
         }
 
 
@@ -549,6 +550,53 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 # ---- the table ---------------------------------------------------------------------------------------------------
 
 
+# ---- paired comparisons ------------------------------------------------------------------------------------------
+
+
+def reference_row(name: str) -> str | None:
+    """The row a row is compared with: the previous row of the seed's chain, `pcgrad` for a PCGrad variant
+    (`pcgrad-*`), `multitask` (the plain sum) for any other added method."""
+    if name in SEED:
+        chain = list(SEED)
+        return chain[chain.index(name) - 1] if chain.index(name) > 0 else None
+    return "pcgrad" if name.startswith("pcgrad-") else "multitask"
+
+
+def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
+    """Set each finished row's `versus`: its overall minus its reference row's on the same dev examples, with the
+    paired 95% bootstrap interval of that difference (`bootstrap_difference`)."""
+    from mtbert.metrics import bootstrap_difference
+
+    predictions = {name: dev_results(row, data_cfg) for name, row in table.items() if row.done}
+    for name, row in table.items():
+        reference = reference_row(name)
+        row.versus = None
+        if predictions.get(name) and predictions.get(reference):
+            gap, low, high = bootstrap_difference(predictions[name], predictions[reference])
+            row.versus = {"row": reference, "difference": gap, "ci95": [low, high]}
+
+
+def dev_results(row: Row, data_cfg: TrainConfig) -> dict[str, tuple] | None:
+    """{task: (spec, dev predictions, labels)} from the row's prediction files, or None when one is missing."""
+    from mtbert.ensemble import dev_labels
+    from mtbert.predict import read_cs224n
+
+    # a training row's runs (the single-task row has three); the floor and the ensemble write their own files
+    folders = [Path(r["run_dir"]) for r in row.runs if "run_dir" in r] or [Path(row.run_dir or "")]
+    results = {}
+    for spec in data_cfg.task_specs():
+        files = [f / sub / f"{spec.name}-dev-output.csv" for f in folders for sub in ("predictions", ".")]
+        found = [f for f in files if f.is_file()]
+        labels = dev_labels(spec, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples)
+        if not found or labels is None:
+            return None
+        _, values = read_cs224n(found[0])
+        if any(i not in values for i in labels):
+            return None
+        results[spec.name] = (spec, np.array([values[i] for i in labels]), np.array(list(labels.values())))
+    return results
+
+
 def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_dir: Path, command: str,
                 wall_seconds: float) -> dict[str, Any]:
     """Write DIR/table.json and DIR/table.md and return the JSON."""
@@ -557,6 +605,8 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
     unit = budget_unit(configs_dir, budget)
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
+    if (configs_dir / "floor.yaml").is_file():  # the data every row was scored on
+        compare_rows(table, floor_config(output_dir, configs_dir))
     data = {
         "benchmark": "quality", "command": command, **machine(), "time": datetime.now().isoformat(timespec="seconds"),
         "budget": budget, "samples_per_task_per_stage": unit, "budget_definition": BUDGET_NOTE.format(
@@ -600,25 +650,33 @@ def markdown(data: dict[str, Any]) -> str:
         f"- Wall time: {hms(data['wall_seconds'])} this call; {hms(data['rows_wall_seconds'])} for all rows "
         "shown, summed over the sittings that trained them",
         "",
-        "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Seed: the report's numbers "
-        "(BERT-base on a GPU, the course's 141k-pair Quora train set); the floor's are issue 8's measurement.",
+        "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
+        "the row named (the previous row of the seed's table; `pcgrad` for a PCGrad variant; `multitask` for "
+        "another method), with the paired 95% bootstrap interval of the difference (both rows scored on the same "
+        "resampled dev examples): an interval that excludes 0 is a difference beyond the dev set's noise. Seed: "
+        "the report's numbers (BERT-base on a GPU, the course's 141k-pair Quora train set); the floor's are issue "
+        "8's measurement.",
         "",
-        "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Train s | Wall s | Seed SST / Quora / STS / "
-        "overall | Run dir |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) | Train s | Wall s | "
+        "Seed SST / Quora / STS / overall | Run dir |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
         seed = row["seed"]
         seed_text = " / ".join(fmt(seed[k]) for k in METRICS) if seed else "—"
         name = f"`{row['row']}`"
         if row["status"] != "done":
-            lines.append(f"| {name} | {row['status']} | | | | | | | {seed_text} | |")
+            lines.append(f"| {name} | {row['status']} | | | | | | | | {seed_text} | |")
             continue
         ci = row["overall_ci95"]
         ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
         train, wall = (("—" if row[k] is None else f"{row[k]:,.0f}") for k in ("train_seconds", "wall_seconds"))
+        versus = row.get("versus")
+        versus_text = (f"{versus['difference']:+.3f} ({versus['ci95'][0]:+.3f}, {versus['ci95'][1]:+.3f}) vs "
+                       f"`{versus['row']}`" if versus else "—")
         lines.append(f"| {name} | {fmt(row['sst_acc'])} | {fmt(row['para_acc'])} | {fmt(row['sts_corr'])} | "
-                     f"**{fmt(row['overall'])}** | {ci_text} | {train} | {wall} | {seed_text} | `{row['run_dir']}` |")
+                     f"**{fmt(row['overall'])}** | {ci_text} | {versus_text} | {train} | {wall} | {seed_text} | "
+                     f"`{row['run_dir']}` |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:
         lines.append(f"- `{row['row']}`: {row_note(row['row'], data)}")

@@ -110,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: step, throughput, quality")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("step", help="seconds per training step of each gradient method")
-    b.add_argument("--methods", default="sum,pcgrad", help="comma-separated methods (add torchjd for comparison)")
+    b.add_argument("--methods", default="sum,pcgrad",
+                   help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd (for comparison)")
     b.add_argument("--steps", type=int, default=10, help="timed steps per method")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")

@@ -27,21 +27,52 @@ def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]])
     return metrics
 
 
-def bootstrap_overall(
-    results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]], resamples: int = 1000, seed: int = 0
-) -> tuple[float, float]:
+Results = dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]
+
+
+def bootstrap_overall(results: Results, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the overall score, resampling each task's dev examples.
 
     The resampled metrics are computed in one vectorised pass (the same accuracy and Pearson r as
     `task_metric`, which the tests check); sklearn's per-call validation would make 1000 resamples slow.
     """
+    scores = resampled_overall(results, resample_indices(results, resamples, seed))
+    low, high = np.percentile(scores, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def bootstrap_difference(first: Results, second: Results, resamples: int = 1000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """Overall(first) - overall(second) on the same dev examples, and its paired 95% bootstrap interval.
+
+    Both are scored on the same resampled examples in every resample, so the interval measures the
+    difference between the two models, not the noise each score has on its own (which mostly cancels).
+    """
+    for task, (_, _, labels) in first.items():
+        if task not in second or not np.array_equal(np.asarray(second[task][2], float), np.asarray(labels, float)):
+            raise ValueError(f"task {task}: both results need the same dev examples in the same order")
+    if set(second) != set(first):
+        raise ValueError("both results need the same tasks")
+    indices = resample_indices(first, resamples, seed)
+    differences = resampled_overall(first, indices) - resampled_overall(second, indices)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    observed = compute_metrics(first)["overall"] - compute_metrics(second)["overall"]
+    return float(observed), float(low), float(high)
+
+
+def resample_indices(results: Results, resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """For each task, `resamples` rows of example indices drawn with replacement."""
     rng = np.random.default_rng(seed)
+    return {task: rng.integers(0, len(labels), (resamples, len(labels))) for task, (_, _, labels) in results.items()}
+
+
+def resampled_overall(results: Results, indices: dict[str, np.ndarray]) -> np.ndarray:
+    """The overall score on each resample of the examples."""
+    resamples = len(next(iter(indices.values())))
     scores = np.zeros(resamples)
-    for spec, predictions, labels in results.values():
-        predictions = np.asarray(predictions, dtype=float)
-        labels = np.asarray(labels, dtype=float)
-        idx = rng.integers(0, len(labels), (resamples, len(labels)))
-        p, y = predictions[idx], labels[idx]
+    for task, (spec, predictions, labels) in results.items():
+        idx = indices[task]
+        p, y = np.asarray(predictions, dtype=float)[idx], np.asarray(labels, dtype=float)[idx]
         if spec.metric == "corr":
             pc, yc = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
             denom = np.sqrt((pc**2).sum(1) * (yc**2).sum(1))
@@ -49,6 +80,4 @@ def bootstrap_overall(
         else:
             values = (p.astype(int) == y.astype(int)).mean(1)
         scores += np.array([task_score(spec, v) for v in values])
-    scores /= len(results)
-    low, high = np.percentile(scores, [2.5, 97.5])
-    return float(low), float(high)
+    return scores / len(results)

@@ -109,9 +109,21 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     assert single["overall_ci95"] == list(bootstrap_overall(triples))
     assert single["train_seconds"] == pytest.approx(sum(r["train_seconds"] for r in single["runs"]), abs=0.11)
 
+    # paired comparisons: each row against the previous row of the seed's table, when both are done
+    assert rows["floor"]["versus"] is None and rows["pcgrad"]["versus"] is None  # multitask was not run
+    for name, reference in (("single-task", "floor"), ("two-step-pcgrad", "pcgrad"),
+                            ("sw-pcgrad-0-3-1-two-step", "two-step-pcgrad"),
+                            ("ensemble", "sw-pcgrad-0-3-1-two-step")):
+        versus = rows[name]["versus"]
+        assert versus["row"] == reference
+        assert versus["difference"] == pytest.approx(rows[name]["overall"] - rows[reference]["overall"], abs=1e-5)
+        assert versus["ci95"][0] <= versus["ci95"][1]
+
     md = (out / "table.md").read_text(encoding="utf-8")
     assert f"`mtbert bench quality --output_dir {out} --rows {ROWS} --budget 0.008" in md
-    assert "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI |" in md
+    assert "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) |" in md
+    versus = rows["two-step-pcgrad"]["versus"]
+    assert f"{versus['difference']:+.3f} ({versus['ci95'][0]:+.3f}, {versus['ci95'][1]:+.3f}) vs `pcgrad`" in md
     lines = [line for line in md.splitlines() if line.startswith("| `")]
     assert [line.split("`")[1] for line in lines[: len(DEFAULT_ROWS)]] == list(DEFAULT_ROWS)
     for name, line in zip(DEFAULT_ROWS, lines, strict=False):
@@ -194,7 +206,10 @@ def test_shipped_rows_share_one_budget_per_stage(tmp_path):
             continue
         for stage in stages(planned_config(path, tmp_path / path.stem, 1.0)):
             per_stage[f"{path.stem} {stage['stage']}"] = stage["samples_per_task"]
-    assert len(per_stage) == 3 + 1 + 1 + 4 + 4
+    added = [p for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", *DEFAULT_ROWS, "single-sst", "single-para",
+                                                                  "single-sts")]
+    assert len(added) == 13  # issue 9's methods and sampling, issue 8's tries: one stage each
+    assert len(per_stage) == 3 + 1 + 1 + 4 + 4 + len(added)
     assert set(per_stage.values()) == {3584}, per_stage
     sw = stages(planned_config(SHIPPED / "sw-pcgrad-0-3-1-two-step.yaml", tmp_path / "sw", 1.0))
     assert sw[0]["samples"] == {"sst": 0, "para": 8064, "sts": 2688}

@@ -13,7 +13,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score
 
 from mtbert.errors import ConfigError
-from mtbert.metrics import bootstrap_overall, compute_metrics, task_metric
+from mtbert.metrics import bootstrap_difference, bootstrap_overall, compute_metrics, task_metric
 from mtbert.tasks import BUILTIN_TASKS, overall_score, task_from_config, task_score
 
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
@@ -153,3 +153,32 @@ def test_bootstrap_of_perfect_predictions_is_a_point():
     y = np.arange(10) % 5
     low, high = bootstrap_overall({"sst": (SST, y, y)}, resamples=50, seed=0)
     assert low == high == 1.0
+
+
+def test_paired_difference_of_a_model_with_itself_is_zero():
+    res = results(np.random.default_rng(3))
+    assert bootstrap_difference(res, res, resamples=100) == (0.0, 0.0, 0.0)
+
+
+def test_paired_difference_is_tighter_than_the_two_intervals_and_holds_the_observed_gap():
+    rng = np.random.default_rng(4)
+    worse = results(rng, n=400)
+    better = {t: (spec, p.copy(), y) for t, (spec, p, y) in worse.items()}
+    wrong = np.flatnonzero(better["sst"][1] != better["sst"][2])[:30]
+    better["sst"][1][wrong] = better["sst"][2][wrong]  # 30 more SST examples right, nothing else changed
+    gap, low, high = bootstrap_difference(better, worse, resamples=500, seed=0)
+    assert gap == pytest.approx(30 / 400 / 3)
+    assert 0 < low <= gap <= high
+    lone = bootstrap_overall(worse, resamples=500, seed=0)
+    assert high - low < (lone[1] - lone[0]) / 2
+    reverse = bootstrap_difference(worse, better, resamples=500, seed=0)
+    assert reverse[0] == pytest.approx(-gap) and reverse[2] < 0
+
+
+def test_paired_difference_needs_the_same_examples():
+    res = results(np.random.default_rng(5))
+    shuffled = {t: (spec, p, y[::-1]) for t, (spec, p, y) in res.items()}
+    with pytest.raises(ValueError, match="same dev examples"):
+        bootstrap_difference(res, shuffled)
+    with pytest.raises(ValueError, match="same tasks"):
+        bootstrap_difference({"sst": res["sst"]}, res)
