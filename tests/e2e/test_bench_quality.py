@@ -118,10 +118,14 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
         assert versus["row"] == reference
         assert versus["difference"] == pytest.approx(rows[name]["overall"] - rows[reference]["overall"], abs=1e-5)
         assert versus["ci95"][0] <= versus["ci95"][1]
+        floor = rows[name]["versus_floor"]
+        assert floor["row"] == "floor"
+        assert floor["difference"] == pytest.approx(rows[name]["overall"] - rows["floor"]["overall"], abs=1e-5)
+    assert rows["floor"]["versus_floor"] is None and rows["pcgrad"]["versus_floor"] is not None
 
     md = (out / "table.md").read_text(encoding="utf-8")
     assert f"`mtbert bench quality --output_dir {out} --rows {ROWS} --budget 0.008" in md
-    assert "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) |" in md
+    assert "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor |" in md
     versus = rows["two-step-pcgrad"]["versus"]
     assert f"{versus['difference']:+.3f} ({versus['ci95'][0]:+.3f}, {versus['ci95'][1]:+.3f}) vs `pcgrad`" in md
     lines = [line for line in md.splitlines() if line.startswith("| `")]
