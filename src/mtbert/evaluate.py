@@ -56,13 +56,17 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
     With several ranks the prediction is spread over them, and rank 0's metrics are given to every rank, so
     that all of them take the same decisions (the best model, early stops).
     """
-    raw = {}
-    results = {}
-    for name, encoded in dev_sets.items():
-        predictions, scores = predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
-        raw[name] = (predictions, scores)
-        results[name] = (encoded.spec, predictions, np.asarray(encoded.labels, dtype=float))
-    return ranks.main_only(_metrics, results, with_interval), raw
+    raw = {name: predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
+           for name, encoded in dev_sets.items()}
+    return score_outputs(dev_sets, raw, with_interval, ranks), raw
+
+
+def score_outputs(dev_sets: dict[str, EncodedSet], raw: dict[str, tuple[np.ndarray, np.ndarray]],
+                  with_interval: bool = False, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
+    """The metrics `evaluate_sets` computes, from outputs it returned earlier (no prediction)."""
+    results = {name: (encoded.spec, raw[name][0], np.asarray(encoded.labels, dtype=float))
+               for name, encoded in dev_sets.items()}
+    return ranks.main_only(_metrics, results, with_interval)
 
 
 def _metrics(results: dict[str, tuple], with_interval: bool) -> dict[str, float]:

@@ -31,7 +31,7 @@ from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
-from mtbert.evaluate import evaluate_sets
+from mtbert.evaluate import evaluate_sets, score_outputs
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
 from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
@@ -139,10 +139,13 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     else:
         path = ckpt.find_checkpoint(output_dir, resume_from_checkpoint)
         state = ckpt.load_checkpoint(path, model, optimizer, scheduler, sampler, generator, ranks.rank)
+        if "loss_weighting" in state:  # FAMO's own state (uncertainty's lives in the model)
+            weighting.load_state_dict(state.pop("loss_weighting"))
         if ranks.is_main:
             ckpt.truncate_logs(output_dir, state["global_step"])
         logger.info("resumed from %s at step %d", path, state["global_step"])
     tensorboard = open_writer(cfg.report_to, output_dir) if ranks.is_main else None
+    best_outputs = None  # set when this process evaluates the best model (not before a resume)
 
     # ---- the loop -------------------------------------------------------------------------------
     model.train()
@@ -203,7 +206,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         eval_now = (cfg.eval_strategy == "epoch" and end_of_epoch) or step == total_steps or (
             cfg.eval_strategy == "steps" and step % cfg.eval_steps == 0)
         if eval_now:  # every rank predicts a share of the dev sets and gets the same metrics
-            metrics, _ = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device, ranks=ranks)
+            metrics, dev_outputs = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device,
+                                                 ranks=ranks)
             state["train_seconds"] = time.perf_counter() - started
             if ranks.is_main:
                 record = {"epoch": round(epoch, 4), "step": step, "split": "dev", **metrics,
@@ -213,11 +217,14 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
                 progress.write(epoch_summary(epoch, losses, metrics, epoch_log))
             if state["best_metric"] is None or metrics["overall"] > state["best_metric"]:
                 state["best_metric"], state["best_step"] = metrics["overall"], step
+                best_outputs = dev_outputs  # the dev outputs of the model saved as best/
                 ranks.main_only(atomic_dir, output_dir / "best", lambda tmp: model.save_pretrained(tmp, tokenizer))
             epoch_log = []
         save_now = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < total_steps)
         if save_now:
             state["train_seconds"] = time.perf_counter() - started
+            if weighting is not None and not isinstance(weighting, torch.nn.Module):
+                state["loss_weighting"] = weighting.state_dict()
             ranks.main_only(ckpt.save_checkpoint, output_dir, step, model, optimizer, scheduler, sampler, generator,
                             state, cfg.save_total_limit, rank_rng=ranks.rng_states())
     progress.close()
@@ -227,7 +234,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     # ---- final results from the best model ------------------------------------------------------
     state["train_seconds"] = time.perf_counter() - started
     best = MultiTaskModel.from_pretrained(output_dir / "best").to(device)
-    results = finish_run(best, {s.name: data[s.name] for s in active}, cfg, output_dir, pad_id, device, ranks)
+    results = finish_run(best, {s.name: data[s.name] for s in active}, cfg, output_dir, pad_id, device, ranks,
+                         dev_outputs=best_outputs)
     results.update(train_seconds=round(state["train_seconds"], 1), best_step=state["best_step"])
     if ranks.is_main:
         atomic_write_json(output_dir / "results.json", results)
@@ -277,11 +285,18 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
 
 
 def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfig, output_dir: Path, pad_id: int,
-               device: torch.device, ranks: Ranks = ONE_PROCESS) -> dict[str, Any]:
-    """Dev metrics (with the bootstrap interval), CS224N prediction files and ensemble scores of a model."""
+               device: torch.device, ranks: Ranks = ONE_PROCESS,
+               dev_outputs: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, Any]:
+    """Dev metrics (with the bootstrap interval), CS224N prediction files and ensemble scores of a model.
+
+    `dev_outputs`: the model's dev outputs when they were computed already (the best epoch's evaluation).
+    """
     dev_sets = {t: d.dev for t, d in data.items()}
-    metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device, with_interval=True,
-                                 ranks=ranks)
+    if dev_outputs is not None and set(dev_outputs) == set(dev_sets):
+        metrics, raw = score_outputs(dev_sets, dev_outputs, with_interval=True, ranks=ranks), dev_outputs
+    else:
+        metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device,
+                                     with_interval=True, ranks=ranks)
     from mtbert.evaluate import predict_set
 
     for task, task_data in data.items():

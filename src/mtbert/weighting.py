@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,6 +73,26 @@ class FAMO:
 
     def weights(self) -> dict[str, float]:
         return dict(zip(self.tasks, self._z().tolist(), strict=True))
+
+    def state_dict(self) -> dict[str, Any]:
+        """Logits, their Adam state and the previous step's losses, as JSON numbers (kept in checkpoints)."""
+        adam = self.optimizer.state.get(self.logits, {})
+        return {
+            "logits": self.logits.detach().tolist(),
+            "previous": None if self.previous is None else self.previous.tolist(),
+            "adam": {k: (v.tolist() if isinstance(v, torch.Tensor) else v) for k, v in adam.items()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned: the weighting continues exactly where it was saved."""
+        with torch.no_grad():
+            self.logits.copy_(torch.tensor(state["logits"], dtype=self.logits.dtype))
+        previous = state.get("previous")
+        self.previous = None if previous is None else torch.tensor(previous, dtype=self.logits.dtype)
+        self.optimizer.state.clear()
+        if state.get("adam"):
+            self.optimizer.state[self.logits] = {k: torch.tensor(v, dtype=self.logits.dtype)
+                                                 for k, v in state["adam"].items()}
 
 
 def make_weighting(method: str, tasks: list[str]) -> UncertaintyWeighting | FAMO | None:

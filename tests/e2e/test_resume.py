@@ -62,7 +62,7 @@ def _assert_same_run(a: Path, b: Path, sub: str = "best") -> None:
         assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)
 
 
-@pytest.mark.parametrize("method", ["sum", "pcgrad"])
+@pytest.mark.parametrize("method", ["sum", "pcgrad", "famo"])
 def test_sigkill_then_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     whole = _config(tiny_config, tmp_path, "whole", method=method)
     broken = _config(tiny_config, tmp_path, "broken", method=method)

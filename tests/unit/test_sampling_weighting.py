@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -93,3 +95,21 @@ def test_per_layer_pcgrad_equals_global_pcgrad_per_group():
     second = pcgrad(grads[:, 4:8], generator)
     torch.testing.assert_close(update[[0, 1, 2, 3, 8, 9]], first)
     torch.testing.assert_close(update[4:8], second)
+
+
+def test_famo_state_survives_a_json_round_trip_exactly():
+    losses = [{"a": 2.0 * 0.97**k, "b": 0.5 * 0.9**k} for k in range(8)]
+    straight = FAMO(["a", "b"])
+    for step in losses:
+        straight.after_step(step)
+    first = FAMO(["a", "b"])
+    for step in losses[:4]:
+        first.after_step(step)
+    resumed = FAMO(["a", "b"])
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))  # as trainer_state.json holds it
+    for step in losses[4:]:
+        resumed.after_step(step)
+    assert torch.equal(resumed.logits, straight.logits) and not torch.equal(straight.logits, torch.zeros(2))
+    assert torch.equal(resumed.previous, straight.previous)
+    loss = torch.tensor(1.3)
+    assert resumed.weigh("a", loss).item() == straight.weigh("a", loss).item()

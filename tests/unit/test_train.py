@@ -162,3 +162,36 @@ def test_report_to_tensorboard_logs_losses_lr_dev_metrics_and_cosines(tiny_confi
     dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in events.Scalars("dev/overall")] == pytest.approx(
         [r["overall"] for r in dev if r.get("split") == "dev"])
+
+
+def test_final_dev_metrics_reuse_the_best_epochs_outputs(tiny_config, tmp_path, monkeypatch):
+    import mtbert.train
+
+    calls = []
+    real = mtbert.train.evaluate_sets
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("with_interval", False))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mtbert.train, "evaluate_sets", counting)
+    results = train(build_config(tiny_config))
+    dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert calls == [False] * len(dev) == [False, False]  # one evaluation per epoch, none again at the end
+    best = next(r for r in dev if r["step"] == results["best_step"])
+    assert {k: results[k] for k in ("sst_acc", "para_acc", "sts_corr", "overall")} == \
+        {k: best[k] for k in ("sst_acc", "para_acc", "sts_corr", "overall")}
+    assert results["overall_ci95"][0] <= results["overall"] <= results["overall_ci95"][1]
+    from mtbert.evaluate import evaluate_sets
+    from mtbert.model import MultiTaskModel
+
+    fresh, _ = evaluate_sets(MultiTaskModel.from_pretrained(tmp_path / "run" / "best"), _dev_sets(tiny_config), 16, 0)
+    assert fresh["overall"] == pytest.approx(results["overall"], abs=1e-12)
+
+
+def _dev_sets(tiny_config):
+    cfg = build_config(tiny_config)
+    _, tokenizer = load_encoder(cfg.model_name_or_path, 0.0)
+    data = load_task_data(cfg.task_specs(), cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
+                          splits=("dev",))
+    return {name: task_data.dev for name, task_data in data.items()}
