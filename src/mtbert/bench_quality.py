@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from mtbert.config import TrainConfig, load_config, stage2_config
+from mtbert.ensemble import dev_labels
 from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json, atomic_write_text
 from mtbert.tasks import TaskSpec, overall_score
@@ -342,22 +343,35 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
 
 def combined_interval(runs: list[tuple[TrainConfig, Path]]) -> tuple[float, float]:
     """The overall score's bootstrap interval over the combined dev predictions of one-task runs."""
-    from mtbert.ensemble import dev_labels
     from mtbert.metrics import bootstrap_overall
+
+    specs = [spec for cfg, _ in runs for spec in cfg.task_specs()]
+    labels = {spec.name: dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
+              for cfg, _ in runs for spec in cfg.task_specs()}
+    return bootstrap_overall(dev_triples([run_dir for _, run_dir in runs], specs, labels))
+
+
+def dev_triples(folders: list[Path], specs: list[TaskSpec],
+                labels: dict[str, dict[str, float] | None]) -> dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]:
+    """{task: (spec, dev predictions, labels)} from the CS224N dev files in `folders` (in a run's `predictions/`
+    or, for an ensemble, the folder itself); MtbertError when a task has no labels, no file or missing ids."""
     from mtbert.predict import read_cs224n
 
     triples = {}
-    for cfg, run_dir in runs:
-        for spec in cfg.task_specs():
-            labels = dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
-            if labels is None:
-                raise MtbertError(f"{run_dir}: no dev labels for task {spec.name}")
-            _, values = read_cs224n(run_dir / "predictions" / f"{spec.name}-dev-output.csv")
-            missing = [i for i in labels if i not in values]
-            if missing:
-                raise MtbertError(f"{run_dir}: {len(missing)} dev ids of task {spec.name} have no prediction")
-            triples[spec.name] = (spec, np.array([values[i] for i in labels]), np.array(list(labels.values())))
-    return bootstrap_overall(triples)
+    for spec in specs:
+        files = [f / sub / f"{spec.name}-dev-output.csv" for f in folders for sub in ("predictions", ".")]
+        found = [f for f in files if f.is_file()]
+        task_labels = labels.get(spec.name)
+        if task_labels is None:
+            raise MtbertError(f"{folders[0]}: no dev labels for task {spec.name}")
+        if not found:
+            raise MtbertError(f"{folders[0]}: no {spec.name}-dev-output.csv")
+        _, values = read_cs224n(found[0])
+        missing = [i for i in task_labels if i not in values]
+        if missing:
+            raise MtbertError(f"{found[0]}: {len(missing)} dev ids of task {spec.name} have no prediction")
+        triples[spec.name] = (spec, np.array([values[i] for i in task_labels]), np.array(list(task_labels.values())))
+    return triples
 
 
 # ---- the ensemble ------------------------------------------------------------------------------------------------
@@ -566,13 +580,24 @@ def reference_row(name: str) -> str | None:
 
 def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
     """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
-    the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`)."""
+    the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
+    A row whose dev prediction files are incomplete gets no comparison."""
     from mtbert.metrics import bootstrap_difference
 
-    predictions = {name: dev_results(row, data_cfg) for name, row in table.items() if row.done}
+    specs = data_cfg.task_specs()
+    labels = {s.name: dev_labels(s, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples) for s in specs}
+    predictions = {}
+    for name, row in table.items():
+        # a training row's runs (the single-task row has three); the floor and the ensemble write their own files
+        folders = [Path(r["run_dir"]) for r in row.runs if "run_dir" in r] or [Path(row.run_dir or "")]
+        if row.done:
+            try:
+                predictions[name] = dev_triples(folders, specs, labels)
+            except MtbertError as err:
+                progress(f"  no paired comparison for row {name}: {err}")
 
     def versus(name: str, reference: str | None) -> dict[str, Any] | None:
-        if not (predictions.get(name) and predictions.get(reference)):
+        if name not in predictions or reference not in predictions:
             return None
         gap, low, high = bootstrap_difference(predictions[name], predictions[reference])
         return {"row": reference, "difference": gap, "ci95": [low, high]}
@@ -580,27 +605,6 @@ def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
     for name, row in table.items():
         row.versus = versus(name, reference_row(name))
         row.versus_floor = versus(name, "floor") if name != "floor" else None
-
-
-def dev_results(row: Row, data_cfg: TrainConfig) -> dict[str, tuple] | None:
-    """{task: (spec, dev predictions, labels)} from the row's prediction files, or None when one is missing."""
-    from mtbert.ensemble import dev_labels
-    from mtbert.predict import read_cs224n
-
-    # a training row's runs (the single-task row has three); the floor and the ensemble write their own files
-    folders = [Path(r["run_dir"]) for r in row.runs if "run_dir" in r] or [Path(row.run_dir or "")]
-    results = {}
-    for spec in data_cfg.task_specs():
-        files = [f / sub / f"{spec.name}-dev-output.csv" for f in folders for sub in ("predictions", ".")]
-        found = [f for f in files if f.is_file()]
-        labels = dev_labels(spec, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples)
-        if not found or labels is None:
-            return None
-        _, values = read_cs224n(found[0])
-        if any(i not in values for i in labels):
-            return None
-        results[spec.name] = (spec, np.array([values[i] for i in labels]), np.array(list(labels.values())))
-    return results
 
 
 def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_dir: Path, command: str,

@@ -31,7 +31,7 @@ from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
-from mtbert.evaluate import evaluate_sets, score_outputs
+from mtbert.evaluate import evaluate_sets, predict_set, score_outputs
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
 from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
@@ -40,7 +40,7 @@ from mtbert.predict import write_cs224n, write_scores
 from mtbert.sampling import samples_per_step
 from mtbert.tasks import TaskSpec
 from mtbert.tensorboard import log_scalars, open_writer
-from mtbert.weighting import make_weighting
+from mtbert.weighting import FAMO, make_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     else:
         path = ckpt.find_checkpoint(output_dir, resume_from_checkpoint)
         state = ckpt.load_checkpoint(path, model, optimizer, scheduler, sampler, generator, ranks.rank)
-        if "loss_weighting" in state:  # FAMO's own state (uncertainty's lives in the model)
+        if "loss_weighting" in state:  # FAMO's own state
             weighting.load_state_dict(state.pop("loss_weighting"))
         if ranks.is_main:
             ckpt.truncate_logs(output_dir, state["global_step"])
@@ -223,7 +223,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         save_now = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < total_steps)
         if save_now:
             state["train_seconds"] = time.perf_counter() - started
-            if weighting is not None and not isinstance(weighting, torch.nn.Module):
+            if isinstance(weighting, FAMO):  # its state lives outside the model (uncertainty's is in it)
                 state["loss_weighting"] = weighting.state_dict()
             ranks.main_only(ckpt.save_checkpoint, output_dir, step, model, optimizer, scheduler, sampler, generator,
                             state, cfg.save_total_limit, rank_rng=ranks.rng_states())
@@ -292,13 +292,11 @@ def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfi
     `dev_outputs`: the model's dev outputs when they were computed already (the best epoch's evaluation).
     """
     dev_sets = {t: d.dev for t, d in data.items()}
-    if dev_outputs is not None and set(dev_outputs) == set(dev_sets):
+    if dev_outputs is not None:
         metrics, raw = score_outputs(dev_sets, dev_outputs, with_interval=True, ranks=ranks), dev_outputs
     else:
         metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device,
                                      with_interval=True, ranks=ranks)
-    from mtbert.evaluate import predict_set
-
     for task, task_data in data.items():
         if ranks.is_main:
             write_cs224n(output_dir / "predictions" / f"{task}-dev-output.csv", task_data.spec, task_data.dev.ids,
