@@ -183,13 +183,15 @@ def planned_config(path: Path, run_dir: Path, budget: float) -> TrainConfig:
 
 
 def scaled(values: dict[str, Any], unit: int, budget: float) -> dict[str, Any]:
-    """Overrides that scale samples_per_task_per_epoch (in whole batches) and max_steps by budget, in both stages."""
+    """Overrides that scale samples_per_task_per_epoch (in whole batches), max_steps and mlm_steps by budget, in both
+    stages."""
     out: dict[str, Any] = {}
     if "samples_per_task_per_epoch" in values:
         batches = values["samples_per_task_per_epoch"] / unit
         out["samples_per_task_per_epoch"] = unit * max(1, round(batches * budget))
-    if values.get("max_steps", -1) > 0:
-        out["max_steps"] = max(1, round(values["max_steps"] * budget))
+    for key in ("max_steps", "mlm_steps"):
+        if values.get(key, -1) > 0:
+            out[key] = max(1, round(values[key] * budget))
     if values.get("two_step"):
         stage2 = {k: v for k, v in values["two_step"].items() if k in ("samples_per_task_per_epoch", "max_steps")}
         if stage2:
@@ -217,6 +219,10 @@ def stages(cfg: TrainConfig) -> list[dict[str, Any]]:
     if cfg.two_step is not None:
         stage2 = stage2_config(cfg)
         out += [one(f"stage 2 {spec.name}", stage2, {spec.name: 1}) for spec in cfg.task_specs()]
+    if cfg.mlm_steps and not (cfg.two_step or {}).get("init_from"):  # before stage 1; listed last
+        sentences = cfg.mlm_steps * cfg.per_device_train_batch_size
+        out.append({"stage": "masked-LM", "steps": cfg.mlm_steps, "samples": {"training sentences": sentences},
+                    "samples_per_task": round(sentences / len(cfg.task_specs()))})
     return out
 
 
@@ -570,12 +576,16 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def reference_row(name: str) -> str | None:
-    """The row a row is compared with: the previous row of the seed's chain, `pcgrad` for a PCGrad variant
-    (`pcgrad-*`), `multitask` (the plain sum) for any other added method."""
+    """The row a row is compared with: the previous row of the seed's chain, `two-step-pcgrad` for a variant of it
+    (`two-step-pcgrad-*`), `pcgrad` for a PCGrad variant (`pcgrad-*`), `multitask` (the plain sum) for any other
+    added method."""
     if name in SEED:
         chain = list(SEED)
         return chain[chain.index(name) - 1] if chain.index(name) > 0 else None
-    return "pcgrad" if name.startswith("pcgrad-") else "multitask"
+    for prefix in ("two-step-pcgrad", "pcgrad"):
+        if name.startswith(prefix + "-"):
+            return prefix
+    return "multitask"
 
 
 def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
@@ -668,10 +678,10 @@ def markdown(data: dict[str, Any]) -> str:
         "shown, summed over the sittings that trained them",
         "",
         "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
-        "the row named (the previous row of the seed's table; `pcgrad` for a PCGrad variant; `multitask` for "
-        "another method) or of the floor, with the paired 95% bootstrap interval of the difference (both rows "
-        "scored on the same resampled dev examples): an interval that excludes 0 is a difference beyond the dev "
-        "set's noise. Seed: "
+        "the row named (the previous row of the seed's table; `two-step-pcgrad` for a variant of it; `pcgrad` "
+        "for a PCGrad variant; `multitask` for another method) or of the floor, with the paired 95% bootstrap "
+        "interval of the difference (both rows scored on the same resampled dev examples): an interval that "
+        "excludes 0 is a difference beyond the dev set's noise. Seed: "
         "the report's numbers (BERT-base on a GPU, the course's 141k-pair Quora train set); the floor's are issue "
         "8's measurement.",
         "",

@@ -52,8 +52,14 @@ KEY_HELP = {
     "sampling": "fixed-ratio (task_ratio) | proportional | temperature | annealed: samples of each task per step",
     "sampling_temperature": "T of temperature sampling (shares proportional to size^(1/T))",
     "surgery_scope": "global | per-layer: aggregate the whole shared vector or each encoder layer separately",
+    "smart_weight": "weight of SMART's smoothness penalty on each task's loss (0: off)",
+    "smart_step_size": "SMART's ascent step and perturbation bound (max-norm, on the word embeddings)",
+    "smart_noise": "std of SMART's initial Gaussian noise",
+    "mlm_steps": "masked-LM pretraining steps on the tasks' training sentences before fine-tuning (0: none)",
+    "mlm_learning_rate": "AdamW learning rate of the masked-LM pretraining",
+    "mlm_probability": "share of tokens masked in masked-LM pretraining",
     "trust_remote_code": "allow model code from the hub (off unless you set it)",
-    "two_step": "stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR)",
+    "two_step": "stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR, keep_stage1: true)",
 }
 
 

@@ -73,6 +73,12 @@ class TrainConfig:
     sampling: str = "fixed-ratio"
     sampling_temperature: float = 2.0
     surgery_scope: str = "global"
+    smart_weight: float = 0.0
+    smart_step_size: float = 1e-3
+    smart_noise: float = 1e-5
+    mlm_steps: int = 0
+    mlm_learning_rate: float = 5e-5
+    mlm_probability: float = 0.15
     trust_remote_code: bool = False
     two_step: dict[str, Any] | None = None
 
@@ -128,8 +134,9 @@ def safe_load(text: str) -> Any:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
-TWO_STEP_ONLY_KEYS = {"init_from"}
-TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio"}
+TWO_STEP_ONLY_KEYS = {"init_from", "keep_stage1"}
+TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio",
+                      "mlm_steps", "mlm_learning_rate", "mlm_probability"}
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -221,6 +228,17 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("max_grad_norm", "must be >= 0 (0 turns clipping off)")
     if not 0 <= cfg.dropout < 1:
         raise bad("dropout", f"must be in [0, 1), not {cfg.dropout}")
+    for key in ("smart_weight", "smart_noise"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, f"must be >= 0, not {getattr(cfg, key)}")
+    if cfg.smart_step_size <= 0:
+        raise bad("smart_step_size", f"must be positive, not {cfg.smart_step_size}")
+    if cfg.mlm_steps < 0:
+        raise bad("mlm_steps", f"must be >= 0 (0: no masked-LM pretraining), not {cfg.mlm_steps}")
+    if cfg.mlm_learning_rate <= 0:
+        raise bad("mlm_learning_rate", f"must be positive, not {cfg.mlm_learning_rate}")
+    if not 0 < cfg.mlm_probability < 1:
+        raise bad("mlm_probability", f"must be in (0, 1), not {cfg.mlm_probability}")
     if cfg.save_steps < 0:
         raise bad("save_steps", "must be >= 0 (0 saves no periodic checkpoint)")
     for key, allowed in (("pair_architecture", PAIR_ARCHITECTURES), ("pooling", POOLINGS),
@@ -260,6 +278,9 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     cfg = TrainConfig(**values)
     _check_values(cfg)
     if cfg.two_step is not None:
+        keep = cfg.two_step.get("keep_stage1", False)
+        if not isinstance(keep, bool):
+            raise ConfigError(f"two_step.keep_stage1: must be true or false, not {keep!r}")
         stage2 = stage2_config(cfg)
         _check_values(stage2, prefix="two_step.")
     return cfg
@@ -268,7 +289,8 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
 def stage2_config(cfg: TrainConfig) -> TrainConfig:
     """The settings of stage 2 of a two-step run: stage 1's, with the two_step overrides applied."""
     overrides = dict(cfg.two_step or {})
-    overrides.pop("init_from", None)
+    for key in TWO_STEP_ONLY_KEYS:
+        overrides.pop(key, None)
     values = cfg.to_dict()
     values["two_step"] = None
     for key, value in overrides.items():

@@ -34,10 +34,12 @@ from mtbert.errors import MtbertError
 from mtbert.evaluate import evaluate_sets, predict_set, score_outputs
 from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
 from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
+from mtbert.mlm import pretrain_mlm
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
 from mtbert.pertask import PerTaskGradients, aggregate_per_layer
 from mtbert.predict import write_cs224n, write_scores
 from mtbert.sampling import samples_per_step
+from mtbert.smart import Smoothness, smart_penalty
 from mtbert.tasks import TaskSpec
 from mtbert.tensorboard import log_scalars, open_writer
 from mtbert.weighting import FAMO, make_weighting
@@ -54,9 +56,12 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
     ranks.main_only(prepare_output_dir, output_dir, resume_from_checkpoint, overwrite_output_dir)
     if ranks.is_main:
         save_config(cfg, output_dir / "config.yaml")
+    backbone = None
+    if cfg.mlm_steps and not (cfg.two_step or {}).get("init_from"):  # fine-tune from a further pretrained encoder
+        backbone = ranks.main_only(pretrain_mlm, cfg, output_dir / "mlm", ranks.device)
     if cfg.two_step is None:
-        return train_stage(cfg, output_dir, resume_from_checkpoint=resume_from_checkpoint)
-    return train_two_step(cfg, output_dir, resume_from_checkpoint)
+        return train_stage(cfg, output_dir, resume_from_checkpoint=resume_from_checkpoint, backbone=backbone)
+    return train_two_step(cfg, output_dir, resume_from_checkpoint, backbone)
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
@@ -67,7 +72,7 @@ def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) ->
                 f"output_dir: {output_dir} is not empty; pass --overwrite_output_dir to replace it "
                 "or --resume_from_checkpoint last to continue it"
             )
-        for name in ("best", "predictions", "scores", "stage1", "tasks", *RUN_FILES):
+        for name in ("best", "predictions", "scores", "stage1", "tasks", "mlm", "mlm_log.jsonl", *RUN_FILES):
             path = output_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
@@ -79,8 +84,14 @@ def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) ->
 
 
 def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = None, reset_head: str | None = None,
-                resume_from_checkpoint: str | None = None) -> dict:
-    """Train one stage into `output_dir` (a normal run dir) and return the best model's dev metrics."""
+                resume_from_checkpoint: str | None = None, init_competes: bool = False,
+                backbone: Path | None = None) -> dict:
+    """Train one stage into `output_dir` (a normal run dir) and return the best model's dev metrics.
+
+    `backbone`: an encoder folder to start from instead of `cfg.model_name_or_path` (the masked-LM pretrained one).
+    `init_competes`: the `init_from` model as it is (its own heads) is evaluated first, as step 0, and stays the
+    best model unless an epoch beats it (two-step's `keep_stage1`).
+    """
     ranks = start_ranks(cfg.ddp_mode)  # one process unless launched by torchrun or accelerate
     if ranks.is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +109,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         model.keep_tasks(specs)
         tokenizer = load_tokenizer(init_from)
     else:
-        encoder, tokenizer = load_encoder(cfg.model_name_or_path, cfg.dropout, cfg.trust_remote_code)
+        source = str(backbone) if backbone is not None else cfg.model_name_or_path
+        encoder, tokenizer = load_encoder(source, cfg.dropout, cfg.trust_remote_code)
         model = MultiTaskModel(encoder, specs, cfg.pair_architecture, cfg.pooling, cfg.dropout)
     if reset_head is not None:
         torch.manual_seed(cfg.seed)
@@ -126,6 +138,7 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in active}, seed=cfg.seed, rank=ranks.rank,
                                world_size=ranks.world_size)
     aggregate = make_aggregator(cfg.method if cfg.method in AGGREGATORS else "sum")
+    smoothness = Smoothness(cfg.smart_weight, cfg.smart_step_size, cfg.smart_noise) if cfg.smart_weight else None
     generator = torch.Generator().manual_seed(cfg.seed)
     shared_names = [n for n, p in model.encoder.named_parameters() if p.requires_grad]
     buffer = PerTaskGradients(model.shared_parameters(), len(active), model.encoder.get_input_embeddings().weight,
@@ -146,6 +159,19 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         logger.info("resumed from %s at step %d", path, state["global_step"])
     tensorboard = open_writer(cfg.report_to, output_dir) if ranks.is_main else None
     best_outputs = None  # set when this process evaluates the best model (not before a resume)
+    if init_competes and init_from is not None and not resume_from_checkpoint:
+        start = MultiTaskModel.from_pretrained(init_from)
+        start.keep_tasks(specs)
+        metrics, best_outputs = evaluate_sets(start.to(device), dev_sets, cfg.per_device_eval_batch_size, pad_id,
+                                              device, ranks=ranks)
+        if ranks.is_main:
+            append_jsonl(output_dir / "metrics.jsonl", {"epoch": 0.0, "step": 0, "split": "dev", **metrics,
+                                                        "train_seconds": 0.0})
+            logger.info("%s before training: dev %s", output_dir.name, " ".join(f"{k} {v:.4f}" for k, v in
+                                                                                 metrics.items()))
+        state["best_metric"], state["best_step"] = metrics["overall"], 0
+        ranks.main_only(atomic_dir, output_dir / "best", lambda tmp: start.save_pretrained(tmp, tokenizer))
+        del start
 
     # ---- the loop -------------------------------------------------------------------------------
     model.train()
@@ -167,7 +193,8 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
         batches = {t: collate(data[t].train, sampler.draw(t, n), pad_id) for t, n in per_step.items()}
         losses, stats = training_step(model, batches, loss_scale, buffer if per_task else None, aggregate, generator,
                                       device, use_bf16, cfg.sts_loss, diagnostics=log_now, ranks=ranks,
-                                      weighting=weighting, per_layer=cfg.surgery_scope == "per-layer")
+                                      weighting=weighting, per_layer=cfg.surgery_scope == "per-layer",
+                                      smoothness=smoothness)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
 
         if not (math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values())):
@@ -249,8 +276,10 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
                   buffer: PerTaskGradients | None, aggregate, generator: torch.Generator, device: torch.device,
                   use_bf16: bool = False, sts_loss: str = "mse", diagnostics: bool = False,
                   ranks: Ranks = ONE_PROCESS, weighting=None, per_layer: bool = False,
-                  ) -> tuple[dict[str, float], dict | None]:
+                  smoothness: Smoothness | None = None) -> tuple[dict[str, float], dict | None]:
     """Forward and backward each task's batch; with a buffer, aggregate the per-task gradients into `.grad`.
+
+    With `smoothness`, each task's loss also carries SMART's penalty (smart.py), which the reported losses leave out.
 
     Returns the mean per-sample loss of each task and, when asked, the gradient diagnostics. With several
     ranks, the gradients and losses are averaged over them (`ranks.share`) before the aggregation.
@@ -264,7 +293,11 @@ def training_step(model: MultiTaskModel, batches: dict[str, dict], loss_scale: d
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             outputs = model(task, inputs)
         loss = task_loss(model.specs[task], outputs.float(), batch["labels"].to(device), sts_loss)
-        scaled = loss * loss_scale[task]
+        objective = loss
+        if smoothness is not None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                objective = loss + smoothness.weight * smart_penalty(model, task, inputs, outputs, smoothness)
+        scaled = objective * loss_scale[task]
         if weighting is not None:  # uncertainty / famo: a weight per task on its loss (of all ranks' batches)
             scaled = weighting.weigh(task, ranks.with_mean_value(scaled))
         scaled.backward()  # frees this task's graph: peak memory is one task batch
@@ -357,7 +390,8 @@ def epoch_summary(epoch: float, losses: dict[str, float], metrics: dict[str, flo
 # ---- two-step fine-tuning ----------------------------------------------------------------------
 
 
-def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None) -> dict:
+def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None,
+                   backbone: Path | None = None) -> dict:
     """Stage 1 as configured (or `two_step.init_from`), then one specialised model per task from its best model."""
     init_from = (cfg.two_step or {}).get("init_from")
     if init_from:
@@ -367,7 +401,7 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         stage1_cfg = replace(cfg, two_step=None, output_dir=str(stage1_dir))
         if not (stage1_dir / "results.json").is_file():
             stage_resume = resume if resume and ckpt.has_checkpoint(stage1_dir, resume) else None
-            train_stage(stage1_cfg, stage1_dir, resume_from_checkpoint=stage_resume)
+            train_stage(stage1_cfg, stage1_dir, resume_from_checkpoint=stage_resume, backbone=backbone)
         stage1_best = stage1_dir / "best"
     stage2 = stage2_config(cfg)
     per_task_results = {}
@@ -380,7 +414,8 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
                            output_dir=str(task_dir))
         stage_resume = resume if resume and ckpt.has_checkpoint(task_dir, resume) else None
         per_task_results[spec.name] = train_stage(task_cfg, task_dir, init_from=stage1_best, reset_head=spec.name,
-                                                  resume_from_checkpoint=stage_resume)
+                                                  resume_from_checkpoint=stage_resume,
+                                                  init_competes=bool((cfg.two_step or {}).get("keep_stage1")))
     ranks = start_ranks(cfg.ddp_mode)
     return ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
 

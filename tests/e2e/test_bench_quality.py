@@ -203,18 +203,24 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
 
 
 def test_shipped_rows_share_one_budget_per_stage(tmp_path):
-    """Every training stage of every shipped row processes 3,584 samples per task of its run; --budget scales it."""
-    per_stage = {}
+    """Every training stage of every shipped row processes 3,584 samples per task of its run; --budget scales it.
+    Masked-LM pretraining is an extra stage: 3,584 sentences per task in `two-step-pcgrad-mlm`, ten times that in
+    `two-step-pcgrad-mlm-long`."""
+    per_stage, pretraining = {}, {}
     for path in sorted(SHIPPED.glob("*.yaml")):
         if path.stem == "floor":
             continue
         for stage in stages(planned_config(path, tmp_path / path.stem, 1.0)):
-            per_stage[f"{path.stem} {stage['stage']}"] = stage["samples_per_task"]
-    added = [p for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", *DEFAULT_ROWS, "single-sst", "single-para",
-                                                                  "single-sts")]
-    assert len(added) == 13  # issue 9's methods and sampling, issue 8's tries: one stage each
-    assert len(per_stage) == 3 + 1 + 1 + 4 + 4 + len(added)
+            target = pretraining if stage["stage"] == "masked-LM" else per_stage
+            target[f"{path.stem} {stage['stage']}"] = stage["samples_per_task"]
+    added = [p.stem for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", *DEFAULT_ROWS, "single-sst",
+                                                                       "single-para", "single-sts")]
+    two_step = [name for name in added if name.startswith("two-step-pcgrad-")]
+    assert len(added) - len(two_step) == 13  # issue 9's methods and sampling, issue 8's tries: one stage each
+    assert len(two_step) == 6  # issue 8's tries on the best row: four stages each
+    assert len(per_stage) == 3 + 1 + 1 + 4 + 4 + 13 + 4 * len(two_step)
     assert set(per_stage.values()) == {3584}, per_stage
+    assert pretraining == {"two-step-pcgrad-mlm masked-LM": 3584, "two-step-pcgrad-mlm-long masked-LM": 35840}
     sw = stages(planned_config(SHIPPED / "sw-pcgrad-0-3-1-two-step.yaml", tmp_path / "sw", 1.0))
     assert sw[0]["samples"] == {"sst": 0, "para": 8064, "sts": 2688}
     assert [s["samples_per_task"] for s in stages(planned_config(SHIPPED / "two-step-pcgrad.yaml", tmp_path, 2.5))] \
