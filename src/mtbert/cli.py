@@ -149,12 +149,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return dispatch(args, extra)
     except MtbertError as err:
-        if os.environ.get("RANK", "0") == "0":
+        if _is_rank0():
             print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _is_rank0() -> bool:
+    """Under torchrun or accelerate only rank 0 prints results and errors; one process is rank 0."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
@@ -164,7 +169,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
         cfg = load_config(args.config, parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun/accelerate, rank 0 alone prints
+        if _is_rank0():
             print(json.dumps(results, indent=2))
         return 0
     if args.command == "evaluate":

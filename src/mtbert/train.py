@@ -160,8 +160,9 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     tensorboard = open_writer(cfg.report_to, output_dir) if ranks.is_main else None
     best_outputs = None  # set when this process evaluates the best model (not before a resume)
     if init_competes and init_from is not None and not resume_from_checkpoint:
-        start = MultiTaskModel.from_pretrained(init_from)
-        start.keep_tasks(specs)
+        with torch.random.fork_rng(devices=[]):  # loading draws random initial weights: keep training's RNG as is
+            start = MultiTaskModel.from_pretrained(init_from)
+            start.keep_tasks(specs)
         metrics, best_outputs = evaluate_sets(start.to(device), dev_sets, cfg.per_device_eval_batch_size, pad_id,
                                               device, ranks=ranks)
         if ranks.is_main:
@@ -469,9 +470,6 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
             row[spec.metric_key] = histories[spec.name][i][spec.metric_key]
         row["overall"] = overall_score(specs, row)
         lines.append(row)
-    import json
-
-
     atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))
     for folder in ("predictions", "scores"):
         (output_dir / folder).mkdir(exist_ok=True)

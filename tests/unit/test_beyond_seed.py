@@ -143,6 +143,20 @@ def test_keep_stage1_lets_the_stage1_model_compete_as_step_0(tiny_config, tmp_pa
         assert same == (best["step"] == 0)
 
 
+def test_keep_stage1_adds_a_candidate_without_changing_stage_2_training(tiny_config, tmp_path):
+    runs, logs = {}, {}
+    for keep in (False, True):
+        out = tmp_path / f"keep-{keep}"
+        train(build_config({**tiny_config, "output_dir": str(out), "dropout": 0.3,
+                            "two_step": {"num_train_epochs": 2, "keep_stage1": keep}}))
+        lines = (out / "tasks" / "sst" / "metrics.jsonl").read_text().splitlines()
+        runs[keep] = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in lines]
+        logs[keep] = (out / "tasks" / "sst" / "train_log.jsonl").read_text()
+    assert [r["step"] for r in runs[True]] == [0] + [r["step"] for r in runs[False]]
+    assert runs[True][1:] == runs[False]
+    assert logs[True] == logs[False]  # every step's loss and gradient norm: dropout drew the same masks
+
+
 def test_keep_stage1_must_be_a_boolean(tiny_config):
     with pytest.raises(ConfigError, match=r"^two_step\.keep_stage1: must be true or false"):
         build_config({**tiny_config, "two_step": {"keep_stage1": "maybe"}})

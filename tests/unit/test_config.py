@@ -321,3 +321,12 @@ def test_any_command_line_is_accepted_or_refused_with_a_config_error(argv):
         build_config(parse_overrides(argv))
     except ConfigError as err:
         assert ": " in str(err), str(err)
+
+
+def test_every_config_key_has_help_in_train_help():
+    import dataclasses
+
+    from mtbert.cli import KEY_HELP
+    from mtbert.config import TrainConfig
+
+    assert set(KEY_HELP) == {f.name for f in dataclasses.fields(TrainConfig)}
