@@ -237,6 +237,20 @@ def same(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
+def same_signature(stored: Any, wanted: dict[str, Any]) -> bool:
+    """Whether a run's stored signature matches: config keys at their default value count as absent, so that a
+    key added to mtbert later (at a default that changes nothing) leaves earlier runs current."""
+    defaults = TrainConfig().to_dict()
+
+    def without_defaults(sig: Any) -> Any:
+        if not isinstance(sig, dict) or not isinstance(sig.get("config"), dict):
+            return sig
+        config = {k: v for k, v in sig["config"].items() if not (k in defaults and same(v, defaults[k]))}
+        return {**sig, "config": config}
+
+    return same(without_defaults(stored), without_defaults(wanted))
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -268,7 +282,7 @@ def read_row(name: str, output_dir: Path, configs_dir: Path, budget: float) -> R
         results = read_json(run_dir / "results.json")
         if marker is None or results is None or marker.get("wall_seconds") is None:
             return Row(name)
-        if not same(marker.get("signature"), signature(cfg, budget)):
+        if not same_signature(marker.get("signature"), signature(cfg, budget)):
             return Row(name, note="stale (config, data or budget changed)")
         runs.append((config, cfg, run_dir, results, marker))
     return training_row(name, output_dir, runs, reused=True)
@@ -295,7 +309,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str,
     wanted = signature(cfg, budget)
     marker = read_json(run_dir / MARKER)
     results = read_json(run_dir / "results.json")
-    started = marker is not None and same(marker.get("signature"), wanted)
+    started = marker is not None and same_signature(marker.get("signature"), wanted)
     if started and results is not None and marker.get("wall_seconds") is not None:
         return results, marker
     resume = None

@@ -177,6 +177,17 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     assert not final["ensemble"]["reused"] and final["two-step-pcgrad"]["reused"]
     assert final["single-task"]["status"] == "done"  # not asked this time, still shown as finished
     assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.016).note.startswith("stale")
+    # a run recorded before a config key existed (at its default) is still current; a changed value is not
+    marker_path = out / "runs" / "pcgrad" / mtbert.bench_quality.MARKER
+    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    del marker["signature"]["config"]["smart_weight"]
+    marker_path.write_text(json.dumps(marker), encoding="utf-8")
+    assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.008).done
+    marker["signature"]["config"]["smart_weight"] = 1.0
+    marker_path.write_text(json.dumps(marker), encoding="utf-8")
+    assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.008).note.startswith("stale")
+    del marker["signature"]["config"]["smart_weight"]
+    marker_path.write_text(json.dumps(marker), encoding="utf-8")
 
     # an interrupted two-step row resumes: finished stages are kept, the unfinished one is trained
     run = out / "runs" / "two-step-pcgrad"
