@@ -136,7 +136,8 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 TWO_STEP_ONLY_KEYS = {"init_from", "keep_stage1"}
 TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio",
-                      "mlm_steps", "mlm_learning_rate", "mlm_probability"}
+                      "mlm_steps", "mlm_learning_rate", "mlm_probability",
+                      "pair_architecture", "pooling"}  # stage 2 keeps stage 1's model, so its architecture too
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -281,6 +282,8 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
         keep = cfg.two_step.get("keep_stage1", False)
         if not isinstance(keep, bool):
             raise ConfigError(f"two_step.keep_stage1: must be true or false, not {keep!r}")
+        if cfg.mlm_steps and cfg.two_step.get("init_from"):
+            raise ConfigError("mlm_steps: has no effect with two_step.init_from (stage 1 is not trained); remove one")
         stage2 = stage2_config(cfg)
         _check_values(stage2, prefix="two_step.")
     return cfg

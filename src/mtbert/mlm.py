@@ -10,6 +10,7 @@ word embeddings. The encoder is saved in `<output_dir>/mlm/`, which a resumed ru
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -26,6 +27,7 @@ from mtbert.io import append_jsonl, atomic_dir
 from mtbert.model import default_backbone, load_encoder
 
 logger = logging.getLogger(__name__)
+SETTINGS_FILE = "mtbert_mlm.json"  # what the encoder in the folder was pretrained with
 
 
 def training_sentences(cfg: TrainConfig) -> list[str]:
@@ -47,12 +49,22 @@ def training_sentences(cfg: TrainConfig) -> list[str]:
 def pretrain_mlm(cfg: TrainConfig, output_dir: Path, device: torch.device) -> Path:
     """Masked-LM pretraining of `cfg.model_name_or_path` for `cfg.mlm_steps` steps; returns the encoder's folder.
 
-    A folder that already holds the encoder (an earlier, finished pretraining of this run) is returned as is.
+    A folder that already holds the encoder (an earlier, finished pretraining of this run) is returned as is when
+    it was pretrained with the same settings; with other settings it is an error (nothing is silently reused).
     """
+    source = cfg.model_name_or_path or default_backbone()
+    settings = {"model_name_or_path": source, "mlm_steps": cfg.mlm_steps, "mlm_learning_rate": cfg.mlm_learning_rate,
+                "mlm_probability": cfg.mlm_probability, "seed": cfg.seed, "max_length": cfg.max_length,
+                "per_device_train_batch_size": cfg.per_device_train_batch_size, "tasks": cfg.tasks}
     if (output_dir / "config.json").is_file():
+        done = json.loads((output_dir / SETTINGS_FILE).read_text(encoding="utf-8")) \
+            if (output_dir / SETTINGS_FILE).is_file() else None
+        if done != json.loads(json.dumps(settings)):
+            raise MtbertError(f"mlm_steps: {output_dir} was pretrained with other settings ({done}); remove it or "
+                              "pass --overwrite_output_dir to pretrain again")
         logger.info("masked-LM pretraining: reusing %s", output_dir)
         return output_dir
-    source = cfg.model_name_or_path or default_backbone()
+    torch.manual_seed(cfg.seed)  # before the masked-LM head (absent from a sentence-embedding checkpoint) is drawn
     encoder, tokenizer = load_encoder(source, cfg.dropout, cfg.trust_remote_code)
     try:
         mlm = AutoModelForMaskedLM.from_pretrained(source, config=encoder.config,
@@ -60,7 +72,6 @@ def pretrain_mlm(cfg: TrainConfig, output_dir: Path, device: torch.device) -> Pa
     except (OSError, ValueError) as err:
         raise MtbertError(f"mlm_steps: '{source}' has no masked-LM model class ({str(err).splitlines()[0]})") from None
     sentences = training_sentences(cfg)
-    torch.manual_seed(cfg.seed)
     order = np.random.default_rng(cfg.seed)
     collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=cfg.mlm_probability)
     optimizer = torch.optim.AdamW(mlm.parameters(), lr=cfg.mlm_learning_rate, weight_decay=cfg.weight_decay)
@@ -78,7 +89,10 @@ def pretrain_mlm(cfg: TrainConfig, output_dir: Path, device: torch.device) -> Pa
             queue.extend(order.permutation(len(sentences)).tolist())
         chosen, queue = queue[:batch_size], queue[batch_size:]
         encoded = tokenizer([sentences[i] for i in chosen], truncation=True, max_length=cfg.max_length)
-        batch = collator([{k: v[i] for k, v in encoded.items()} for i in range(len(chosen))])
+        features = [{k: v[i] for k, v in encoded.items()} for i in range(len(chosen))]
+        batch = collator(features)
+        while not (batch["labels"] != -100).any():  # nothing masked: the loss would be 0 / 0
+            batch = collator(features)
         loss = mlm(**{k: v.to(device) for k, v in batch.items()}).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(mlm.parameters(), cfg.max_grad_norm or float("inf"))
@@ -94,6 +108,7 @@ def pretrain_mlm(cfg: TrainConfig, output_dir: Path, device: torch.device) -> Pa
     def save(folder: Path) -> None:
         encoder.save_pretrained(folder, safe_serialization=True)
         tokenizer.save_pretrained(folder)
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     atomic_dir(output_dir, save)
     return output_dir

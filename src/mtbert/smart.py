@@ -1,4 +1,5 @@
-"""SMART smoothness regularisation (Jiang et al. 2020, https://arxiv.org/abs/1911.03437, algorithm 1).
+"""SMART's smoothness-inducing regulariser (Jiang et al. 2020, https://arxiv.org/abs/1911.03437), without its
+Bregman proximal term: one ascent step (T = 1) and a perturbation bound equal to the step (epsilon = eta).
 
 A task batch's input word embeddings get Gaussian noise (std `noise`), the noise takes one ascent step of size
 `step_size` along the gradient of the divergence between the clean and the noisy outputs (normalised to
@@ -44,7 +45,8 @@ def smart_penalty(model: MultiTaskModel, task: str, inputs: list[dict[str, torch
     bound = smoothness.step_size
     adversarial = []
     for noise, grad in zip(noises, grads, strict=True):
-        direction = grad / (grad.abs().amax(dim=-1, keepdim=True) + 1e-6)  # each token's step has max-norm 1
+        # each token's step has max-norm 1, however small its gradient (tokens with none, padding, stay put)
+        direction = grad / grad.abs().amax(dim=-1, keepdim=True).clamp_min(1e-30)
         adversarial.append((noise + smoothness.step_size * direction).clamp(-bound, bound).detach())
     perturbed = model(task, _perturbed(inputs, embeds, adversarial))
     both_ways = divergence(spec, perturbed, outputs.detach()) + divergence(spec, outputs, perturbed.detach())

@@ -162,7 +162,10 @@ def train_stage(cfg: TrainConfig, output_dir: Path, init_from: Path | None = Non
     if init_competes and init_from is not None and not resume_from_checkpoint:
         with torch.random.fork_rng(devices=[]):  # loading draws random initial weights: keep training's RNG as is
             start = MultiTaskModel.from_pretrained(init_from)
-            start.keep_tasks(specs)
+        missing = [s.name for s in specs if s.name not in start.heads]
+        if missing:
+            raise MtbertError(f"two_step.keep_stage1: {init_from} has no head for {', '.join(missing)}")
+        start.keep_tasks(specs)
         metrics, best_outputs = evaluate_sets(start.to(device), dev_sets, cfg.per_device_eval_batch_size, pad_id,
                                               device, ranks=ranks)
         if ranks.is_main:
@@ -405,6 +408,11 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
             train_stage(stage1_cfg, stage1_dir, resume_from_checkpoint=stage_resume, backbone=backbone)
         stage1_best = stage1_dir / "best"
     stage2 = stage2_config(cfg)
+    keep_stage1 = bool((cfg.two_step or {}).get("keep_stage1"))
+
+    def competes(task: str) -> bool:  # a task that stage 1 trained (ratio > 0), or one of init_from's heads
+        return bool(init_from) or cfg.ratios()[task] > 0
+
     per_task_results = {}
     for spec in cfg.task_specs():
         task_dir = output_dir / "tasks" / spec.name
@@ -416,7 +424,7 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         stage_resume = resume if resume and ckpt.has_checkpoint(task_dir, resume) else None
         per_task_results[spec.name] = train_stage(task_cfg, task_dir, init_from=stage1_best, reset_head=spec.name,
                                                   resume_from_checkpoint=stage_resume,
-                                                  init_competes=bool((cfg.two_step or {}).get("keep_stage1")))
+                                                  init_competes=keep_stage1 and competes(spec.name))
     ranks = start_ranks(cfg.ddp_mode)
     return ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
 
@@ -461,13 +469,15 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
     results["train_seconds"] = round(sum(r.get("train_seconds", 0.0) for r in per_task.values()) + stage1_seconds, 1)
     results["best_step"] = {spec.name: per_task[spec.name].get("best_step") for spec in specs}
     # one metrics line per stage-2 epoch: each task's metric at that evaluation
-    histories = {s.name: read_jsonl(output_dir / "tasks" / s.name / "metrics.jsonl") for s in specs}
+    # (a task whose stage-1 model competed has a step-0 line that the others lack: rows go by step)
+    histories = {s.name: {r["step"]: r for r in read_jsonl(output_dir / "tasks" / s.name / "metrics.jsonl")}
+                 for s in specs}
     lines = []
-    for i in range(min(len(h) for h in histories.values())):
-        row: dict[str, Any] = {"epoch": histories[specs[0].name][i]["epoch"], "step": i + 1, "split": "dev",
-                               "stage": 2}
+    for step in sorted(set.intersection(*(set(h) for h in histories.values()))):
+        first = histories[specs[0].name][step]
+        row: dict[str, Any] = {"epoch": first["epoch"], "step": step, "split": "dev", "stage": 2}
         for spec in specs:
-            row[spec.metric_key] = histories[spec.name][i][spec.metric_key]
+            row[spec.metric_key] = histories[spec.name][step][spec.metric_key]
         row["overall"] = overall_score(specs, row)
         lines.append(row)
     atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in lines))

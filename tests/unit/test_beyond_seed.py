@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from mtbert.config import build_config
 from mtbert.data import load_task_data, read_task_file
-from mtbert.errors import ConfigError
+from mtbert.errors import ConfigError, MtbertError
 from mtbert.mlm import pretrain_mlm, training_sentences
 from mtbert.model import MultiTaskModel, load_encoder
 from mtbert.smart import Smoothness, divergence, smart_penalty
@@ -59,9 +59,11 @@ def test_smart_penalty_grows_with_the_perturbation_and_reaches_the_encoder(tiny_
 
 
 def test_smart_weight_changes_training_and_keeps_losses_finite(tiny_config, tmp_path):
-    plain = train(build_config({**tiny_config, "output_dir": str(tmp_path / "plain"), "method": "pcgrad"}))
+    # dropout off: SMART's noise draws would otherwise change the dropout masks, and the weights, by themselves
+    plain = train(build_config({**tiny_config, "output_dir": str(tmp_path / "plain"), "method": "pcgrad",
+                                "dropout": 0.0}))
     smooth = train(build_config({**tiny_config, "output_dir": str(tmp_path / "smart"), "method": "pcgrad",
-                                 "smart_weight": 3.0, "smart_step_size": 1e-2}))
+                                 "dropout": 0.0, "smart_weight": 3.0, "smart_step_size": 1e-2}))
     weights = [load_file(str(tmp_path / name / "best" / "encoder" / "model.safetensors")) for name in ("plain",
                                                                                                      "smart")]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
@@ -105,6 +107,9 @@ def test_mlm_pretraining_lowers_its_loss_and_writes_a_loadable_encoder(tiny_conf
     stamp = (folder / "model.safetensors").stat().st_mtime_ns
     assert pretrain_mlm(cfg, folder, torch.device("cpu")) == folder  # a finished pretraining is reused
     assert (folder / "model.safetensors").stat().st_mtime_ns == stamp
+    other = build_config({**tiny_config, "mlm_steps": 31, "mlm_learning_rate": 1e-3, "logging_steps": 5})
+    with pytest.raises(MtbertError, match=r"^mlm_steps: .* was pretrained with other settings"):
+        pretrain_mlm(other, folder, torch.device("cpu"))  # never reused with other settings
 
 
 def test_a_run_with_mlm_steps_fine_tunes_from_the_pretrained_encoder(tiny_config, tmp_path):
@@ -160,6 +165,27 @@ def test_keep_stage1_adds_a_candidate_without_changing_stage_2_training(tiny_con
 def test_keep_stage1_must_be_a_boolean(tiny_config):
     with pytest.raises(ConfigError, match=r"^two_step\.keep_stage1: must be true or false"):
         build_config({**tiny_config, "two_step": {"keep_stage1": "maybe"}})
+
+
+@pytest.mark.parametrize(("two_step", "message"), [
+    ({"init_from": "runs/x"}, r"^mlm_steps: has no effect with two_step\.init_from"),
+    ({"pooling": "cls"}, r"^two_step\.pooling: not a key that stage 2 can change"),
+    ({"pair_architecture": "bi-cosine"}, r"^two_step\.pair_architecture: not a key that stage 2 can change"),
+])
+def test_two_step_refuses_keys_it_would_ignore(tiny_config, two_step, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config({**tiny_config, "mlm_steps": 5 if "init_from" in two_step else 0, "two_step": two_step})
+
+
+def test_keep_stage1_with_a_task_left_out_of_stage_1(tiny_config, tmp_path):
+    out = tmp_path / "run"
+    train(build_config({**tiny_config, "output_dir": str(out), "task_ratio": "0:1:1",
+                        "two_step": {"num_train_epochs": 2, "keep_stage1": True}}))
+    steps = {t: [json.loads(x)["step"] for x in (out / "tasks" / t / "metrics.jsonl").read_text().splitlines()]
+             for t in ("sst", "para", "sts")}
+    assert steps["sst"][0] != 0 and steps["para"][0] == 0 and steps["sts"][0] == 0  # no untrained SST candidate
+    combined = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in combined] == steps["sst"]  # rows go by step, the same step of every task
 
 
 # ---- the bench rows of these options --------------------------------------------------------------------------------
