@@ -360,16 +360,18 @@ def test_aggregator_ignores_the_order_of_the_tasks(name: str) -> None:
     check()
 
 
-# No remaining conflict: the update has a non-negative inner product with every task gradient.
-@pytest.mark.parametrize("name", ["mgda", "nash-mtl"])
-def test_aggregator_leaves_no_conflict(name: str) -> None:
+# No remaining conflict: the update has a non-negative inner product with every task gradient. MGDA's is exact;
+# nash-mtl's solver (cvxpy, stopped at a tolerance) reaches its optimum, where g_i . update = 1 / alpha_i > 0, only
+# approximately: a hypothesis-found matrix with one large row gave -1.9e-4 x the scale, so it gets 1e-3.
+@pytest.mark.parametrize(("name", "tolerance"), [("mgda", 1e-9), ("nash-mtl", 1e-3)])
+def test_aggregator_leaves_no_conflict(name: str, tolerance: float) -> None:
     needs_torchjd(name)
 
     @settings_for(name)
     @given(grads=generic_matrices())
     def check(grads: torch.Tensor) -> None:
         out = make_aggregator(name)(grads)
-        assert (grads @ out).min() >= -1e-9 * scale_of(grads)
+        assert (grads @ out).min() >= -tolerance * scale_of(grads)
 
     check()
 
