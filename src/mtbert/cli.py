@@ -165,7 +165,7 @@ def _is_rank0() -> bool:
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "train":
         from mtbert.config import load_config, parse_overrides
-        from mtbert.train import train
+        from mtbert.training.stage import train
 
         cfg = load_config(args.config, parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)
@@ -173,7 +173,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             print(json.dumps(results, indent=2))
         return 0
     if args.command == "evaluate":
-        from mtbert.runs import evaluate_run
+        from mtbert.evaluation.finished import evaluate_run
 
         files = dict(args.task_file)
         for task in ("sst", "para", "sts"):
@@ -187,24 +187,24 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             atomic_write_json(args.json, metrics)
         return 0
     if args.command == "predict":
-        from mtbert.runs import predict_run
+        from mtbert.evaluation.finished import predict_run
 
         predict_run(Path(args.run_dir), args.task, args.input, args.output, args.format)
         return 0
     if args.command == "ensemble":
-        from mtbert.ensemble import run_ensemble
+        from mtbert.evaluation.ensemble import run_ensemble
 
         results = run_ensemble([Path(m) for m in args.members], Path(args.output_dir), args.mode)
         print(json.dumps(results, indent=2))
         return 0
     if args.command == "report":
-        from mtbert.report import build_report
+        from mtbert.evaluation.report import build_report
 
         path = build_report([Path(r) for r in args.run_dirs], Path(args.output_dir))
         print(f"wrote {path}")
         return 0
     if args.command == "bench":
-        from mtbert import bench
+        from mtbert.bench import step as bench
 
         return bench.main(args)
     raise MtbertError(f"unknown command {args.command}")

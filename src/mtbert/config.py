@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
+from mtbert.data.sampling import SAMPLING_STRATEGIES
 from mtbert.errors import ConfigError
-from mtbert.sampling import SAMPLING_STRATEGIES
 from mtbert.tasks import TaskSpec, task_from_config
 
 PAIR_ARCHITECTURES = ("cross", "bi-cosine", "bi-concat")
@@ -250,8 +250,8 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
             raise bad(key, f"'{getattr(cfg, key)}' is not one of {' | '.join(allowed)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
         raise bad("eval_steps", "must be set when eval_strategy is steps")
-    from mtbert.gradients import AGGREGATORS
-    from mtbert.weighting import LOSS_WEIGHTINGS
+    from mtbert.methods.aggregators import AGGREGATORS
+    from mtbert.methods.weighting import LOSS_WEIGHTINGS
 
     methods = ("single", *AGGREGATORS, *LOSS_WEIGHTINGS)
     if cfg.sampling_temperature <= 0:

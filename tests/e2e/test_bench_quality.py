@@ -12,14 +12,14 @@ import pytest
 import torch
 import yaml
 
-import mtbert.bench_quality
-import mtbert.train
-from mtbert.bench_quality import DEFAULT_ROWS, ENSEMBLE_MEMBERS, planned_config, stages
+import mtbert.bench.quality
+import mtbert.training.stage
+from mtbert.bench.quality import DEFAULT_ROWS, ENSEMBLE_MEMBERS, planned_config, stages
 from mtbert.cli import main
 from mtbert.config import safe_load
 from mtbert.data import read_task_file
-from mtbert.metrics import bootstrap_overall
-from mtbert.predict import read_cs224n
+from mtbert.evaluation.metrics import bootstrap_overall
+from mtbert.evaluation.predict import read_cs224n
 from mtbert.tasks import BUILTIN_TASKS
 
 pytestmark = pytest.mark.e2e
@@ -142,9 +142,9 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     def boom(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
 
-    monkeypatch.setattr(mtbert.train, "train", boom)
-    monkeypatch.setattr(mtbert.bench_quality, "floor_results", boom)
-    monkeypatch.setattr("mtbert.ensemble.run_ensemble", boom)
+    monkeypatch.setattr(mtbert.training.stage, "train", boom)
+    monkeypatch.setattr(mtbert.bench.quality, "floor_results", boom)
+    monkeypatch.setattr("mtbert.evaluation.ensemble.run_ensemble", boom)
     clock = time.perf_counter()
     assert main(bench_args) == 0
     assert time.perf_counter() - clock < min(10.0, first / 2)
@@ -162,13 +162,13 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     path = Path(config) / "pcgrad.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("seed: 42", "seed: 7"), encoding="utf-8")
     trained = []
-    real_train = mtbert.train.train
+    real_train = mtbert.training.stage.train
 
     def counting(cfg, *args, **kwargs):
         trained.append(Path(cfg.output_dir).name)
         return real_train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(mtbert.train, "train", counting)
+    monkeypatch.setattr(mtbert.training.stage, "train", counting)
     assert main([*bench_args[:4], "--rows", "ensemble", *bench_args[6:]]) == 0
     assert trained == ["pcgrad"]
     final = {r["row"]: r for r in json.loads((out / "table.json").read_text(encoding="utf-8"))["rows"]}
@@ -176,16 +176,16 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     assert final["ensemble"]["overall"] == results(out / "runs" / "ensemble")["ensemble"]["overall"]
     assert not final["ensemble"]["reused"] and final["two-step-pcgrad"]["reused"]
     assert final["single-task"]["status"] == "done"  # not asked this time, still shown as finished
-    assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.016).note.startswith("stale")
+    assert mtbert.bench.quality.read_row("pcgrad", out, Path(config), 0.016).note.startswith("stale")
     # a run recorded before a config key existed (at its default) is still current; a changed value is not
-    marker_path = out / "runs" / "pcgrad" / mtbert.bench_quality.MARKER
+    marker_path = out / "runs" / "pcgrad" / mtbert.bench.quality.MARKER
     marker = json.loads(marker_path.read_text(encoding="utf-8"))
     del marker["signature"]["config"]["smart_weight"]
     marker_path.write_text(json.dumps(marker), encoding="utf-8")
-    assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.008).done
+    assert mtbert.bench.quality.read_row("pcgrad", out, Path(config), 0.008).done
     marker["signature"]["config"]["smart_weight"] = 1.0
     marker_path.write_text(json.dumps(marker), encoding="utf-8")
-    assert mtbert.bench_quality.read_row("pcgrad", out, Path(config), 0.008).note.startswith("stale")
+    assert mtbert.bench.quality.read_row("pcgrad", out, Path(config), 0.008).note.startswith("stale")
     del marker["signature"]["config"]["smart_weight"]
     marker_path.write_text(json.dumps(marker), encoding="utf-8")
 
@@ -208,7 +208,7 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     lines = path.read_text(encoding="utf-8").splitlines()
     lines[1] = lines[1][:-2] + ("0 " if lines[1].endswith("1 ") else "1 ")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert mtbert.bench_quality.read_row("ensemble", out, Path(config), 0.008).note.startswith("stale")
+    assert mtbert.bench.quality.read_row("ensemble", out, Path(config), 0.008).note.startswith("stale")
     assert main([*bench_args[:4], "--rows", "ensemble", *bench_args[6:]]) == 0
     assert "row ensemble: done" in capsys.readouterr().err
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mtbert.cli import main
-from mtbert.gradients import AGGREGATORS
+from mtbert.methods.aggregators import AGGREGATORS
 
 pytestmark = pytest.mark.e2e
 METHODS = [*AGGREGATORS, "uncertainty", "famo", "pcgrad-per-layer", "torchjd"]

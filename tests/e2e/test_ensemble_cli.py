@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import mtbert.evaluate
-import mtbert.metrics
+import mtbert.evaluation.evaluate
+import mtbert.evaluation.metrics
 from mtbert.cli import main
 from mtbert.config import build_config
 from mtbert.data import read_task_file
-from mtbert.metrics import compute_metrics
-from mtbert.predict import read_cs224n
-from mtbert.train import train
+from mtbert.evaluation.metrics import compute_metrics
+from mtbert.evaluation.predict import read_cs224n
+from mtbert.training.stage import train
 
 pytestmark = pytest.mark.e2e
 
@@ -27,8 +27,8 @@ LINE = re.compile(r"^\S+ , \S+ $")
 def skip_bootstrap(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stub the overall score's bootstrap (3000 metric calls, many seconds on a shared CPU) where it is not checked."""
     stub = lambda results, resamples=1000, seed=0: (0.0, 1.0)  # noqa: E731
-    monkeypatch.setattr(mtbert.evaluate, "bootstrap_overall", stub)
-    monkeypatch.setattr(mtbert.metrics, "bootstrap_overall", stub)
+    monkeypatch.setattr(mtbert.evaluation.evaluate, "bootstrap_overall", stub)
+    monkeypatch.setattr(mtbert.evaluation.metrics, "bootstrap_overall", stub)
 
 
 def check_cs224n(path: Path, header: str, ids: list[str]) -> None:

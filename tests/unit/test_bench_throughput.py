@@ -6,7 +6,7 @@ import json
 
 import torch
 
-from mtbert.bench_throughput import bench_throughput
+from mtbert.bench.throughput import bench_throughput
 
 
 def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_data_dir):

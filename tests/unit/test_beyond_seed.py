@@ -11,11 +11,11 @@ from safetensors.torch import load_file
 from mtbert.config import build_config
 from mtbert.data import load_task_data, read_task_file
 from mtbert.errors import ConfigError, MtbertError
-from mtbert.mlm import pretrain_mlm, training_sentences
 from mtbert.model import MultiTaskModel, load_encoder
-from mtbert.smart import Smoothness, divergence, smart_penalty
 from mtbert.tasks import BUILTIN_TASKS
-from mtbert.train import train
+from mtbert.training.mlm import pretrain_mlm, training_sentences
+from mtbert.training.smart import Smoothness, divergence, smart_penalty
+from mtbert.training.stage import train
 
 
 def _model_and_inputs(tiny_config, task):
@@ -192,7 +192,7 @@ def test_keep_stage1_with_a_task_left_out_of_stage_1(tiny_config, tmp_path):
 
 
 def test_two_step_variants_are_compared_with_two_step_pcgrad_and_mlm_steps_scale_with_the_budget():
-    from mtbert.bench_quality import reference_row, scaled
+    from mtbert.bench.quality import reference_row, scaled
 
     assert reference_row("two-step-pcgrad-smart") == "two-step-pcgrad"
     assert reference_row("two-step-pcgrad") == "pcgrad"  # the seed's chain

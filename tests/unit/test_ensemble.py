@@ -1,4 +1,4 @@
-"""Tests of mtbert.ensemble: the seed's vote rules and the soft average on hand-made files, with pinned values."""
+"""Tests of mtbert.evaluation.ensemble: the CS224N report's vote rules and the soft average."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.stats import pearsonr
 
-import mtbert.metrics
+import mtbert.evaluation.metrics
 from mtbert.config import build_config, save_config
-from mtbert.ensemble import majority, run_ensemble, vote
 from mtbert.errors import MtbertError
-from mtbert.predict import read_cs224n, write_cs224n, write_scores
+from mtbert.evaluation.ensemble import majority, run_ensemble, vote
+from mtbert.evaluation.predict import read_cs224n, write_cs224n, write_scores
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
@@ -24,7 +24,8 @@ SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts
 @pytest.fixture(autouse=True)
 def fast_accuracy(monkeypatch):
     """The same accuracy without scikit-learn's per-call validation (the bootstrap calls it 3000 times)."""
-    monkeypatch.setattr(mtbert.metrics, "accuracy_score", lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))))
+    monkeypatch.setattr(mtbert.evaluation.metrics, "accuracy_score",
+                        lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))))
 
 
 @pytest.fixture()
@@ -166,7 +167,7 @@ def test_a_file_only_some_members_have_is_skipped(tmp_path, no_data, caplog):
     a = write_predictions(tmp_path / "a", A)
     b = write_predictions(tmp_path / "b", {"sst": B["sst"]})
     (a / "nli-dev-output.csv").write_text("id \t Predicted_Label \nn1 , 1 \n")
-    with caplog.at_level(logging.WARNING, logger="mtbert.ensemble"):
+    with caplog.at_level(logging.WARNING, logger="mtbert.evaluation.ensemble"):
         results = run_ensemble([a, b], tmp_path / "ens")
     assert results["files"] == ["sst-dev-output.csv"]
     assert not (tmp_path / "ens" / "para-dev-output.csv").exists()

@@ -1,4 +1,4 @@
-"""Tests of mtbert.gradients: hand-worked PCGrad values, properties on random matrices, the torchjd-backed methods."""
+"""Tests of mtbert.methods.aggregators: hand-worked PCGrad values, properties, torchjd methods."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import mtbert.gradients as gradients
+import mtbert.methods.aggregators as gradients
 from mtbert.errors import ConfigError
-from mtbert.gradients import (
+from mtbert.methods.aggregators import (
     AGGREGATORS,
     GradVac,
     MissingDependencyError,

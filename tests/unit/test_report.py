@@ -1,4 +1,4 @@
-"""Tests of mtbert.report on hand-written run folders: errors naming the missing file, the table, the plots."""
+"""Tests of mtbert.evaluation.report: errors naming the missing file, the table, the plots."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from mtbert.config import build_config, save_config
 from mtbert.errors import MtbertError
-from mtbert.report import build_report, fmt, fmt_duration, rolling_mean, step_label, unique_names
+from mtbert.evaluation.report import build_report, fmt, fmt_duration, rolling_mean, step_label, unique_names
 
 KEYS = {"sst": "sst_acc", "para": "para_acc", "sts": "sts_corr"}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from mtbert.sampling import samples_per_step, sampling_alpha
-from mtbert.weighting import FAMO, UncertaintyWeighting
+from mtbert.data.sampling import samples_per_step, sampling_alpha
+from mtbert.methods.weighting import FAMO, UncertaintyWeighting
 
 SIZES = {"sst": 7926, "para": 14143, "sts": 5622}
 
@@ -77,15 +77,15 @@ def test_famo_gradient_is_that_of_the_weighted_log_losses_and_favours_the_slow_t
 ])
 def test_runs_with_each_strategy_complete(tiny_config, extra):
     from mtbert.config import build_config
-    from mtbert.train import train
+    from mtbert.training.stage import train
 
     results = train(build_config({**tiny_config, **extra}))
     assert 0 <= results["overall"] <= 1
 
 
 def test_per_layer_pcgrad_equals_global_pcgrad_per_group():
-    from mtbert.gradients import pcgrad
-    from mtbert.pertask import aggregate_per_layer
+    from mtbert.methods.aggregators import pcgrad
+    from mtbert.methods.pertask import aggregate_per_layer
 
     grads = torch.randn(3, 10, dtype=torch.float64)
     groups = [[(0, 4), (8, 10)], [(4, 8)]]

@@ -13,7 +13,7 @@ from scipy.stats import pearsonr
 from sklearn.metrics import accuracy_score
 
 from mtbert.errors import ConfigError
-from mtbert.metrics import bootstrap_difference, bootstrap_overall, compute_metrics, task_metric
+from mtbert.evaluation.metrics import bootstrap_difference, bootstrap_overall, compute_metrics, task_metric
 from mtbert.tasks import BUILTIN_TASKS, overall_score, task_from_config, task_score
 
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]

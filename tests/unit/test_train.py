@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
-from mtbert.gradients import make_aggregator
+from mtbert.methods.aggregators import make_aggregator
+from mtbert.methods.pertask import PerTaskGradients
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
-from mtbert.pertask import PerTaskGradients
-from mtbert.train import train, training_step
+from mtbert.training.stage import train, training_step
 
 
 def _setup(tiny_config, batch_size=4):
@@ -131,8 +131,8 @@ def test_non_empty_output_dir_is_refused(tiny_config, tmp_path):
 
 
 def test_non_finite_loss_stops_after_max_bad_steps(tiny_config, monkeypatch):
-    from mtbert import train as train_module
     from mtbert.errors import MtbertError
+    from mtbert.training import stage as train_module
 
     real = train_module.task_loss
 
@@ -165,16 +165,16 @@ def test_report_to_tensorboard_logs_losses_lr_dev_metrics_and_cosines(tiny_confi
 
 
 def test_final_dev_metrics_reuse_the_best_epochs_outputs(tiny_config, tmp_path, monkeypatch):
-    import mtbert.train
+    import mtbert.training.stage
 
     calls = []
-    real = mtbert.train.evaluate_sets
+    real = mtbert.training.stage.evaluate_sets
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("with_interval", False))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(mtbert.train, "evaluate_sets", counting)
+    monkeypatch.setattr(mtbert.training.stage, "evaluate_sets", counting)
     results = train(build_config(tiny_config))
     dev = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert calls == [False] * len(dev) == [False, False]  # one evaluation per epoch, none again at the end
@@ -182,7 +182,7 @@ def test_final_dev_metrics_reuse_the_best_epochs_outputs(tiny_config, tmp_path, 
     assert {k: results[k] for k in ("sst_acc", "para_acc", "sts_corr", "overall")} == \
         {k: best[k] for k in ("sst_acc", "para_acc", "sts_corr", "overall")}
     assert results["overall_ci95"][0] <= results["overall"] <= results["overall_ci95"][1]
-    from mtbert.evaluate import evaluate_sets
+    from mtbert.evaluation.evaluate import evaluate_sets
     from mtbert.model import MultiTaskModel
 
     fresh, _ = evaluate_sets(MultiTaskModel.from_pretrained(tmp_path / "run" / "best"), _dev_sets(tiny_config), 16, 0)

@@ -18,23 +18,23 @@ import torch
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
 from mtbert.errors import MtbertError
-from mtbert.gradients import AGGREGATORS, make_aggregator
 from mtbert.io import atomic_write_json
+from mtbert.methods.aggregators import AGGREGATORS, make_aggregator
+from mtbert.methods.pertask import PerTaskGradients
+from mtbert.methods.weighting import LOSS_WEIGHTINGS, make_weighting
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
-from mtbert.pertask import PerTaskGradients
-from mtbert.train import make_optimizer, training_step
-from mtbert.weighting import LOSS_WEIGHTINGS, make_weighting
+from mtbert.training.stage import make_optimizer, training_step
 
 
 def main(args: argparse.Namespace) -> int:
     if args.bench == "step":
         results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size)
     elif args.bench == "throughput":
-        from mtbert.bench_throughput import bench_throughput
+        from mtbert.bench.throughput import bench_throughput
 
         results = bench_throughput(args.examples)
     else:
-        from mtbert.bench_quality import bench_quality
+        from mtbert.bench.quality import bench_quality
 
         results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
                                 Path(args.configs))

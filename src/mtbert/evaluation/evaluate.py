@@ -8,7 +8,7 @@ from tqdm.auto import tqdm
 
 from mtbert.data import EncodedSet, collate, length_sorted_batches
 from mtbert.distributed import ONE_PROCESS, Ranks
-from mtbert.metrics import bootstrap_overall, compute_metrics
+from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.model import MultiTaskModel, decide
 
 

@@ -110,7 +110,7 @@ def soft(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
 
 def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
     """A member's CS224N file as {id: prediction}, checking that classes are classes of the task."""
-    from mtbert.predict import read_cs224n
+    from mtbert.evaluation.predict import read_cs224n
 
     _, values = read_cs224n(path)
     if not spec.is_regression:
@@ -169,7 +169,7 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
     """Task specs, data folder and max_eval_samples from the first member with a config, else the built-ins."""
     for member in members:
         if member.run_dir is not None:
-            from mtbert.runs import load_run_config
+            from mtbert.evaluation.finished import load_run_config
 
             cfg = load_run_config(member.run_dir)
             return {s.name: s for s in cfg.task_specs()}, cfg.resolved_data_dir(), cfg.max_eval_samples
@@ -195,7 +195,7 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, f
 
 def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
     """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
-    from mtbert.predict import format_value, write_cs224n
+    from mtbert.evaluation.predict import format_value, write_cs224n
 
     output_dir = Path(output_dir)
     resolved = check_members([Path(m) for m in members], output_dir, mode)
@@ -273,7 +273,7 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str,
 def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]], data_dir: Path,
                 limit: int | None, n_members: int) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Metrics (with the overall score's bootstrap interval) of the ensemble and of each member on the dev labels."""
-    from mtbert.metrics import bootstrap_overall, compute_metrics
+    from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 
     ensemble: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]] = {}
     members: list[dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]] = [{} for _ in range(n_members)]

@@ -25,24 +25,24 @@ import torch
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from mtbert import checkpoint as ckpt
 from mtbert.config import TrainConfig, save_config, stage2_config
 from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data
+from mtbert.data.sampling import samples_per_step
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
-from mtbert.evaluate import evaluate_sets, predict_set, score_outputs
-from mtbert.gradients import AGGREGATORS, diagnose, make_aggregator
+from mtbert.evaluation.evaluate import evaluate_sets, predict_set, score_outputs
+from mtbert.evaluation.predict import write_cs224n, write_scores
 from mtbert.io import append_jsonl, atomic_dir, atomic_write_json, atomic_write_text, read_jsonl
-from mtbert.mlm import pretrain_mlm
+from mtbert.methods.aggregators import AGGREGATORS, diagnose, make_aggregator
+from mtbert.methods.pertask import PerTaskGradients, aggregate_per_layer
+from mtbert.methods.weighting import FAMO, make_weighting
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
-from mtbert.pertask import PerTaskGradients, aggregate_per_layer
-from mtbert.predict import write_cs224n, write_scores
-from mtbert.sampling import samples_per_step
-from mtbert.smart import Smoothness, smart_penalty
 from mtbert.tasks import TaskSpec
-from mtbert.tensorboard import log_scalars, open_writer
-from mtbert.weighting import FAMO, make_weighting
+from mtbert.training import checkpoint as ckpt
+from mtbert.training.mlm import pretrain_mlm
+from mtbert.training.smart import Smoothness, smart_penalty
+from mtbert.training.tensorboard import log_scalars, open_writer
 
 logger = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def read_results(run_dir: Path) -> dict:
 
 def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, dict]) -> dict:
     """Top-level metrics.jsonl, results.json and predictions/ of a two-step run, from the specialised models."""
-    from mtbert.metrics import bootstrap_overall
+    from mtbert.evaluation.metrics import bootstrap_overall
     from mtbert.tasks import overall_score
 
     specs = cfg.task_specs()
@@ -493,7 +493,7 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
 def dev_predictions_with_labels(cfg: TrainConfig, spec: TaskSpec, run_dir: Path):
     """(spec, dev predictions, dev labels) of a finished run, read back from its files."""
     from mtbert.data import read_task_file
-    from mtbert.predict import read_cs224n
+    from mtbert.evaluation.predict import read_cs224n
 
     _, values = read_cs224n(run_dir / "predictions" / f"{spec.name}-dev-output.csv")
     examples = read_task_file(cfg.resolved_data_dir() / spec.dev_file, spec).examples

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from mtbert.config import TrainConfig, load_config, stage2_config
-from mtbert.ensemble import dev_labels
 from mtbert.errors import MtbertError
+from mtbert.evaluation.ensemble import dev_labels
 from mtbert.io import atomic_write_json, atomic_write_text
 from mtbert.tasks import TaskSpec, overall_score
 
@@ -304,7 +304,7 @@ def run_row(name: str, output_dir: Path, configs_dir: Path, budget: float) -> Ro
 
 def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reuse a finished run with this signature, resume an unfinished one, else train it afresh."""
-    import mtbert.train
+    import mtbert.training.stage
 
     wanted = signature(cfg, budget)
     marker = read_json(run_dir / MARKER)
@@ -323,7 +323,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str,
     progress(f"  training {run_dir} ({plan})" + (" (resumed)" if resume else ""))
     clock = time.perf_counter()
     try:
-        results = mtbert.train.train(cfg, resume_from_checkpoint=resume, overwrite_output_dir=True)
+        results = mtbert.training.stage.train(cfg, resume_from_checkpoint=resume, overwrite_output_dir=True)
     finally:
         marker["wall_seconds_before"] = round(earlier + time.perf_counter() - clock, 1)
         atomic_write_json(run_dir / MARKER, marker)
@@ -363,7 +363,7 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
 
 def combined_interval(runs: list[tuple[TrainConfig, Path]]) -> tuple[float, float]:
     """The overall score's bootstrap interval over the combined dev predictions of one-task runs."""
-    from mtbert.metrics import bootstrap_overall
+    from mtbert.evaluation.metrics import bootstrap_overall
 
     specs = [spec for cfg, _ in runs for spec in cfg.task_specs()]
     labels = {spec.name: dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
@@ -375,7 +375,7 @@ def dev_triples(folders: list[Path], specs: list[TaskSpec],
                 labels: dict[str, dict[str, float] | None]) -> dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]:
     """{task: (spec, dev predictions, labels)} from the CS224N dev files in `folders` (in a run's `predictions/`
     or, for an ensemble, the folder itself); MtbertError when a task has no labels, no file or missing ids."""
-    from mtbert.predict import read_cs224n
+    from mtbert.evaluation.predict import read_cs224n
 
     triples = {}
     for spec in specs:
@@ -426,8 +426,8 @@ def read_ensemble(output_dir: Path) -> Row:
 
 
 def run_ensemble_row(output_dir: Path) -> Row:
-    """Vote the members' predictions with `mtbert.ensemble.run_ensemble` into DIR/runs/ensemble."""
-    from mtbert.ensemble import run_ensemble
+    """Vote the members' predictions with `mtbert.evaluation.ensemble.run_ensemble` into DIR/runs/ensemble."""
+    from mtbert.evaluation.ensemble import run_ensemble
 
     members = member_dirs(output_dir)
     wanted = ensemble_signature(output_dir)
@@ -505,9 +505,9 @@ def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     from sklearn.linear_model import LogisticRegression
 
     from mtbert.data import read_task_file
-    from mtbert.metrics import bootstrap_overall, compute_metrics
+    from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
+    from mtbert.evaluation.predict import write_cs224n
     from mtbert.model import load_encoder
-    from mtbert.predict import write_cs224n
 
     clock = time.perf_counter()
     encoder, tokenizer = load_encoder(cfg.model_name_or_path, 0.0, cfg.trust_remote_code)
@@ -606,7 +606,7 @@ def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
     """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
     the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
     A row whose dev prediction files are incomplete gets no comparison."""
-    from mtbert.metrics import bootstrap_difference
+    from mtbert.evaluation.metrics import bootstrap_difference
 
     specs = data_cfg.task_specs()
     labels = {s.name: dev_labels(s, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples) for s in specs}
@@ -634,7 +634,7 @@ def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
 def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_dir: Path, command: str,
                 wall_seconds: float) -> dict[str, Any]:
     """Write DIR/table.json and DIR/table.md and return the JSON."""
-    from mtbert.bench import machine
+    from mtbert.bench.step import machine
 
     unit = budget_unit(configs_dir, budget)
     rows = [table[name] for name in table]

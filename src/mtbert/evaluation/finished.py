@@ -11,10 +11,10 @@ import torch
 from mtbert.config import TrainConfig, load_config
 from mtbert.data import Example, encode_examples, read_task_file
 from mtbert.errors import MtbertError
-from mtbert.evaluate import predict_set
-from mtbert.metrics import bootstrap_overall, compute_metrics
+from mtbert.evaluation.evaluate import predict_set
+from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
+from mtbert.evaluation.predict import format_value, write_cs224n, write_csv
 from mtbert.model import MultiTaskModel, load_tokenizer
-from mtbert.predict import format_value, write_cs224n, write_csv
 from mtbert.tasks import TaskSpec
 
 

@@ -20,8 +20,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormat
 
 from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
+from mtbert.evaluation.finished import load_run_config
 from mtbert.io import atomic_write_text, read_jsonl
-from mtbert.runs import load_run_config
 from mtbert.tasks import TaskSpec
 
 DPI = 150

@@ -32,11 +32,11 @@ import torch
 
 from mtbert.config import build_config
 from mtbert.data import Example, collate, encode_examples, read_task_file
-from mtbert.evaluate import predict_set
-from mtbert.gradients import make_aggregator
+from mtbert.evaluation.evaluate import predict_set
+from mtbert.methods.aggregators import make_aggregator
 from mtbert.model import MultiTaskModel, default_backbone, load_encoder
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
-from mtbert.train import make_optimizer, training_step
+from mtbert.training.stage import make_optimizer, training_step
 
 GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
 
@@ -52,7 +52,7 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
     prediction (prediction runs are short, so they get more); `model_path` and `data_dir` default to the
     bundled backbone and $MTBERT_DATA.
     """
-    from mtbert.bench import machine
+    from mtbert.bench.step import machine
 
     source = model_path or default_backbone()
     folder = Path(data_dir) if data_dir is not None else build_config({}).resolved_data_dir()

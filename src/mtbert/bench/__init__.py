@@ -1,0 +1,1 @@
+"""`mtbert bench`: the step-time, throughput and quality-table benchmarks."""

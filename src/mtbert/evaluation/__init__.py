@@ -1,0 +1,1 @@
+"""Using models: dev metrics, prediction files, ensembles and reports of finished runs."""

@@ -1,0 +1,374 @@
+"""Per-task gradient aggregation: a T x P matrix of per-task gradients in, one P-vector update out.
+
+Row t of ``grads`` is task t's gradient of the shared encoder parameters, flattened. Every method but
+``sum`` returns a linear combination ``w @ grads`` whose T weights are computed from the T x T Gramian
+``grads @ grads.T`` alone: one matrix product on the gradients' device, one copy of the Gramian to the
+CPU in float64 (the only host sync), the method's small loops or solver there, then one product
+``w @ grads``.
+
+Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
+``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the
+scale of a MEAN (their weights sum to 1, or start from the mean); ``nash-mtl`` has its own scale and
+clips the update's norm to 1. Compare learning rates across methods with this in mind.
+
+``sum`` and ``pcgrad`` need only torch. The other methods call torchjd's weightings
+(``pip install "torchjd[cagrad,nash-mtl,quadprog-projector]==0.18.0"``), imported when first called;
+without it they raise :class:`MissingDependencyError`.
+
+``gradvac`` and ``nash-mtl`` keep state across steps, so they are small classes with ``reset()``.
+``AGGREGATORS`` holds one shared instance of each; a training run should take its own from
+:func:`make_aggregator`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import ModuleType
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from mtbert.errors import ConfigError, MtbertError
+
+TORCHJD_INSTALL_HINT = 'pip install "torchjd[cagrad,nash-mtl,quadprog-projector]==0.18.0"'
+
+
+class Aggregator(Protocol):
+    """A gradient method: ``(grads T x P, generator) -> update P``; the generator orders random choices."""
+
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+
+
+class MissingDependencyError(MtbertError, ImportError):
+    """A gradient method needs an optional package (torchjd or one of its solvers) that is not installed."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Shared helpers
+
+
+def _check_matrix(grads: Tensor) -> None:
+    if grads.ndim != 2:
+        raise ValueError(f"grads must be a T x P matrix (one row per task), got shape {tuple(grads.shape)}")
+
+
+def _gramian_cpu(grads: Tensor) -> Tensor:
+    """``grads @ grads.T`` computed where ``grads`` lives, then copied once to the CPU as float64."""
+    _check_matrix(grads)
+    gramian = (grads @ grads.T).to(device="cpu", dtype=torch.float64)
+    return (gramian + gramian.T) / 2  # exactly symmetric, whatever the matmul's rounding
+
+
+def _combine(weights: Tensor, grads: Tensor) -> Tensor:
+    """``weights @ grads`` with the weights cast to the gradients' dtype and device."""
+    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
+
+
+def _torchjd(method: str) -> ModuleType:
+    try:
+        import torchjd.aggregation as aggregation
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"gradient method {method!r} needs torchjd, which is not installed: {TORCHJD_INSTALL_HINT}"
+        ) from err
+    return aggregation
+
+
+def _make_torchjd(method: str, name: str, *args: Any, **kwargs: Any) -> Any:
+    """Instantiate ``torchjd.aggregation.<name>``, turning its missing-solver ImportError into ours."""
+    aggregation = _torchjd(method)
+    try:
+        return getattr(aggregation, name)(*args, **kwargs)
+    except ImportError as err:
+        raise MissingDependencyError(
+            f"gradient method {method!r} needs an optional solver of torchjd ({err}): {TORCHJD_INSTALL_HINT}"
+        ) from err
+
+
+@contextmanager
+def _global_rng_from(generator: torch.Generator | None) -> Iterator[None]:
+    """Run torchjd code that draws from the global CPU RNG with a seed taken from ``generator``.
+
+    The global RNG state is restored afterwards; with no generator the global RNG is used as is.
+    """
+    if generator is None:
+        yield
+        return
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
+# --------------------------------------------------------------------------------------------------
+# Sum and PCGrad (own code, torch only)
+
+
+def sum_rows(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The plain sum of the task gradients (ordinary summed-loss training); ``generator`` is unused."""
+    _check_matrix(grads)
+    return grads.sum(dim=0)
+
+
+def _pcgrad_coefficients(gramian: Tensor, generator: torch.Generator | None) -> list[list[float]]:
+    """Row i: the coefficients of PCGrad's projected g_i' over the ORIGINAL gradients (see :func:`pcgrad`)."""
+    m = gramian.detach().to(device="cpu", dtype=torch.float64).tolist()  # the only host sync
+    t = len(m)
+    coefficients = []
+    for i in range(t):
+        c = [0.0] * t
+        c[i] = 1.0
+        for j in torch.randperm(t, generator=generator).tolist():
+            if j == i or m[j][j] <= 0.0:
+                continue
+            dot = sum(c[k] * m[k][j] for k in range(t))  # g_i' . g_j
+            if dot < 0.0:
+                c[j] -= dot / m[j][j]  # g_i' -= (g_i'.g_j / |g_j|^2) g_j
+        coefficients.append(c)
+    return coefficients
+
+
+def pcgrad_weights(gramian: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """PCGrad's update as weights over the original gradients: ``pcgrad(G) == pcgrad_weights(G @ G.T) @ G``.
+
+    Takes the T x T Gramian; returns the T-vector w (sum over tasks of the projection coefficients) in the
+    Gramian's dtype and device. Draws the same random orders from ``generator`` as :func:`pcgrad`.
+    """
+    coefficients = torch.tensor(_pcgrad_coefficients(gramian, generator), dtype=torch.float64)
+    return coefficients.sum(dim=0).to(device=gramian.device, dtype=gramian.dtype)
+
+
+def pcgrad_projected(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """The T x P projected gradients g_i' of PCGrad (their sum is :func:`pcgrad`'s update)."""
+    coefficients = torch.tensor(_pcgrad_coefficients(_gramian_cpu(grads), generator), dtype=torch.float64)
+    return coefficients.to(device=grads.device, dtype=grads.dtype) @ grads
+
+
+def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """PCGrad exactly as Algorithm 1 of Yu et al. 2020, "Gradient Surgery for Multi-Task Learning".
+
+    Paper: https://arxiv.org/abs/2001.06782
+
+    For each task i, start from g_i' = g_i; for each other task j in a random order (a fresh
+    ``torch.randperm(T, generator=generator)`` per task i, i itself skipped; the generator must be a CPU
+    one): if g_i'.g_j < 0, set g_i' -= (g_i'.g_j / |g_j|^2) g_j, always against the ORIGINAL g_j; tasks with
+    g_j = 0 are skipped. Returns the SUM of the g_i', as the official code does (one popular PyTorch port
+    averages instead, which is this divided by T).
+
+    Computed through the Gramian: each g_i' is a combination of the original rows, so the loops run on
+    T x T coefficients on the CPU (one host sync) and the update is one product ``w @ grads``.
+    """
+    return _combine(pcgrad_weights(_gramian_cpu(grads), generator), grads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Methods from torchjd, called on our Gramian (torchjd's "Weighting" interface, the same method as its
+# Aggregator of the same name; on the CPU Gramian there is no per-iteration host sync on a GPU).
+
+
+def cagrad(grads: Tensor, generator: torch.Generator | None = None, *, c: float = 0.5) -> Tensor:
+    """CAGrad, Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning".
+
+    Paper: https://arxiv.org/abs/2110.14048
+
+    Wraps ``torchjd.aggregation.CAGradWeighting(c)`` (cvxpy, Clarabel). Returns g0 + (c |g0| / |g_w|) g_w with
+    g0 the MEAN gradient, so |update - g0| = c |g0|; no final rescaling (the official code's ``rescale=0``;
+    its default ``rescale=1`` divides by 1 + c^2). c = 0 gives the mean. ``generator`` is unused.
+    """
+    weighting = _make_torchjd("cagrad", "CAGradWeighting", c=c)
+    return _combine(weighting(_gramian_cpu(grads)), grads)
+
+
+def imtl_g(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """IMTL-G, Liu et al. 2021, "Towards Impartial Multi-task Learning".
+
+    Paper: https://openreview.net/forum?id=IMPnRXEWpvr
+
+    Wraps ``torchjd.aggregation.IMTLGWeighting`` (pseudo-inverse form of arXiv:2406.16232). The weights sum
+    to 1 and the update has the same projection on every task's unit gradient. ``generator`` is unused.
+    """
+    weighting = _make_torchjd("imtl-g", "IMTLGWeighting")
+    return _combine(weighting(_gramian_cpu(grads)), grads)
+
+
+def mgda(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """MGDA (Désidéri 2012) as in Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization".
+
+    Paper: https://arxiv.org/abs/1810.04650
+
+    Wraps ``torchjd.aggregation.MGDAWeighting`` (Frank-Wolfe; stop at step 1e-5 or 250 steps, the constants of
+    Sener & Koltun's MinNormSolver, tighter than torchjd's defaults 1e-3 and 100): the
+    (approximately) minimum-norm point of the convex hull of the gradients, weights >= 0 summing to 1, so it
+    has a non-negative inner product with every task gradient. ``generator`` is unused.
+    """
+    weighting = _make_torchjd("mgda", "MGDAWeighting", epsilon=1e-5, max_iters=250)
+    return _combine(weighting(_gramian_cpu(grads)), grads)
+
+
+def upgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """UPGrad, Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization".
+
+    Paper: https://arxiv.org/abs/2406.16232
+
+    Wraps ``torchjd.aggregation.UPGradWeighting`` (quadprog): each gradient is projected onto the dual cone
+    of all gradients and the projections are AVERAGED (torchjd's default preference 1/T), so the update has
+    a non-negative inner product with every task gradient. ``generator`` is unused.
+    """
+    weighting = _make_torchjd("upgrad", "UPGradWeighting")
+    return _combine(weighting(_gramian_cpu(grads)), grads)
+
+
+def aligned_mtl(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Aligned-MTL, Senushkin et al. 2023, "Independent Component Alignment for Multi-Task Learning".
+
+    Paper: https://arxiv.org/abs/2305.19000
+
+    Wraps ``torchjd.aggregation.AlignedMTLWeighting`` (scale "min"): the gradients are aligned to an
+    orthogonal system of equal norms sqrt(smallest Gramian eigenvalue), then AVERAGED. ``generator`` is unused.
+    """
+    weighting = _make_torchjd("aligned-mtl", "AlignedMTLWeighting")
+    return _combine(weighting(_gramian_cpu(grads)), grads)
+
+
+class GradVac:
+    """GradVac (stateful), Wang et al. 2021, "Gradient Vaccine: Investigating and Improving Multi-task Optimization".
+
+    Paper: https://arxiv.org/abs/2010.05874
+
+    Wraps ``torchjd.aggregation.GradVacWeighting(beta, eps)``, which keeps an EMA of the pairwise cosine
+    targets across calls (kept here; :meth:`reset` clears it). Like PCGrad it visits the other tasks in a
+    random order and SUMS the corrected gradients; with all targets at 0 (a fresh instance) a correction is
+    exactly PCGrad's projection. torchjd draws the order from the global RNG, so ``generator`` seeds it
+    (the global RNG state is restored afterwards).
+    """
+
+    def __init__(self, beta: float = 0.5, eps: float = 1e-8) -> None:
+        self.beta = beta
+        self.eps = eps
+        self._weighting: Any = None
+
+    def reset(self) -> None:
+        """Forget the EMA targets."""
+        self._weighting = None
+
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The GradVac update for ``grads`` (T x P); updates the EMA targets."""
+        if self._weighting is None:
+            self._weighting = _make_torchjd("gradvac", "GradVacWeighting", beta=self.beta, eps=self.eps)
+        gramian = _gramian_cpu(grads)
+        with _global_rng_from(generator):
+            weights = self._weighting(gramian)
+        return _combine(weights, grads)
+
+
+class NashMTL:
+    """Nash-MTL (stateful), Navon et al. 2022, "Multi-Task Learning as a Bargaining Game".
+
+    Paper: https://arxiv.org/abs/2202.01017
+
+    Wraps ``torchjd.aggregation.NashMTL`` (cvxpy, ECOS; torchjd's defaults: update norm clipped to
+    ``max_norm`` = 1, weights recomputed every step, 20 solver iterations), which warm-starts from the
+    previous step's weights. It is given a T x T factor R with R R^T equal to our Gramian, which yields the
+    same weights as the full matrix. Rebuilt when T changes; :meth:`reset` clears the state.
+    ``generator`` is unused.
+    """
+
+    def __init__(self, max_norm: float = 1.0, update_weights_every: int = 1, optim_niter: int = 20) -> None:
+        self.max_norm = max_norm
+        self.update_weights_every = update_weights_every
+        self.optim_niter = optim_niter
+        self._aggregator: Any = None
+
+    def reset(self) -> None:
+        """Forget the previous weights."""
+        self._aggregator = None
+
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The Nash-MTL update for ``grads`` (T x P)."""
+        gramian = _gramian_cpu(grads)
+        if not bool((gramian.diagonal() > 0.0).any()):
+            return grads.new_zeros(grads.shape[1])  # all gradients zero: torchjd's solver would divide by 0
+        tasks = gramian.shape[0]
+        if self._aggregator is None or self._aggregator.n_tasks != tasks:
+            self._aggregator = _make_torchjd(
+                "nash-mtl",
+                "NashMTL",
+                n_tasks=tasks,
+                max_norm=self.max_norm,
+                update_weights_every=self.update_weights_every,
+                optim_niter=self.optim_niter,
+            )
+        eigenvalues, eigenvectors = torch.linalg.eigh(gramian)
+        factor = eigenvectors * eigenvalues.clamp(min=0.0).sqrt()  # factor @ factor.T == gramian
+        with warnings.catch_warnings():
+            # cvxpy warns on every new problem that Nash-MTL's parametrisation is not DPP; harmless.
+            warnings.filterwarnings("ignore", message=".*not DPP.*")
+            weights = self._aggregator.weighting(factor)
+        return _combine(weights, grads)
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry
+
+
+AGGREGATORS: dict[str, Aggregator] = {
+    "sum": sum_rows,
+    "pcgrad": pcgrad,
+    "cagrad": cagrad,
+    "gradvac": GradVac(),
+    "imtl-g": imtl_g,
+    "mgda": mgda,
+    "upgrad": upgrad,
+    "aligned-mtl": aligned_mtl,
+    "nash-mtl": NashMTL(),
+}
+"""Method name -> aggregator. The stateful entries (gradvac, nash-mtl) are shared instances: use
+:func:`make_aggregator` for a fresh one per training run."""
+
+
+def make_aggregator(name: str) -> Aggregator:
+    """The aggregator called ``name``: a fresh instance for stateful methods, else the function itself."""
+    if name not in AGGREGATORS:
+        raise ConfigError(f"unknown gradient method {name!r}; choose one of: {', '.join(AGGREGATORS)}")
+    aggregator = AGGREGATORS[name]
+    if isinstance(aggregator, GradVac | NashMTL):
+        return type(aggregator)()
+    return aggregator
+
+
+# --------------------------------------------------------------------------------------------------
+# Logging
+
+
+def diagnose(grads: Tensor, update: Tensor, task_names: list[str]) -> dict[str, Any]:
+    """Per-step gradient statistics for logging, from one Gramian and one host sync.
+
+    Returns ``grad_norm`` {task: |g|}, ``cosine`` {"a-b": cos(g_a, g_b)} for each pair a before b in
+    ``task_names`` order (0 when either gradient is zero), ``conflict`` {"a-b": cosine < 0}, and
+    ``removed_norm`` = |grads.sum(0) - update| (how much the method changed the plain sum).
+    """
+    _check_matrix(grads)
+    if len(task_names) != grads.shape[0]:
+        raise ValueError(f"task_names has {len(task_names)} names for {grads.shape[0]} gradient rows")
+    gramian = grads @ grads.T
+    removed = torch.linalg.vector_norm(grads.sum(dim=0) - update)
+    values = torch.cat([gramian.flatten(), removed.reshape(1)]).to(device="cpu", dtype=torch.float64).tolist()
+    t = len(task_names)
+    m = [values[i * t : (i + 1) * t] for i in range(t)]
+    norms = [math.sqrt(max(m[i][i], 0.0)) for i in range(t)]
+    cosine: dict[str, float] = {}
+    for i in range(t):
+        for j in range(i + 1, t):
+            denominator = norms[i] * norms[j]
+            value = m[i][j] / denominator if denominator > 0.0 else 0.0
+            cosine[f"{task_names[i]}-{task_names[j]}"] = min(1.0, max(-1.0, value))
+    return {
+        "grad_norm": dict(zip(task_names, norms, strict=True)),
+        "cosine": cosine,
+        "conflict": {pair: value < 0.0 for pair, value in cosine.items()},
+        "removed_norm": values[-1],
+    }
