@@ -1,0 +1,1 @@
+"""The run folder: where every file of a run lives."""

@@ -1,0 +1,122 @@
+"""The layout of a run folder: one place that names every file and folder a run writes (pinned on disk).
+
+```
+output_dir/
+  config.yaml  metrics.jsonl  train_log.jsonl  results.json
+  best/                      the best model (MultiTaskModel.save_pretrained)
+  checkpoint-<step>/         resumable training state
+  predictions/<task>-<split>-output.csv   scores/<task>-<split>.tsv
+  tensorboard/  mlm/  mlm_log.jsonl
+  stage1/  tasks/<task>/     a two-step run: stage 1 and each task's stage 2, each a run folder itself
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train_log.jsonl"
+RESULTS = "results.json"
+BEST = "best"
+PREDICTIONS = "predictions"
+SCORES = "scores"
+STAGE1 = "stage1"
+TASKS = "tasks"
+MLM = "mlm"
+MLM_LOG = "mlm_log.jsonl"
+TENSORBOARD = "tensorboard"
+CHECKPOINT_PREFIX = "checkpoint-"
+LOCK = ".mtbert.lock"
+MODEL_CONFIG = "mtbert_config.json"  # marks a saved MultiTaskModel folder
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder and the paths of everything in it."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / TRAIN_LOG
+
+    @property
+    def results(self) -> Path:
+        return self.root / RESULTS
+
+    @property
+    def best(self) -> Path:
+        return self.root / BEST
+
+    @property
+    def stage1(self) -> RunDir:
+        return RunDir(self.root / STAGE1)
+
+    @property
+    def mlm(self) -> Path:
+        return self.root / MLM
+
+    @property
+    def mlm_log(self) -> Path:
+        return self.root / MLM_LOG
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / TENSORBOARD
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.root / TASKS
+
+    def task(self, name: str) -> RunDir:
+        """A two-step run's stage-2 folder of one task."""
+        return RunDir(self.root / TASKS / name)
+
+    def checkpoint(self, step: int) -> Path:
+        return self.root / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoints(self) -> list[Path]:
+        """Checkpoint folders, oldest step first."""
+        found = [p for p in self.root.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()
+                 and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
+        return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
+
+    def prediction(self, task: str, split: str) -> Path:
+        """The CS224N-format prediction file of a task and split (`dev` or `test`)."""
+        return self.root / PREDICTIONS / f"{task}-{split}-output.csv"
+
+    def scores(self, task: str, split: str) -> Path:
+        """The probabilities (or values) file of a task and split, for soft ensembles."""
+        return self.root / SCORES / f"{task}-{split}.tsv"
+
+    def model_for(self, task: str) -> Path:
+        """The model that predicts `task`: tasks/<task>/best in a two-step run, else best/."""
+        specialised = self.task(task).best
+        return specialised if specialised.is_dir() else self.best
+
+    def is_model(self, folder: Path) -> bool:
+        return (folder / MODEL_CONFIG).is_file()
+
+    def written_by_training(self) -> list[Path]:
+        """Everything `--overwrite_output_dir` removes before a new run."""
+        names = (BEST, PREDICTIONS, SCORES, STAGE1, TASKS, MLM, MLM_LOG, METRICS, TRAIN_LOG, RESULTS, CONFIG,
+                 TENSORBOARD)
+        return [self.root / n for n in names] + self.checkpoints()
