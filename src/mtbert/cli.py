@@ -165,7 +165,7 @@ def _is_rank0() -> bool:
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "train":
         from mtbert.config import load_config, parse_overrides
-        from mtbert.training.stage import train
+        from mtbert.training.run import train
 
         cfg = load_config(args.config, parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)

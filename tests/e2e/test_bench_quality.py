@@ -13,7 +13,7 @@ import torch
 import yaml
 
 import mtbert.bench.quality
-import mtbert.training.stage
+import mtbert.training.run
 from mtbert.bench.quality import DEFAULT_ROWS, ENSEMBLE_MEMBERS, planned_config, stages
 from mtbert.cli import main
 from mtbert.config import safe_load
@@ -142,7 +142,7 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     def boom(*args, **kwargs):
         raise AssertionError("a finished row was trained again")
 
-    monkeypatch.setattr(mtbert.training.stage, "train", boom)
+    monkeypatch.setattr(mtbert.training.run, "train", boom)
     monkeypatch.setattr(mtbert.bench.quality, "floor_results", boom)
     monkeypatch.setattr("mtbert.evaluation.ensemble.run_ensemble", boom)
     clock = time.perf_counter()
@@ -162,13 +162,13 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     path = Path(config) / "pcgrad.yaml"
     path.write_text(path.read_text(encoding="utf-8").replace("seed: 42", "seed: 7"), encoding="utf-8")
     trained = []
-    real_train = mtbert.training.stage.train
+    real_train = mtbert.training.run.train
 
     def counting(cfg, *args, **kwargs):
         trained.append(Path(cfg.output_dir).name)
         return real_train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(mtbert.training.stage, "train", counting)
+    monkeypatch.setattr(mtbert.training.run, "train", counting)
     assert main([*bench_args[:4], "--rows", "ensemble", *bench_args[6:]]) == 0
     assert trained == ["pcgrad"]
     final = {r["row"]: r for r in json.loads((out / "table.json").read_text(encoding="utf-8"))["rows"]}

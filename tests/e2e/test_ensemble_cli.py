@@ -16,7 +16,7 @@ from mtbert.config import build_config
 from mtbert.data import read_task_file
 from mtbert.evaluation.metrics import compute_metrics
 from mtbert.evaluation.predict import read_cs224n
-from mtbert.training.stage import train
+from mtbert.training.run import train
 
 pytestmark = pytest.mark.e2e
 

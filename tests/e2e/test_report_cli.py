@@ -12,7 +12,7 @@ from matplotlib.image import imread
 
 from mtbert.cli import main
 from mtbert.config import build_config
-from mtbert.training.stage import train
+from mtbert.training.run import train
 
 pytestmark = pytest.mark.e2e
 

@@ -14,8 +14,8 @@ from mtbert.errors import ConfigError, MtbertError
 from mtbert.model import MultiTaskModel, load_encoder
 from mtbert.tasks import BUILTIN_TASKS
 from mtbert.training.mlm import pretrain_mlm, training_sentences
+from mtbert.training.run import train
 from mtbert.training.smart import Smoothness, divergence, smart_penalty
-from mtbert.training.stage import train
 
 
 def _model_and_inputs(tiny_config, task):

@@ -77,7 +77,7 @@ def test_famo_gradient_is_that_of_the_weighted_log_losses_and_favours_the_slow_t
 ])
 def test_runs_with_each_strategy_complete(tiny_config, extra):
     from mtbert.config import build_config
-    from mtbert.training.stage import train
+    from mtbert.training.run import train
 
     results = train(build_config({**tiny_config, **extra}))
     assert 0 <= results["overall"] <= 1

@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
-from mtbert.methods.aggregators import make_aggregator
-from mtbert.methods.pertask import PerTaskGradients
+from mtbert.methods.method import make_method, plain_objective
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
-from mtbert.training.stage import train, training_step
+from mtbert.training.run import train
+
+CPU = torch.device("cpu")
 
 
 def _setup(tiny_config, batch_size=4):
@@ -37,9 +38,12 @@ def test_per_task_buffer_with_sum_equals_plain_accumulation(tiny_config):
     model, batches = _setup(tiny_config)
     scale = {t: 0.25 for t in batches}
     plain = copy.deepcopy(model)
-    training_step(plain, batches, scale, None, make_aggregator("sum"), torch.Generator(), torch.device("cpu"))
-    buffer = PerTaskGradients(model.shared_parameters(), 3, model.encoder.get_input_embeddings().weight)
-    training_step(model, batches, scale, buffer, make_aggregator("sum"), torch.Generator(), torch.device("cpu"))
+    summed = make_method("sum", plain, list(batches))
+    summed.backward(batches, scale, plain_objective(plain, CPU))
+    assert not summed.uses_buffer(3, diagnostics=False)
+    buffered = make_method("sum", model, list(batches))
+    assert buffered.uses_buffer(3, diagnostics=True)  # a step that logs diagnostics fills the buffer
+    buffered.backward(batches, scale, plain_objective(model, CPU), diagnostics=True)
     expected, got = _grads(plain), _grads(model)
     assert expected.keys() == got.keys()  # unused parameters (the pooler) keep None in both
     for name in expected:
@@ -50,9 +54,7 @@ def test_heads_get_only_their_own_task_gradient_under_pcgrad(tiny_config):
     model, batches = _setup(tiny_config)
     scale = {t: 0.25 for t in batches}
     reference = copy.deepcopy(model)
-    buffer = PerTaskGradients(model.shared_parameters(), 3, model.encoder.get_input_embeddings().weight)
-    training_step(model, batches, scale, buffer, make_aggregator("pcgrad"), torch.Generator().manual_seed(0),
-                  torch.device("cpu"))
+    make_method("pcgrad", model, list(batches)).backward(batches, scale, plain_objective(model, CPU))
     for task, batch in batches.items():
         reference.zero_grad(set_to_none=True)
         loss = task_loss(reference.specs[task], reference(task, batch["inputs"]), batch["labels"]) * scale[task]
@@ -65,9 +67,8 @@ def test_heads_get_only_their_own_task_gradient_under_pcgrad(tiny_config):
 def test_pcgrad_update_differs_from_sum_only_when_tasks_conflict(tiny_config):
     model, batches = _setup(tiny_config)
     scale = {t: 0.25 for t in batches}
-    buffer = PerTaskGradients(model.shared_parameters(), 3, model.encoder.get_input_embeddings().weight)
-    _, stats = training_step(model, batches, scale, buffer, make_aggregator("pcgrad"),
-                             torch.Generator().manual_seed(0), torch.device("cpu"), diagnostics=True)
+    _, stats = make_method("pcgrad", model, list(batches)).backward(batches, scale, plain_objective(model, CPU),
+                                                                     diagnostics=True)
     assert set(stats["cosine"]) == {"sst-para", "sst-sts", "para-sts"}
     if not any(stats["conflict"].values()):
         assert stats["removed_norm"] == pytest.approx(0.0, abs=1e-6)
@@ -132,7 +133,7 @@ def test_non_empty_output_dir_is_refused(tiny_config, tmp_path):
 
 def test_non_finite_loss_stops_after_max_bad_steps(tiny_config, monkeypatch):
     from mtbert.errors import MtbertError
-    from mtbert.training import stage as train_module
+    from mtbert.training import stage as train_module  # the stage's objective calls task_loss
 
     real = train_module.task_loss
 

@@ -304,7 +304,7 @@ def run_row(name: str, output_dir: Path, configs_dir: Path, budget: float) -> Ro
 
 def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str, Any], dict[str, Any]]:
     """Reuse a finished run with this signature, resume an unfinished one, else train it afresh."""
-    import mtbert.training.stage
+    import mtbert.training.run
 
     wanted = signature(cfg, budget)
     marker = read_json(run_dir / MARKER)
@@ -323,7 +323,7 @@ def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str,
     progress(f"  training {run_dir} ({plan})" + (" (resumed)" if resume else ""))
     clock = time.perf_counter()
     try:
-        results = mtbert.training.stage.train(cfg, resume_from_checkpoint=resume, overwrite_output_dir=True)
+        results = mtbert.training.run.train(cfg, resume_from_checkpoint=resume, overwrite_output_dir=True)
     finally:
         marker["wall_seconds_before"] = round(earlier + time.perf_counter() - clock, 1)
         atomic_write_json(run_dir / MARKER, marker)

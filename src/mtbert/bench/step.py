@@ -19,11 +19,11 @@ from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
 from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json
-from mtbert.methods.aggregators import AGGREGATORS, make_aggregator
-from mtbert.methods.pertask import PerTaskGradients
-from mtbert.methods.weighting import LOSS_WEIGHTINGS, make_weighting
+from mtbert.methods.aggregators import AGGREGATORS
+from mtbert.methods.method import Method, plain_objective
+from mtbert.methods.weighting import LOSS_WEIGHTINGS
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
-from mtbert.training.stage import make_optimizer, training_step
+from mtbert.training.optim import make_optimizer
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,35 +75,32 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
     pad = tokenizer.pad_token_id or 0
     all_batches = [{s.name: collate(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
                    for _ in range(steps + warmup)]
-    weightings = {m: make_weighting(m, [s.name for s in specs]) for m in methods if m in LOSS_WEIGHTINGS}
-    for name, weighting in weightings.items():
-        if isinstance(weighting, torch.nn.Module):
-            model.add_module(f"loss_weighting_{name}", weighting)
-    optimizer = make_optimizer(model, replace(cfg, learning_rate=1e-5), torch.device("cpu"))
-    scale = {s.name: 1.0 / batch_size for s in specs}
-    buffer = PerTaskGradients(model.shared_parameters(), len(specs), model.encoder.get_input_embeddings().weight)
-    generator = torch.Generator().manual_seed(0)
     device = torch.device("cpu")
+    tasks = [s.name for s in specs]
+    # every row built as training builds it (per-layer groups need the parameters' names); torchjd is its own step
+    built = {m: Method(m.removesuffix("-per-layer"), model, tasks, seed=0, per_layer=m.endswith("-per-layer"))
+             for m in methods if m != "torchjd"}
+    for name, method in built.items():
+        if method.loss_module is not None:
+            model.add_module(f"loss_weighting_{name}", method.loss_module)
+    optimizer = make_optimizer(model, replace(cfg, learning_rate=1e-5), device)
+    scale = {s.name: 1.0 / batch_size for s in specs}
+    objective = plain_objective(model, device)
     model.train()
     times: dict[str, list[float]] = {m: [] for m in methods}
     for i, batches in enumerate(all_batches):
-        for method in methods:
+        for name in methods:
             start = time.perf_counter()
-            if method == "torchjd":
+            if name == "torchjd":
                 torchjd_step(model, batches, scale)
-            elif method in weightings:
-                losses, _ = training_step(model, batches, scale, None, make_aggregator("sum"), generator, device,
-                                          weighting=weightings[method])
-                weightings[method].after_step(losses)
             else:
-                aggregate = make_aggregator(method.removesuffix("-per-layer"))
-                training_step(model, batches, scale, None if method == "sum" else buffer, aggregate, generator,
-                              device, per_layer=method.endswith("-per-layer"))
+                losses, _ = built[name].backward(batches, scale, objective)
+                built[name].after_step(losses)
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= warmup:
-                times[method].append(time.perf_counter() - start)
+                times[name].append(time.perf_counter() - start)
     medians = {m: statistics.median(t) for m, t in times.items()}
     base = medians.get("sum")
     return {
@@ -129,6 +126,3 @@ def torchjd_step(model: MultiTaskModel, batches: dict[str, dict], scale: dict[st
     mtl_backward(losses, features=features, shared_params=shared)
     jac_to_grad([p for p in shared if getattr(p, "jac", None) is not None], PCGrad())
 
-
-def write_json(path: str | Path, data: dict) -> None:
-    atomic_write_json(path, data)

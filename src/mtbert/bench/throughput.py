@@ -1,6 +1,6 @@
 """`mtbert bench throughput`: mtbert against the tools a user would otherwise pick, side by side in one process.
 
-- training samples/s: mtbert's single-task step (`training_step`, AdamW) vs `transformers.Trainer` with
+- training samples/s: mtbert's single-task step (`Method.backward`, AdamW) vs `transformers.Trainer` with
   `AutoModelForSequenceClassification` (the run_glue recipe) on SST and STS;
 - prediction examples/s: `mtbert predict`'s path (tokenize, then `predict_set`: length-sorted dynamic padding,
   inference_mode) vs `sentence_transformers.CrossEncoder.predict` and vs a plain batched loop in file order,
@@ -33,10 +33,10 @@ import torch
 from mtbert.config import build_config
 from mtbert.data import Example, collate, encode_examples, read_task_file
 from mtbert.evaluation.evaluate import predict_set
-from mtbert.methods.aggregators import make_aggregator
+from mtbert.methods.method import make_method, plain_objective
 from mtbert.model import MultiTaskModel, default_backbone, load_encoder
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
-from mtbert.training.stage import make_optimizer, training_step
+from mtbert.training.optim import make_optimizer
 
 GOALS = {"training": 1.0, "prediction": 1.2, "memory": 1.2}
 
@@ -158,8 +158,8 @@ def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_s
     encoded = encode_examples(tokenizer, spec, examples, max_length, cfg.pair_architecture)
     pad_id = tokenizer.pad_token_id or 0
     batches = [list(range(i, min(i + batch_size, len(examples)))) for i in range(0, len(examples), batch_size)]
-    aggregate = make_aggregator("sum")
-    generator = torch.Generator().manual_seed(0)
+    method = make_method("sum", model, [spec.name])
+    objective = plain_objective(model, device)
     scale = {spec.name: 1.0 / batch_size}
 
     def run(steps: int) -> None:
@@ -170,7 +170,7 @@ def mtbert_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_s
         scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=0, num_training_steps=steps)
         for step in range(steps):
             batch = {spec.name: collate(encoded, batches[step % len(batches)], pad_id)}
-            training_step(model, batch, scale, None, aggregate, generator, device)
+            method.backward(batch, scale, objective)
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()

@@ -66,11 +66,6 @@ class PerTaskGradients:
                 segment.copy_(self.embedding.grad.index_select(0, self.rows).view(-1))
                 self.embedding.grad = None
 
-    def zero_rows(self, task_indices: list[int]) -> None:
-        """Tasks that take no part in this step contribute a zero gradient."""
-        for t in task_indices:
-            self.grads[t].zero_()
-
     def write(self, update: torch.Tensor) -> None:
         """Set every shared parameter's `.grad` from the aggregated P-vector (unused parameters keep None)."""
         offset = 0

@@ -33,7 +33,9 @@ class UncertaintyWeighting(nn.Module):
         """Nothing to do: the log-variances are ordinary parameters."""
 
     def weights(self) -> dict[str, float]:
+        """The weight exp(-s_t) of each task's loss (logged as `task_weight`)."""
         return {t: math.exp(-s.item()) for t, s in self.log_vars.items()}
+
 
 
 class FAMO:
@@ -72,6 +74,7 @@ class FAMO:
         self.previous = current
 
     def weights(self) -> dict[str, float]:
+        """The task weights z = softmax(w) (logged as `task_weight`)."""
         return dict(zip(self.tasks, self._z().tolist(), strict=True))
 
     def state_dict(self) -> dict[str, Any]:

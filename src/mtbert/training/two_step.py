@@ -1,0 +1,133 @@
+"""Two-step fine-tuning: stage 1 as configured (or a finished run), then one specialised model per task.
+
+Stage 2 starts each task from a copy of stage 1's best model with a fresh head for that task (or, with
+`keep_stage1`, lets stage 1's own model compete as step 0) and trains on that task alone. The run folder's
+top-level files then come from the specialised models.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mtbert.config import TrainConfig, stage2_config
+from mtbert.distributed import start as start_ranks
+from mtbert.errors import MtbertError
+from mtbert.io import atomic_write_json, atomic_write_text, read_jsonl
+from mtbert.runs.layout import MODEL_CONFIG, PREDICTIONS, SCORES, RunDir
+from mtbert.tasks import TaskSpec
+from mtbert.training import checkpoint as ckpt
+from mtbert.training.stage import ModelStart, train_stage
+
+
+def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None,
+                   backbone: Path | None = None) -> dict:
+    """Stage 1 as configured (or `two_step.init_from`), then one specialised model per task from its best model."""
+    run = RunDir(output_dir)
+    settings = cfg.two_step or {}
+    init_from = settings.get("init_from")
+    if init_from:
+        stage1_best = resolve_best(Path(init_from))
+    else:
+        stage1 = run.stage1
+        stage1_cfg = replace(cfg, two_step=None, output_dir=str(stage1.root))
+        if not stage1.results.is_file():
+            stage_resume = resume if resume and ckpt.has_checkpoint(stage1.root, resume) else None
+            train_stage(stage1_cfg, stage1.root, ModelStart(backbone=str(backbone) if backbone else None),
+                        resume_from_checkpoint=stage_resume)
+        stage1_best = stage1.best
+    stage2 = stage2_config(cfg)
+    ratios = cfg.ratios()
+
+    per_task_results = {}
+    for spec in cfg.task_specs():
+        task_run = run.task(spec.name)
+        if task_run.results.is_file() and resume:
+            per_task_results[spec.name] = read_results(task_run.root)
+            continue
+        task_cfg = replace(stage2, tasks=[_task_entry(cfg, spec)], method="single", task_ratio=None,
+                           output_dir=str(task_run.root))
+        stage_resume = resume if resume and ckpt.has_checkpoint(task_run.root, resume) else None
+        # stage 1's model competes for a task it trained (ratio > 0), or for any of init_from's heads
+        competes = bool(settings.get("keep_stage1")) and (bool(init_from) or ratios[spec.name] > 0)
+        start = ModelStart(init_from=stage1_best, reset_head=spec.name, competes=competes)
+        per_task_results[spec.name] = train_stage(task_cfg, task_run.root, start, resume_from_checkpoint=stage_resume)
+    ranks = start_ranks(cfg.ddp_mode)
+    return ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
+
+
+def _task_entry(cfg: TrainConfig, spec: TaskSpec) -> Any:
+    for entry in cfg.tasks:
+        if entry == spec.name or (isinstance(entry, dict) and entry.get("name") == spec.name):
+            return entry
+    return spec.name
+
+
+def resolve_best(run_dir: Path) -> Path:
+    """The best model of a run dir (or the folder itself when it is a checkpoint)."""
+    run = RunDir(run_dir)
+    for candidate in (run.root, run.best, run.stage1.best):
+        if (candidate / MODEL_CONFIG).is_file():
+            return candidate
+    raise MtbertError(f"two_step.init_from: {run_dir} holds no trained model (no best/ folder)")
+
+
+def read_results(run_dir: Path) -> dict:
+    return json.loads(RunDir(run_dir).results.read_text(encoding="utf-8"))
+
+
+def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, dict]) -> dict:
+    """Top-level metrics.jsonl, results.json and predictions/ of a two-step run, from the specialised models."""
+    from mtbert.evaluation.metrics import bootstrap_overall
+    from mtbert.tasks import overall_score
+
+    run = RunDir(output_dir)
+    specs = cfg.task_specs()
+    results: dict[str, Any] = {}
+    for spec in specs:
+        results[spec.metric_key] = per_task[spec.name][spec.metric_key]
+    results["overall"] = overall_score(specs, results)
+    # bootstrap over the specialised models' own dev predictions
+    triples = {spec.name: dev_predictions_with_labels(cfg, spec, run.task(spec.name).root) for spec in specs}
+    results["overall_ci95"] = list(bootstrap_overall(triples))
+    stage1_seconds = read_results(run.stage1.root).get("train_seconds", 0.0) if run.stage1.results.is_file() else 0.0
+    results["train_seconds"] = round(sum(r.get("train_seconds", 0.0) for r in per_task.values()) + stage1_seconds, 1)
+    results["best_step"] = {spec.name: per_task[spec.name].get("best_step") for spec in specs}
+    # one metrics line per stage-2 epoch: each task's metric at that evaluation
+    # (a task whose stage-1 model competed has a step-0 line that the others lack: rows go by step)
+    histories = {s.name: {r["step"]: r for r in read_jsonl(run.task(s.name).metrics)} for s in specs}
+    lines = []
+    for step in sorted(set.intersection(*(set(h) for h in histories.values()))):
+        first = histories[specs[0].name][step]
+        row: dict[str, Any] = {"epoch": first["epoch"], "step": step, "split": "dev", "stage": 2}
+        for spec in specs:
+            row[spec.metric_key] = histories[spec.name][step][spec.metric_key]
+        row["overall"] = overall_score(specs, row)
+        lines.append(row)
+    atomic_write_text(run.metrics, "".join(json.dumps(r) + "\n" for r in lines))
+    for folder in (PREDICTIONS, SCORES):
+        (run.root / folder).mkdir(exist_ok=True)
+        for spec in specs:
+            for path in (run.task(spec.name).root / folder).glob(f"{spec.name}-*"):
+                shutil.copyfile(path, run.root / folder / path.name)
+    atomic_write_json(run.results, results)
+    return results
+
+
+def dev_predictions_with_labels(cfg: TrainConfig, spec: TaskSpec, run_dir: Path):
+    """(spec, dev predictions, dev labels) of a finished run, read back from its files."""
+    from mtbert.data import read_task_file
+    from mtbert.evaluation.predict import read_cs224n
+
+    _, values = read_cs224n(RunDir(run_dir).prediction(spec.name, "dev"))
+    examples = read_task_file(cfg.resolved_data_dir() / spec.dev_file, spec).examples
+    if cfg.max_eval_samples:
+        examples = examples[: cfg.max_eval_samples]
+    predictions = np.array([values[e.id] for e in examples])
+    labels = np.array([e.label for e in examples])
+    return spec, predictions, labels
