@@ -14,13 +14,39 @@ $(BIN)/python:
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,methods,bench,tensorboard]"
+	$(BIN)/pip install -q -e ".[dev,methods,bench,tensorboard,mlflow,wandb]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# `make run`: the data from $MTBERT_DATA, else ./data, else fetched into ./data (`mtbert data download`); then
+# configs/quick.yaml, repeatably: a finished run is reported (FRESH=1 trains it again), an interrupted one resumes
+# from its last checkpoint, and a folder left without a checkpoint (a run that failed early) starts afresh.
+RUN_CONFIG ?= configs/quick.yaml
+define RUN_STATE
+import sys
+from mtbert.config import load_config
+from mtbert.runs.layout import RunDir
+run = RunDir(load_config(sys.argv[1]).output_dir)
+if run.results.is_file() and run.best.is_dir():
+    print("finished", run.results)
+elif run.root.is_dir() and any(run.root.rglob("checkpoint-*")):
+    print("resume")
+elif run.root.is_dir() and any(run.root.iterdir()):
+    print("fresh")
+endef
+export RUN_STATE
+
 run: $(STAMP)
-	$(BIN)/mtbert train configs/quick.yaml
+	@$(BIN)/mtbert data download --to "$(MTBERT_DATA)" --if_missing
+	@state="$$($(BIN)/python -c "$$RUN_STATE" $(RUN_CONFIG))" || exit 2; \
+	case "$${FRESH:+fresh}$$state" in \
+	  finished*) echo "$(RUN_CONFIG) has finished; its results ($${state#finished }) follow; make run FRESH=1 trains it again"; \
+	             cat "$${state#finished }";; \
+	  fresh*) $(BIN)/mtbert train $(RUN_CONFIG) --overwrite_output_dir;; \
+	  resume) $(BIN)/mtbert train $(RUN_CONFIG) --resume_from_checkpoint last;; \
+	  *) $(BIN)/mtbert train $(RUN_CONFIG);; \
+	esac
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -8,7 +8,15 @@ def __getattr__(name: str):
         from mtbert.model import MultiTaskModel
 
         return MultiTaskModel
+    if name == "GradientSurgery":
+        from mtbert.methods.surgery import GradientSurgery
+
+        return GradientSurgery
+    if name == "MultiTaskTrainer":
+        from mtbert.integrations.trainer import MultiTaskTrainer
+
+        return MultiTaskTrainer
     raise AttributeError(name)
 
 
-__all__ = ["MultiTaskModel", "__version__"]
+__all__ = ["GradientSurgery", "MultiTaskModel", "MultiTaskTrainer", "__version__"]

@@ -28,67 +28,135 @@ DDP_MODES = ("exact", "local")
 SURGERY_SCOPES = ("global", "per-layer")
 
 
+def key(default: Any, help: str) -> Any:
+    """A config field with its `mtbert train --help` text (one source for the help and the validation)."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class TwoStepSettings:
+    """The `two_step` mapping, read once: stage 2's overrides of stage 1's keys, and the keys only two-step has."""
+
+    overrides: dict[str, Any]
+    init_from: str | None = None  # a finished run whose best model is stage 1 (stage 1 is not trained)
+    keep_stage1: bool = False  # stage 1's model competes as step 0 of each task's stage 2
+
+    @classmethod
+    def parse(cls, raw: dict[str, Any]) -> TwoStepSettings:
+        keep = raw.get("keep_stage1", False)
+        if not isinstance(keep, bool):
+            raise ConfigError(f"two_step.keep_stage1: must be true or false, not {keep!r}")
+        init_from = raw.get("init_from")
+        if init_from is not None and not isinstance(init_from, str):
+            raise ConfigError(f"two_step.init_from: must be a run folder, not {init_from!r}")
+        overrides = {k: v for k, v in raw.items() if k not in TWO_STEP_ONLY_KEYS}
+        return cls(overrides=overrides, init_from=init_from or None, keep_stage1=keep)
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. See README for what each key does."""
 
-    output_dir: str = "runs/default"
-    model_name_or_path: str | None = None  # None: the bundled all-MiniLM-L6-v2
-    data_dir: str | None = None  # None: $MTBERT_DATA, else ./data
-    tasks: list[Any] = field(default_factory=lambda: ["sst", "para", "sts"])
-    method: str = "sum"
-    task_ratio: str | None = None
-    sample_weighting: bool = False
-    pair_architecture: str = "cross"
-    pooling: str = "cls"
-    dropout: float = 0.1
-    max_length: int = 128
-    per_device_train_batch_size: int = 16
-    per_device_eval_batch_size: int = 64
-    samples_per_task_per_epoch: int = 20000
-    num_train_epochs: float = 10
-    max_steps: int = -1
-    learning_rate: float = 1e-5
-    head_learning_rate: float | None = None  # None: same as learning_rate
-    layerwise_lr_decay: float = 1.0
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "linear"
-    max_grad_norm: float = 1.0
-    sts_loss: str = "mse"
-    seed: int = 42
-    logging_steps: int = 50
-    eval_strategy: str = "epoch"
-    eval_steps: int | None = None
-    save_steps: int = 0
-    save_total_limit: int | None = 2
-    max_bad_steps: int = 5
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    max_predict_samples: int | None = None
-    report_to: str = "none"
-    bf16: str = "auto"
-    ddp_mode: str = "exact"
-    sampling: str = "fixed-ratio"
-    sampling_temperature: float = 2.0
-    surgery_scope: str = "global"
-    smart_weight: float = 0.0
-    smart_step_size: float = 1e-3
-    smart_noise: float = 1e-5
-    mlm_steps: int = 0
-    mlm_learning_rate: float = 5e-5
-    mlm_probability: float = 0.15
-    trust_remote_code: bool = False
-    two_step: dict[str, Any] | None = None
+    output_dir: str = key("runs/default",
+        'folder of the run (config.yaml, metrics.jsonl, best/, results.json, predictions/)')
+    model_name_or_path: str | None = key(None,
+        'any Hugging Face encoder, by hub name or local folder (default: bundled all-MiniLM-L6-v2)')
+    data_dir: str | None = key(None, 'folder of the task files (default: $MTBERT_DATA, else ./data)')
+    tasks: list[Any] = field(default_factory=lambda: ["sst", "para", "sts"], metadata={"help":
+        'built-in task names (sst, para, sts) or mappings declaring your own task'})
+    method: str = key("sum",
+        'single | sum | pcgrad | cagrad | gradvac | imtl-g | mgda | upgrad | aligned-mtl | nash-mtl (gradient'
+        ' aggregation) | uncertainty | famo (loss weighting)')
+    task_ratio: str | None = key(None,
+        "samples per step of each task in units of the batch size, e.g. '0:3:1' (0 leaves a task out)")
+    sample_weighting: bool = key(False,
+        "scale each task's summed loss by 1/n_i (the CS224N report's sample-weighted PCGrad)")
+    pair_architecture: str = key("cross", 'cross (one sequence with [SEP]) | bi-cosine | bi-concat')
+    pooling: str = key("cls", 'cls | mean')
+    dropout: float = key(0.1, 'dropout of the encoder and heads; 0 turns every dropout off')
+    max_length: int = key(128, 'tokens per sequence; longer inputs are truncated')
+    per_device_train_batch_size: int = key(16, 'samples of each task per step (times its ratio)')
+    per_device_eval_batch_size: int = key(64, 'batch size of evaluation and prediction')
+    samples_per_task_per_epoch: int = key(20000, 'samples of each task in an epoch (a smaller task cycles)')
+    num_train_epochs: float = key(10, 'epochs to train')
+    max_steps: int = key(-1, 'when > 0, the number of steps to train (overrides num_train_epochs)')
+    learning_rate: float = key(1e-5, "AdamW learning rate of the encoder's top layer")
+    head_learning_rate: float | None = key(None, 'learning rate of the heads (default: learning_rate)')
+    layerwise_lr_decay: float = key(1.0,
+        "each lower encoder layer's learning rate is this times the one above (1: off)")
+    weight_decay: float = key(0.0, 'AdamW weight decay (not on biases and LayerNorm)')
+    warmup_steps: int = key(0, 'linear warmup steps')
+    warmup_ratio: float = key(0.0, 'warmup as a share of all steps')
+    lr_scheduler_type: str = key("linear", 'transformers scheduler name (linear, cosine, constant, ...)')
+    max_grad_norm: float = key(1.0, 'gradient clipping norm (0: off)')
+    sts_loss: str = key("mse", 'mse | cosent (ranking loss plus mse) for regression tasks')
+    seed: int = key(42, "seed of sampling, dropout, head initialisation and PCGrad's order")
+    logging_steps: int = key(50, 'write train_log.jsonl (losses, gradient conflicts) every this many steps')
+    eval_strategy: str = key("epoch", 'epoch | steps | no (the end of training is always evaluated)')
+    eval_steps: int | None = key(None, 'evaluate every this many steps when eval_strategy is steps')
+    save_steps: int = key(0, 'save a resumable checkpoint-<step>/ every this many steps (0: only at epoch ends)')
+    save_total_limit: int | None = key(2, 'checkpoints to keep')
+    max_bad_steps: int = key(5, 'stop after this many non-finite steps in a row')
+    max_train_samples: int | None = key(None, 'use only the first N training rows of each task')
+    max_eval_samples: int | None = key(None, 'use only the first N dev rows of each task')
+    max_predict_samples: int | None = key(None, 'predict only the first N test rows of each task (for quick checks)')
+    report_to: str | list[str] = key("none",
+        'trackers: none | tensorboard | mlflow | wandb, or a list of them (`--report_to tensorboard,mlflow`)')
+    bf16: str = key("auto", 'auto (GPU only) | true | false')
+    ddp_mode: str = key("exact", 'exact (all-reduce per-task gradients, then aggregate) | local (aggregate per rank)')
+    sampling: str = key("fixed-ratio",
+        'fixed-ratio (task_ratio) | proportional | temperature | annealed: samples of each task per step')
+    sampling_temperature: float = key(2.0, 'T of temperature sampling (shares proportional to size^(1/T))')
+    surgery_scope: str = key("global",
+        'global | per-layer: aggregate the whole shared vector or each encoder layer separately')
+    smart_weight: float = key(0.0, "weight of SMART's smoothness penalty on each task's loss (0: off)")
+    smart_step_size: float = key(1e-3, "SMART's ascent step and perturbation bound (max-norm, on the word embeddings)")
+    smart_noise: float = key(1e-5, "std of SMART's initial Gaussian noise")
+    mlm_steps: int = key(0, "masked-LM pretraining steps on the tasks' training sentences before fine-tuning (0: none)")
+    mlm_learning_rate: float = key(5e-5, 'AdamW learning rate of the masked-LM pretraining')
+    mlm_probability: float = key(0.15, 'share of tokens masked in masked-LM pretraining')
+    trust_remote_code: bool = key(False, 'allow model code from the hub (off unless you set it)')
+    gradient_accumulation_steps: int = key(1,
+        "micro-batches per optimizer step: each task's gradient is accumulated over them, then aggregated once")
+    metric_for_best_model: str = key("overall", "dev metric that picks best/ (overall, or e.g. sts_corr, sst_acc)")
+    greater_is_better: bool | None = key(None, "whether a larger metric_for_best_model is better (default: true)")
+    early_stopping_patience: int | None = key(None,
+        "stop after this many evaluations without improvement of metric_for_best_model (default: never)")
+    fp16: bool = key(False, "float16 autocast with a gradient scaler (CUDA only)")
+    packing: bool = key(False,
+        "lay each task batch out as packed rows with a block-diagonal attention mask (no padding); an encoder "
+        "that cannot run them gets padded batches")
+    gradient_checkpointing: bool = key(False, "recompute activations in the backward pass (less memory, more time)")
+    lora: dict[str, Any] | None = key(None,
+        "LoRA adapters through peft (r, lora_alpha, lora_dropout, target_modules; {} for the defaults); surgery "
+        "then runs over the adapters only")
+    freeze_embeddings: bool = key(False, "keep the encoder's embeddings fixed")
+    freeze_layers: int = key(0, "keep the lowest N encoder layers fixed")
+    two_step: dict[str, Any] | None = key(None,
+        'stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR, keep_stage1: true)')
+
 
     # ---- derived views -------------------------------------------------------------------------
     def task_specs(self) -> list[TaskSpec]:
         return [task_from_config(entry, f"tasks[{i}]") for i, entry in enumerate(self.tasks)]
 
+    @property
+    def two_step_settings(self) -> TwoStepSettings | None:
+        """`two_step` read as typed settings (None for a one-stage run)."""
+        return None if self.two_step is None else TwoStepSettings.parse(self.two_step)
+
     def ratios(self) -> dict[str, int]:
-        """Samples per step of each task, in units of per_device_train_batch_size."""
+        """Samples per step of each task, in units of per_device_train_batch_size (task_ratio parsed once)."""
         names = [s.name for s in self.task_specs()]
+        cache_key = (self.task_ratio, tuple(names))
+        cached = self.__dict__.get("_ratios")
+        if cached is not None and cached[0] == cache_key:
+            return dict(cached[1])
+        ratios = self._parse_ratios(names)
+        self.__dict__["_ratios"] = (cache_key, ratios)
+        return dict(ratios)
+
+    def _parse_ratios(self, names: list[str]) -> dict[str, int]:
         if self.task_ratio is None:
             return {n: 1 for n in names}
         parts = str(self.task_ratio).split(":")
@@ -115,7 +183,26 @@ class TrainConfig:
 class _SafeLoader(yaml.SafeLoader):
     """yaml.safe_load's loader with YAML 1.2 scalars where 1.1 surprises: `1:2:1` stays a string (1.1 reads the
     base-60 number 3721) and only true/false are booleans (1.1 also reads no/yes/on/off, so `eval_strategy: no`
-    would be False)."""
+    would be False).
+
+    It also refuses, as `_SafeLoader.Refused` (a YAML error with the line), what no config needs and what
+    would cost unbounded time or memory: more than MAX_BYTES of text, nesting deeper than MAX_DEPTH, more
+    than MAX_VALUES values, aliases that expand to more than MAX_VALUES values ("billion laughs") or refer to
+    themselves, integers beyond 64 bits and floats that overflow to infinity (an explicit `.inf` stays
+    allowed)."""
+
+    MAX_BYTES = 256 * 1024
+    MAX_DEPTH = 64
+    MAX_VALUES = 2_000
+    MAX_INT = 2**63 - 1
+
+    class Refused(yaml.MarkedYAMLError):
+        """A document refused by one of the loader's limits."""
+
+    def __init__(self, stream) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._nodes = 0
 
     def resolve(self, kind, value, implicit):
         tag = super().resolve(kind, value, implicit)
@@ -126,9 +213,79 @@ class _SafeLoader(yaml.SafeLoader):
                 return "tag:yaml.org,2002:str"
         return tag
 
+    def fetch_flow_collection_start(self, TokenClass):  # noqa: N803 - PyYAML's name
+        if self.flow_level >= self.MAX_DEPTH:  # the scanner would look ahead to the matching bracket, slowly
+            raise self.Refused(problem=f"nested more than {self.MAX_DEPTH} levels deep", problem_mark=self.get_mark())
+        super().fetch_flow_collection_start(TokenClass)
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        self._nodes += 1
+        try:
+            if self._nodes > self.MAX_VALUES:
+                raise self.Refused(problem=f"more than {self.MAX_VALUES:,} values (a config has a few dozen)",
+                                   problem_mark=self.peek_event().start_mark)
+            if self._depth > self.MAX_DEPTH:
+                raise self.Refused(problem=f"nested more than {self.MAX_DEPTH} levels deep",
+                                   problem_mark=self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self):
+        node = super().compose_document()
+        self._count_values(node, {}, set())
+        return node
+
+    def _count_values(self, node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+        """The values `node` stands for with every alias expanded (each node counted once, in document order)."""
+        key = id(node)
+        if key in sizes:
+            size = sizes[key]
+        elif key in open_nodes:
+            raise self.Refused(problem="an alias refers to the value that contains it", problem_mark=node.start_mark)
+        else:
+            open_nodes.add(key)
+            size = 1
+            if isinstance(node, yaml.SequenceNode):
+                size += sum(self._count_values(item, sizes, open_nodes) for item in node.value)
+            elif isinstance(node, yaml.MappingNode):
+                size += sum(self._count_values(k, sizes, open_nodes) + self._count_values(v, sizes, open_nodes)
+                            for k, v in node.value)
+            open_nodes.discard(key)
+            sizes[key] = size
+        if size > self.MAX_VALUES:
+            raise self.Refused(problem=f"its aliases expand to more than {self.MAX_VALUES:,} values (an alias bomb?)",
+                               problem_mark=node.start_mark)
+        return size
+
+    def construct_yaml_int(self, node):
+        digits = str(node.value).replace("_", "").lstrip("+-")
+        value = super().construct_yaml_int(node) if len(digits) <= 40 else None
+        if value is None or abs(value) > self.MAX_INT:
+            raise self.Refused(problem=f"the integer {str(node.value)[:24]}{'...' if len(node.value) > 24 else ''} "
+                               "is too large (more than 64 bits)", problem_mark=node.start_mark)
+        return value
+
+    def construct_yaml_float(self, node):
+        value = super().construct_yaml_float(node)
+        if math.isinf(value) and str(node.value).lower().lstrip("+-") != ".inf":
+            raise self.Refused(problem=f"the number {str(node.value)[:24]} overflows to infinity (write .inf for "
+                               "infinity)", problem_mark=node.start_mark)
+        return value
+
+    yaml_constructors = {**yaml.SafeLoader.yaml_constructors, "tag:yaml.org,2002:int": construct_yaml_int,
+                         "tag:yaml.org,2002:float": construct_yaml_float}
+
 
 def safe_load(text: str) -> Any:
-    """yaml.safe_load (no Python tags), with task ratios like `1:2:1` and words like `no` kept as strings."""
+    """yaml.safe_load (no Python tags), with task ratios like `1:2:1` and words like `no` kept as strings.
+
+    Raises `_SafeLoader.Refused` (a yaml.YAMLError) for what the loader's limits refuse.
+    """
+    if len(text) > _SafeLoader.MAX_BYTES:
+        raise _SafeLoader.Refused(problem=f"longer than {_SafeLoader.MAX_BYTES // 1024} KiB (a config is a short "
+                                  "YAML file)")
     return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
@@ -148,7 +305,8 @@ def _coerce(key: str, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        hint = next(a for a in args if a is not type(None))
+        options = [a for a in args if a is not type(None)]
+        hint = next((a for a in options if isinstance(value, list) and typing.get_origin(a) is list), options[0])
         origin = typing.get_origin(hint)
     if value is None:
         raise ConfigError(f"{key}: must not be empty")
@@ -245,9 +403,23 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
     for key, allowed in (("pair_architecture", PAIR_ARCHITECTURES), ("pooling", POOLINGS),
                          ("eval_strategy", EVAL_STRATEGIES), ("sts_loss", STS_LOSSES), ("ddp_mode", DDP_MODES),
                          ("sampling", SAMPLING_STRATEGIES), ("surgery_scope", SURGERY_SCOPES),
-                         ("report_to", ("none", "tensorboard")), ("bf16", ("auto", "true", "false"))):
+                         ("bf16", ("auto", "true", "false"))):
         if getattr(cfg, key) not in allowed:
             raise bad(key, f"'{getattr(cfg, key)}' is not one of {' | '.join(allowed)}")
+    from mtbert.training.trackers import parse_report_to
+
+    parse_report_to(cfg.report_to)
+    if cfg.freeze_layers < 0:
+        raise bad("freeze_layers", f"must be >= 0, not {cfg.freeze_layers}")
+    if cfg.gradient_accumulation_steps <= 0:
+        raise bad("gradient_accumulation_steps", f"must be a positive integer, not {cfg.gradient_accumulation_steps}")
+    if cfg.early_stopping_patience is not None and cfg.early_stopping_patience <= 0:
+        raise bad("early_stopping_patience", f"must be a positive integer or empty, not {cfg.early_stopping_patience}")
+    if cfg.fp16 and cfg.bf16 == "true":
+        raise bad("fp16", "cannot be combined with bf16: true; choose one")
+    metrics = ("overall", *(s.metric_key for s in cfg.task_specs()))
+    if cfg.metric_for_best_model not in metrics:
+        raise bad("metric_for_best_model", f"'{cfg.metric_for_best_model}' is not one of {' | '.join(metrics)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
         raise bad("eval_steps", "must be set when eval_strategy is steps")
     from mtbert.methods.aggregators import AGGREGATORS
@@ -278,11 +450,9 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
         values[key] = _coerce(key, value)
     cfg = TrainConfig(**values)
     _check_values(cfg)
-    if cfg.two_step is not None:
-        keep = cfg.two_step.get("keep_stage1", False)
-        if not isinstance(keep, bool):
-            raise ConfigError(f"two_step.keep_stage1: must be true or false, not {keep!r}")
-        if cfg.mlm_steps and cfg.two_step.get("init_from"):
+    settings = cfg.two_step_settings
+    if settings is not None:
+        if cfg.mlm_steps and settings.init_from:
             raise ConfigError("mlm_steps: has no effect with two_step.init_from (stage 1 is not trained); remove one")
         stage2 = stage2_config(cfg)
         _check_values(stage2, prefix="two_step.")
@@ -291,9 +461,8 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
 
 def stage2_config(cfg: TrainConfig) -> TrainConfig:
     """The settings of stage 2 of a two-step run: stage 1's, with the two_step overrides applied."""
-    overrides = dict(cfg.two_step or {})
-    for key in TWO_STEP_ONLY_KEYS:
-        overrides.pop(key, None)
+    settings = cfg.two_step_settings
+    overrides = settings.overrides if settings is not None else {}
     values = cfg.to_dict()
     values["two_step"] = None
     for key, value in overrides.items():
@@ -342,16 +511,42 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config with safe_load, apply overrides, validate."""
+    """Read a YAML config with safe_load, apply overrides, validate.
+
+    Any file that cannot be a config (a folder, unreadable, over 256 KiB, not UTF-8, not YAML, refused by the
+    loader's limits) is one ConfigError naming the path and, where there is one, the line.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file (give the YAML file)")
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
+    limit = _SafeLoader.MAX_BYTES
     try:
-        raw = safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        mark = getattr(err, "problem_mark", None)
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror or err})") from None
+    if len(data) > limit:
+        raise ConfigError(f"{path}: larger than {limit // 1024} KiB, so not a config (a config is a short YAML file)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid YAML") from None  # YAML files are UTF-8
+    try:
+        raw = safe_load(text) or {}
+    except _SafeLoader.Refused as err:
+        mark = err.problem_mark
         line = f", line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: refused: {err.problem}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        position = getattr(err, "position", None)  # a ReaderError: a character YAML does not allow
+        line = f", line {mark.line + 1}" if mark else (f", line {text.count(chr(10), 0, position) + 1}"
+                                                       if isinstance(position, int) else "")
         raise ConfigError(f"{path}{line}: not valid YAML") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: refused: nested too deeply") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values")
     return build_config(merge(raw, overrides or {}), where=str(path))

@@ -11,19 +11,25 @@ from typing import Any
 
 from mtbert.errors import ConfigError
 
-KINDS = ("single", "pair-classification", "pair-regression")
+KINDS = ("single", "single-regression", "pair-classification", "pair-regression")
+KIND_ALIASES = {"single-classification": "single"}  # accepted in configs, stored as the canonical name
+SPLITS = ("train", "dev", "test")
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """One task: its kind, data files (relative to the data folder), columns, labels and head."""
+    """One task: its kind, data (files relative to the data folder, or a `datasets` dataset), columns, labels, head.
+
+    `id_column` None: the column `id` when the data has one, else the row's line or row number.
+    `label_names`: class names in index order; labels are then names, and predictions are written as names.
+    """
 
     name: str
     kind: str
     train_file: str | None = None
     dev_file: str | None = None
     test_file: str | None = None
-    id_column: str = "id"
+    id_column: str | None = None
     text_columns: tuple[str, ...] = ("sentence",)
     label_column: str = "label"
     num_labels: int = 2
@@ -31,14 +37,21 @@ class TaskSpec:
     label_max: float = 5.0
     head_hidden_sizes: tuple[int, ...] = (128,)
     output_header: str = "Predicted_Label"
+    delimiter: str | None = None  # of .csv/.tsv files; None: tab for .tsv, else detected from the header line
+    label_names: tuple[str, ...] | None = None
+    dataset: str | None = None  # a Hugging Face dataset name or a local dataset folder, instead of files
+    dataset_config: str | None = None
+    train_split: str = "train"
+    dev_split: str = "validation"
+    test_split: str | None = "test"
 
     @property
     def is_pair(self) -> bool:
-        return self.kind != "single"
+        return self.kind.startswith("pair")
 
     @property
     def is_regression(self) -> bool:
-        return self.kind == "pair-regression"
+        return self.kind.endswith("regression")
 
     @property
     def num_outputs(self) -> int:
@@ -60,6 +73,8 @@ class TaskSpec:
 BUILTIN_TASKS: dict[str, TaskSpec] = {
     "sst": TaskSpec(
         name="sst",
+        id_column="id",
+        delimiter="\t",
         kind="single",
         train_file="ids-sst-train.csv",
         dev_file="ids-sst-dev.csv",
@@ -72,6 +87,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     ),
     "para": TaskSpec(
         name="para",
+        id_column="id",
+        delimiter="\t",
         kind="pair-classification",
         train_file="quora-train.csv",
         dev_file="quora-dev.csv",
@@ -84,6 +101,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
     ),
     "sts": TaskSpec(
         name="sts",
+        id_column="id",
+        delimiter="\t",
         kind="pair-regression",
         train_file="sts-train.csv",
         dev_file="sts-dev.csv",
@@ -123,11 +142,23 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
     base = BUILTIN_TASKS.get(name)
     if base is None and "kind" not in values:
         raise ConfigError(f"{where}.kind: task '{name}' needs a kind ({' | '.join(KINDS)})")
-    for key in ("text_columns", "head_hidden_sizes"):
-        if key in values:
+    for key in ("text_columns", "head_hidden_sizes", "label_names"):
+        if key in values and not (key == "label_names" and values[key] is None):
             if not isinstance(values[key], list | tuple):
                 raise ConfigError(f"{where}.{key}: must be a list")
             values[key] = tuple(values[key])
+    if values.get("label_names") is not None:  # YAML reads `[1, 2, 3]` as numbers: classes are names
+        values["label_names"] = tuple(str(n) if isinstance(n, int) and not isinstance(n, bool) else n
+                                      for n in values["label_names"])
+    if isinstance(values.get("kind"), str):
+        values["kind"] = KIND_ALIASES.get(values["kind"], values["kind"])
+    if values.get("label_names") is not None and "num_labels" not in values:
+        values["num_labels"] = len(values["label_names"])
+    if base is not None and "dataset" in values:
+        for split in SPLITS:  # a dataset replaces the built-in task's files
+            values.setdefault(f"{split}_file", None)
+    if base is not None and "delimiter" not in values and any(f"{s}_file" in values for s in SPLITS):
+        values["delimiter"] = None  # other files than the course's: detect their delimiter
     merged = {f.name: getattr(base, f.name) for f in fields(TaskSpec)} if base else {}
     merged.update(values)
     try:
@@ -140,20 +171,43 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
 
 def _validate(spec: TaskSpec, where: str) -> None:
     if spec.kind not in KINDS:
-        raise ConfigError(f"{where}.kind: '{spec.kind}' is not one of {' | '.join(KINDS)}")
+        kinds = " | ".join([*KINDS[:1], *KIND_ALIASES, *KINDS[1:]])
+        raise ConfigError(f"{where}.kind: '{spec.kind}' is not one of {kinds}")
     for key in ("train_file", "dev_file", "test_file"):
         if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
             raise ConfigError(f"{where}.{key}: must be a file name")
-    for key in ("id_column", "label_column", "output_header"):
+    for key in ("dataset", "dataset_config", "test_split"):
+        if getattr(spec, key) is not None and (not isinstance(getattr(spec, key), str) or not getattr(spec, key)):
+            raise ConfigError(f"{where}.{key}: must be a non-empty string")
+    for key in ("label_column", "output_header", "train_split", "dev_split"):
         if not isinstance(getattr(spec, key), str) or not getattr(spec, key):
             raise ConfigError(f"{where}.{key}: must be a non-empty string")
+    if spec.id_column is not None and (not isinstance(spec.id_column, str) or not spec.id_column):
+        raise ConfigError(f"{where}.id_column: must be a non-empty string (or left out: ids from the row number)")
+    if spec.delimiter is not None and (not isinstance(spec.delimiter, str) or len(spec.delimiter) != 1
+                                       or spec.delimiter in "\"\r\n"):
+        raise ConfigError(f"{where}.delimiter: must be one character, such as ',' or '\\t'")
+    if spec.dataset is not None and any(getattr(spec, f"{s}_file") for s in SPLITS):
+        raise ConfigError(f"{where}.dataset: give either dataset or train_file/dev_file/test_file, not both")
+    if spec.dataset is None and (spec.dataset_config is not None):
+        raise ConfigError(f"{where}.dataset_config: needs dataset")
+    if spec.label_names is not None:
+        names = spec.label_names
+        if spec.is_regression:
+            raise ConfigError(f"{where}.label_names: a {spec.kind} task has no classes")
+        if len(names) < 2 or any(not isinstance(n, str) or not n.strip() for n in names):
+            raise ConfigError(f"{where}.label_names: must list at least two non-empty class names")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}.label_names: the class names must differ")
+        if spec.num_labels != len(names):
+            raise ConfigError(f"{where}.num_labels: is {spec.num_labels} but label_names lists {len(names)} classes")
     if any(not isinstance(c, str) or not c for c in spec.text_columns):
         raise ConfigError(f"{where}.text_columns: every column must be a non-empty string")
     for key in ("label_min", "label_max"):
         value = getattr(spec, key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}.{key}: must be a number")
-    want = 1 if spec.kind == "single" else 2
+    want = 2 if spec.is_pair else 1
     if len(spec.text_columns) != want:
         raise ConfigError(f"{where}.text_columns: a {spec.kind} task needs {want} text column(s)")
     if not isinstance(spec.num_labels, int) or spec.num_labels < (1 if spec.is_regression else 2):

@@ -14,7 +14,7 @@ import yaml
 
 import mtbert.bench.quality
 import mtbert.training.run
-from mtbert.bench.quality import DEFAULT_ROWS, ENSEMBLE_MEMBERS, planned_config, stages
+from mtbert.bench.quality import load_reference, planned_config, stages
 from mtbert.cli import main
 from mtbert.config import safe_load
 from mtbert.data import read_task_file
@@ -27,12 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "configs" / "bench"
 BUDGET = "0.008"  # 1792 samples per epoch x 0.008 = one batch of 16 per epoch: 2 steps per stage
 ROWS = "floor,single-task,pcgrad,two-step-pcgrad,ensemble"
+DEFAULT_ROWS = load_reference(SHIPPED).names  # the rows of configs/bench/table.yaml
+ENSEMBLE_MEMBERS = load_reference(SHIPPED).ensemble_members
 
 
 def tiny_configs(folder: Path, model: Path, data: Path) -> Path:
     """The shipped row configs, pointed at the tiny model and data."""
     folder.mkdir()
     for path in sorted(SHIPPED.glob("*.yaml")):
+        if path.name == "table.yaml":  # the table's definition, not a row config
+            (folder / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+            continue
         raw = safe_load(path.read_text(encoding="utf-8"))
         raw.update(model_name_or_path=str(model), data_dir=str(data))
         (folder / path.name).write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
@@ -219,12 +224,12 @@ def test_shipped_rows_share_one_budget_per_stage(tmp_path):
     `two-step-pcgrad-mlm-long`."""
     per_stage, pretraining = {}, {}
     for path in sorted(SHIPPED.glob("*.yaml")):
-        if path.stem == "floor":
+        if path.stem in ("floor", "table"):
             continue
         for stage in stages(planned_config(path, tmp_path / path.stem, 1.0)):
             target = pretraining if stage["stage"] == "masked-LM" else per_stage
             target[f"{path.stem} {stage['stage']}"] = stage["samples_per_task"]
-    added = [p.stem for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", *DEFAULT_ROWS, "single-sst",
+    added = [p.stem for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", "table", *DEFAULT_ROWS, "single-sst",
                                                                        "single-para", "single-sts")]
     two_step = [name for name in added if name.startswith("two-step-pcgrad-")]
     assert len(added) - len(two_step) == 13  # issue 9's methods and sampling, issue 8's tries: one stage each
@@ -246,3 +251,162 @@ def test_shipped_rows_share_one_budget_per_stage(tmp_path):
 def test_bad_arguments_are_one_sentence(args, message, tmp_path, capsys):
     assert main(["bench", "quality", "--output_dir", str(tmp_path / "out"), *args]) == 2
     assert capsys.readouterr().err.startswith(message)
+
+
+# ---- the table's definition (table.yaml) and --backbone: no real training -----------------------------------------
+
+
+FAKE = {"sst_acc": 0.5, "para_acc": 0.6, "sts_corr": 0.7, "overall": 0.65, "overall_ci95": [0.6, 0.7],
+        "train_seconds": 1.0}
+
+
+def fake_train(trained: list):
+    """A stand-in for mtbert.training.run.train: records the backbone and writes a results.json."""
+
+    def train(cfg, *args, **kwargs):
+        trained.append(cfg.model_name_or_path)
+        Path(cfg.output_dir).mkdir(parents=True, exist_ok=True)
+        (Path(cfg.output_dir) / "results.json").write_text(json.dumps(FAKE), encoding="utf-8")
+        return dict(FAKE)
+
+    return train
+
+
+def fake_floor(cfg, run_dir):
+    """A stand-in for the floor's embedding and fitting: records the backbone and writes a results.json."""
+    fake_floor.backbones.append(cfg.model_name_or_path)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(FAKE), encoding="utf-8")
+    return dict(FAKE)
+
+
+def edit_table(configs: Path, change) -> None:
+    path = configs / "table.yaml"
+    raw = safe_load(path.read_text(encoding="utf-8"))
+    change(raw)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+
+
+def test_the_table_is_read_from_table_yaml(tmp_path, tiny_model_dir, tiny_data_dir, monkeypatch):
+    """Another table.yaml: other reference numbers, row order, notes and ensemble members in the output."""
+    configs = tiny_configs(tmp_path / "configs", tiny_model_dir, tiny_data_dir)
+
+    def change(raw):
+        rows = raw["rows"]
+        rows["pcgrad"]["reference"] = {"sst_acc": 0.111, "para_acc": 0.222, "sts_corr": 0.333, "overall": 0.444}
+        rows["pcgrad"]["note"] = "a note from the test's {backbone}"
+        raw["rows"] = {name: rows[name] for name in ("floor", "pcgrad", "multitask", "ensemble")}
+        raw["ensemble"]["members"] = ["pcgrad", "multitask"]
+        raw["backbone"] = "tiny-bert"
+
+    edit_table(configs, change)
+    monkeypatch.setattr(mtbert.training.run, "train", fake_train([]))
+    out = tmp_path / "bench"
+    assert main(["bench", "quality", "--output_dir", str(out), "--rows", "pcgrad", "--budget", BUDGET,
+                 "--configs", str(configs)]) == 0
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    assert [r["row"] for r in table["rows"]] == ["floor", "pcgrad", "multitask", "ensemble"]
+    rows = {r["row"]: r for r in table["rows"]}
+    assert rows["pcgrad"]["reference"] == {"sst_acc": 0.111, "para_acc": 0.222, "sts_corr": 0.333, "overall": 0.444}
+    assert rows["pcgrad"]["status"] == "done" and rows["pcgrad"]["versus"] is None  # floor not run
+    assert table["ensemble_members"] == ["pcgrad", "multitask"]
+    assert table["row_notes"]["pcgrad"] == "a note from the test's tiny-bert (the CS224N report: Multi-task PCGrad)"
+    md = (out / "table.md").read_text(encoding="utf-8")
+    assert "0.111 / 0.222 / 0.333 / 0.444" in md and "0.506 / 0.875 / 0.878 / 0.773" not in md
+    assert "`sw-pcgrad-0-3-1-two-step`" not in md  # not a row of this table.yaml (nor asked, nor run)
+    assert "- `ensemble`: vote of `pcgrad`, `multitask` by the CS224N report's rules" in md
+    assert f"Backbone: tiny-bert (the row configs' model_name_or_path: `{tiny_model_dir}`)" in md
+    for word in ("seed", "issue"):
+        assert word not in md.replace("seed: 42", "").lower()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (None, "table.yaml: not found; a folder of row configs needs a table.yaml listing the quality table's rows"),
+    (lambda raw: raw["rows"]["pcgrad"].update(score=1), "table.yaml: rows.pcgrad: unknown key 'score'"),
+    (lambda raw: raw["rows"]["pcgrad"]["reference"].update(overall="high"),
+     "table.yaml: rows.pcgrad.reference.overall: must be a number, not 'high'"),
+    (lambda raw: raw["rows"]["floor"].update(note="frozen {model}"),
+     "table.yaml: rows.floor.note: unknown placeholder {model}"),
+    (lambda raw: raw["ensemble"].update(members=["pcgrad", "nope"]),
+     "table.yaml: ensemble.members: 'nope' is neither a row of the table nor a config"),
+    (lambda raw: raw.pop("reference"), "table.yaml: missing key 'reference'"),
+])
+def test_a_bad_or_missing_table_yaml_is_one_sentence(change, message, tmp_path, tiny_model_dir, tiny_data_dir,
+                                                    capsys):
+    configs = tiny_configs(tmp_path / "configs", tiny_model_dir, tiny_data_dir)
+    if change is None:
+        (configs / "table.yaml").unlink()
+    else:
+        edit_table(configs, change)
+    assert main(["bench", "quality", "--output_dir", str(tmp_path / "out"), "--rows", "pcgrad",
+                 "--configs", str(configs)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {configs / message.split(':')[0]}:{message.split(':', 1)[1]}")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_backbone_is_part_of_the_signature_and_named_in_the_table(tmp_path, tiny_model_dir, tiny_data_dir,
+                                                                  monkeypatch, capsys):
+    configs = tiny_configs(tmp_path / "configs", tiny_model_dir, tiny_data_dir)
+    other = tmp_path / "other-encoder"
+    other.mkdir()
+    out = tmp_path / "bench"
+    trained: list = []
+    fake_floor.backbones = []
+    monkeypatch.setattr(mtbert.training.run, "train", fake_train(trained))
+    monkeypatch.setattr(mtbert.bench.quality, "floor_results", fake_floor)
+    args = ["bench", "quality", "--output_dir", str(out), "--rows", "floor,pcgrad", "--budget", BUDGET,
+            "--configs", str(configs)]
+    assert main(args) == 0
+    assert trained == [str(tiny_model_dir)] and fake_floor.backbones == [str(tiny_model_dir)]
+
+    # another backbone: the finished rows are stale, not reused; they are trained again with it
+    ref = mtbert.bench.quality.load_reference(configs, str(other))
+    for name in ("pcgrad", "floor"):
+        note = mtbert.bench.quality.read_row(name, out, configs, float(BUDGET), ref).note
+        assert note == f"stale (trained with backbone {tiny_model_dir}, not {other})", name
+    monkeypatch.chdir(tmp_path)  # a relative --backbone is made absolute
+    assert main([*args, "--backbone", "other-encoder"]) == 0
+    assert trained == [str(tiny_model_dir), str(other)] and fake_floor.backbones[-1] == str(other)
+    assert "row pcgrad: running" in capsys.readouterr().err
+    marker = json.loads((out / "runs" / "pcgrad" / mtbert.bench.quality.MARKER).read_text(encoding="utf-8"))
+    assert marker["signature"]["config"]["model_name_or_path"] == str(other)
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    assert table["backbone"] == str(other) and table["model_name_or_path"] == [str(other)]
+    assert f"frozen mean-pooled {other} embeddings" in table["row_notes"]["floor"]
+    md = (out / "table.md").read_text(encoding="utf-8")
+    assert f"trained here on {other}" in md.splitlines()[0]
+    assert f"- Backbone: `{other}` (`--backbone`, in place of every row config's model_name_or_path)" in md
+    assert "--backbone other-encoder" in md
+
+    # the same backbone again: reused; without it the configs' own backbone makes them stale again
+    assert main([*args, "--backbone", str(other)]) == 0
+    assert len(trained) == 2 and "row pcgrad: reused" in capsys.readouterr().err
+    assert mtbert.bench.quality.read_row("pcgrad", out, configs, float(BUDGET)).note.startswith(
+        f"stale (trained with backbone {other}")
+
+
+@pytest.mark.parametrize(("backbone", "message"), [
+    ("", "error: --backbone: give a Hugging Face model name or a local model folder"),
+    ("./no/such/folder", "error: --backbone: ./no/such/folder is not a folder"),
+])
+def test_a_bad_backbone_is_one_sentence(backbone, message, tmp_path, capsys):
+    assert main(["bench", "quality", "--output_dir", str(tmp_path / "out"), "--backbone", backbone]) == 2
+    assert capsys.readouterr().err.startswith(message)
+
+
+def test_the_base_size_table_names_mpnet_and_keeps_the_report_numbers():
+    """configs/bench-base/table.yaml: the same rows and reference numbers as configs/bench/, a floor note naming
+    all-mpnet-base-v2 and no reference numbers for that floor."""
+    base, mini = load_reference(ROOT / "configs" / "bench-base"), load_reference(SHIPPED)
+    assert base.names == mini.names and base.ensemble_members == mini.ensemble_members
+    for row in base.rows:
+        if row.name != "floor":
+            assert row.reference == mini.row(row.name).reference and row.reference is not None
+    assert base.row("floor").reference is None
+    assert "frozen mean-pooled all-mpnet-base-v2 embeddings" in base.note("floor")
+    assert "MiniLM" not in base.note("floor") and "MiniLM" in mini.note("floor")
+    assert mtbert.bench.quality.known_rows(ROOT / "configs" / "bench-base", base) == [
+        *base.names, "two-step-pcgrad-keep", "two-step-pcgrad-smart"]
+    assert "mpnet" in load_reference(SHIPPED, "/models/mpnet").note("floor")

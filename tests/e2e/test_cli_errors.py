@@ -93,7 +93,9 @@ DATA_CASES = {
                        r"quora-dev\.csv, line 1: missing column 'is_duplicate'"),
     "empty_file": ("sts-train.csv", b"", r"sts-train\.csv, line 1: the file is empty"),
     "only_bad_rows": ("ids-sst-train.csv", HEADER + f"0\t{ID(1)}\tok\t9\r\n1\t{ID(2)}\tok\t\r\n".encode(),
-                      r"ids-sst-train\.csv: no usable rows$"),
+                      r"ids-sst-train\.csv: no usable rows \(2 rows read, 2 skipped: line 2: label 9 is not a class "
+                      r"in 0\.\.4; "
+                      r"line 3: empty label\)$"),
 }
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,9 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from safetensors.torch import load_file
+from helpers.runs import assert_same_run as _assert_same_run
 
 pytestmark = pytest.mark.e2e
 
@@ -44,22 +42,6 @@ def _kill_when(args: list[str], marker: str) -> None:
         time.sleep(0.01)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-
-
-def _assert_same_run(a: Path, b: Path, sub: str = "best") -> None:
-    ra, rb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
-    for key, value in ra.items():
-        if key not in ("train_seconds",):
-            assert rb[key] == pytest.approx(value, abs=1e-6), key
-    for name in ("heads.safetensors", "encoder/model.safetensors"):
-        ta, tb = load_file(str(a / sub / name)), load_file(str(b / sub / name))
-        for key in ta:
-            torch.testing.assert_close(tb[key], ta[key], atol=1e-6, rtol=0, msg=key)
-    ma = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (a / "metrics.jsonl").open()]
-    mb = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (b / "metrics.jsonl").open()]
-    assert len(ma) == len(mb)
-    for x, y in zip(ma, mb, strict=True):
-        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)
 
 
 @pytest.mark.parametrize("method", ["sum", "pcgrad", "famo"])

@@ -1,9 +1,12 @@
-"""`mtbert bench quality`: the seed's results table (section 5.4), every row trained here at one compute budget.
+"""`mtbert bench quality`: the quality table (the CS224N report's results table, section 5.4), every row trained
+here at one compute budget.
 
-Each row is trained from `configs/bench/<name>.yaml` into `DIR/runs/<row>`; a run whose recorded config, data
-folder and budget match is reused, so the table can be built over several sittings. The budget is counted in
-training samples: every training stage processes `samples_per_task_per_epoch x num_train_epochs` samples per task
-of its run (4,096 in the shipped configs) whatever its task ratio, and `--budget X` scales that by X.
+The table is defined by `configs/bench/table.yaml` (its rows, the reference numbers, the ensemble, the notes) and
+each row is trained from `configs/bench/<name>.yaml` into `DIR/runs/<row>`; a run whose recorded config (backbone
+included), data folder and budget match is reused, so the table can be built over several sittings. The budget is
+counted in training samples: every training stage processes `samples_per_task_per_epoch x num_train_epochs`
+samples per task of its run (3,584 in the shipped configs) whatever its task ratio, and `--budget X` scales that
+by X. `--backbone M` trains every row (and embeds the floor) with M in place of the configs' model_name_or_path.
 """
 
 from __future__ import annotations
@@ -19,40 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from mtbert.config import TrainConfig, load_config, stage2_config
-from mtbert.errors import MtbertError
+from mtbert.config import TrainConfig, load_config, safe_load, stage2_config
+from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
 from mtbert.io import atomic_write_json, atomic_write_text
 from mtbert.tasks import TaskSpec, overall_score
 
 MARKER = "bench_run.json"  # written into each run dir: what it was trained with, and how long it took
+TABLE_FILE = "table.yaml"  # in the configs folder: the table's rows, reference numbers, ensemble and notes
 METRICS = ("sst_acc", "para_acc", "sts_corr", "overall")
-# The seed's dev numbers (section 5.4): SST acc, Quora acc, STS corr, overall. The floor is issue 8's measurement.
-SEED = {
-    "floor": (0.417, 0.776, 0.838, 0.704),
-    "single-task": (0.511, 0.787, 0.699, 0.729),
-    "multitask": (0.510, 0.885, 0.797, 0.764),
-    "pcgrad": (0.506, 0.875, 0.878, 0.773),
-    "two-step-pcgrad": (0.510, 0.894, 0.883, 0.782),
-    "sw-pcgrad-0-3-1-two-step": (0.528, 0.901, 0.885, 0.790),
-    "ensemble": (0.530, 0.904, 0.889, 0.793),
-}
-SEED_NAMES = {
-    "single-task": "Single-task Baseline",
-    "multitask": "Multi-task Baseline",
-    "pcgrad": "Multi-task PCGrad",
-    "two-step-pcgrad": "Two-step Fine-tuning PCGrad",
-    "sw-pcgrad-0-3-1-two-step": "Sample-weighted PCGrad",
-    "ensemble": "Ensemble",
-}
-DEFAULT_ROWS = tuple(SEED)
-# The configs of each training row; a row not listed here is trained from `<row>.yaml` alone.
-ROW_CONFIGS = {"single-task": ("single-sst", "single-para", "single-sts")}
-# The ensemble: a vote of the best runs that predict every task (the order breaks Quora ties).
-ENSEMBLE_MEMBERS = ("sw-pcgrad-0-3-1-two-step", "two-step-pcgrad", "pcgrad")
-ENSEMBLE_MODE = "vote"
-NOT_ROWS = {"floor", "ensemble", *(c for configs in ROW_CONFIGS.values() for c in configs)}
+BUNDLED = "the bundled all-MiniLM-L6-v2"  # what a config without model_name_or_path trains
+BUILT_ROWS = ("floor", "ensemble")  # rows built from other rows or frozen embeddings, not trained from a config
+NOTE_FIELDS = ("backbone", "mode", "members", "row")  # the placeholders a note may use
 BUDGET_NOTE = (
     "Budget: every training stage processes the same number of training samples per task of its run, "
     "`samples_per_task_per_epoch x num_train_epochs` (or `max_steps x per_device_train_batch_size`) "
@@ -62,6 +45,198 @@ BUDGET_NOTE = (
     "two-step row is one single-task stage per task, so a two-step row costs twice a one-stage row. "
     "Forward-backward passes, not optimizer steps, are what is equal; `--budget X` scales every stage's samples by X."
 )
+
+
+# ---- the table's definition: table.yaml ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of table.yaml: what it is, its reference numbers, and the configs it is trained from."""
+
+    name: str
+    note: str
+    reference: dict[str, float] | None = None  # METRICS keys; any may be missing
+    reference_from: str | None = None  # where the reference numbers come from, when not from the reference
+    name_in_reference: str | None = None
+    configs: tuple[str, ...] | None = None  # several one-task runs read as one row (default: `<row>.yaml`)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A configs folder's table.yaml as read, plus the `--backbone` asked for: read once per `bench_quality` call
+    and passed to every function that needs the table's rows, reference numbers, ensemble or notes."""
+
+    path: Path
+    backbone_name: str  # the row configs' backbone, as the table's text names it
+    name: str  # whose numbers the reference numbers are ("the CS224N report")
+    table: str  # which of its tables ("results table (section 5.4)")
+    about: str  # how those numbers were obtained
+    rows: tuple[TableRow, ...]
+    ensemble_mode: str
+    ensemble_members: tuple[str, ...]
+    extra_row_note: str
+    backbone: str | None = None  # --backbone: model_name_or_path of every row and the floor
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self.rows)
+
+    def row(self, name: str) -> TableRow | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+    @property
+    def shown_backbone(self) -> str:
+        """The backbone actually used, as the text names it: `--backbone` when given."""
+        return self.backbone or self.backbone_name
+
+    @property
+    def not_rows(self) -> set[str]:
+        """Config names that are not rows of their own: the floor's and those of several-run rows."""
+        return {*BUILT_ROWS, TABLE_FILE.removesuffix(".yaml"), *(c for r in self.rows for c in r.configs or ())}
+
+    def config_names(self, row: str) -> tuple[str, ...]:
+        found = self.row(row)
+        return found.configs if found is not None and found.configs else (row,)
+
+    def note(self, name: str) -> str:
+        """The row's note with its placeholders filled, and its name in the reference's table."""
+        row = self.row(name)
+        text = fill(row.note if row else self.extra_row_note, self, name)
+        if row is not None and row.reference_from:
+            return f"{text} (reference numbers: {row.reference_from})"
+        if row is not None and row.name_in_reference:
+            return f"{text} ({self.name}: {row.name_in_reference})"
+        return text
+
+
+def fill(text: str, ref: Reference, row: str) -> str:
+    members = ", ".join(f"`{m}`" for m in ref.ensemble_members)
+    return text.format_map({"backbone": ref.shown_backbone, "mode": ref.ensemble_mode, "members": members,
+                            "row": row})
+
+
+def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
+    """Read `configs_dir/table.yaml` (safe_load) and check it; every problem is one ConfigError naming the key."""
+    path = Path(configs_dir) / TABLE_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; a folder of row configs needs a table.yaml listing the quality "
+                          "table's rows, reference numbers, ensemble and notes (see configs/bench/table.yaml)")
+    try:
+        raw = safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError):
+        raise ConfigError(f"{path}: cannot be read as UTF-8 text") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise ConfigError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML") from None
+    where = str(path)
+    top = mapping(raw, where, ("backbone", "reference", "rows", "ensemble", "extra_row_note"),
+                  ("backbone", "reference", "rows", "extra_row_note"))
+    about = mapping(top["reference"], f"{where}: reference", ("name", "table", "about"), ("name", "table", "about"))
+    rows_raw = mapping(top["rows"], f"{where}: rows", None, ())
+    if not rows_raw:
+        raise ConfigError(f"{where}: rows: list at least one row")
+    rows = tuple(table_row(str(name), value, f"{where}: rows.{name}") for name, value in rows_raw.items())
+    ensemble = mapping(top.get("ensemble") or {}, f"{where}: ensemble", ("mode", "members"),
+                       ("mode", "members") if "ensemble" in rows_raw else ())
+    ref = Reference(
+        path=path, backbone_name=text_value(top["backbone"], f"{where}: backbone"),
+        name=text_value(about["name"], f"{where}: reference.name"),
+        table=text_value(about["table"], f"{where}: reference.table"),
+        about=text_value(about["about"], f"{where}: reference.about"), rows=rows,
+        ensemble_mode=text_value(ensemble.get("mode", "vote"), f"{where}: ensemble.mode"),
+        ensemble_members=names_value(ensemble.get("members", []), f"{where}: ensemble.members"),
+        extra_row_note=text_value(top["extra_row_note"], f"{where}: extra_row_note"), backbone=backbone,
+    )
+    check_reference(ref, where)
+    for member in ref.ensemble_members if "ensemble" in ref.names else ():
+        if member not in ref.names and not (Path(configs_dir) / f"{member}.yaml").is_file():
+            raise ConfigError(f"{where}: ensemble.members: '{member}' is neither a row of the table nor a config "
+                              f"in {configs_dir}")
+    return ref
+
+
+def check_reference(ref: Reference, where: str) -> None:
+    """The ensemble's mode and members, and every note's placeholders."""
+    from mtbert.evaluation.ensemble import MODES
+
+    if "ensemble" in ref.names:
+        if ref.ensemble_mode not in MODES:
+            raise ConfigError(f"{where}: ensemble.mode: '{ref.ensemble_mode}' is not one of {' | '.join(MODES)}")
+        if not ref.ensemble_members:
+            raise ConfigError(f"{where}: ensemble.members: name at least one row")
+        for member in ref.ensemble_members:
+            if member in ref.not_rows or ref.config_names(member) != (member,):
+                raise ConfigError(f"{where}: ensemble.members: '{member}' is not a row trained from one config")
+    for key, text in [(f"rows.{r.name}.note", r.note) for r in ref.rows] + [("extra_row_note", ref.extra_row_note)]:
+        try:
+            fill(text, ref, "row")
+        except KeyError as err:
+            raise ConfigError(f"{where}: {key}: unknown placeholder {{{err.args[0]}}} (known: "
+                              f"{', '.join('{' + f + '}' for f in NOTE_FIELDS)})") from None
+        except (ValueError, IndexError):
+            raise ConfigError(f"{where}: {key}: a stray {{ or }} (write {{{{ or }}}} for a brace)") from None
+
+
+def table_row(name: str, raw: Any, where: str) -> TableRow:
+    values = mapping(raw, where, ("note", "reference", "reference_from", "name_in_reference", "configs"), ("note",))
+    reference = None
+    if values.get("reference") is not None:
+        numbers = mapping(values["reference"], f"{where}.reference", METRICS, ())
+        reference = {}
+        for key, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{where}.reference.{key}: must be a number, not {value!r}")
+            reference[key] = float(value)
+    configs = names_value(values["configs"], f"{where}.configs") if values.get("configs") is not None else None
+    if configs is not None and name in BUILT_ROWS:
+        raise ConfigError(f"{where}.configs: the {name} row is built, not trained from configs")
+    optional = {k: text_value(values[k], f"{where}.{k}") for k in ("reference_from", "name_in_reference")
+                if values.get(k) is not None}
+    return TableRow(name, text_value(values["note"], f"{where}.note"), reference, configs=configs, **optional)
+
+
+def mapping(raw: Any, where: str, known: tuple[str, ...] | None, required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: must be a mapping of keys to values")
+    for key in raw:
+        if known is not None and key not in known:
+            raise ConfigError(f"{where}: unknown key '{key}' (keys: {', '.join(known)})")
+    for key in required:
+        if raw.get(key) is None:
+            raise ConfigError(f"{where}: missing key '{key}'")
+    return raw
+
+
+def text_value(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: must be a non-empty text")
+    return value.strip()
+
+
+def names_value(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ConfigError(f"{where}: must be a list of row or config names")
+    return tuple(v.strip() for v in value)
+
+
+def resolve_backbone(value: str | None) -> str | None:
+    """`--backbone`: a local folder (made absolute, so that a run's signature does not depend on the working
+    folder) or a Hugging Face hub name, kept as given."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not text:
+        raise MtbertError("--backbone: give a Hugging Face model name or a local model folder")
+    path = Path(text).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise MtbertError(f"--backbone: {text} is a file, not a model folder")
+        return str(path.resolve())
+    if text.startswith(("/", ".", "~")) or text.count("/") > 1 or "\\" in text:
+        raise MtbertError(f"--backbone: {text} is not a folder (give a local model folder or a Hugging Face "
+                          "model name such as sentence-transformers/all-mpnet-base-v2)")
+    return text
 
 
 @dataclass
@@ -81,16 +256,17 @@ class Row:
     reused: bool = False
     note: str = ""
     versus: dict[str, Any] | None = None  # the paired comparison with its reference row (`reference_row`)
-    versus_floor: dict[str, Any] | None = None  # the same with the floor, which every row must beat (issue 8)
+    versus_floor: dict[str, Any] | None = None  # the same with the frozen-embedding floor, which every row must beat
 
-    def to_dict(self) -> dict[str, Any]:
-        seed = SEED.get(self.name)
+    def to_dict(self, ref: Reference) -> dict[str, Any]:
+        row = ref.row(self.name)
+        numbers = row.reference if row is not None else None
         return {
             "row": self.name, "status": "done" if self.done else (self.note or "not run"),
             **{k: self.metrics.get(k) for k in METRICS}, "overall_ci95": self.overall_ci95,
             "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "run_dir": self.run_dir,
             "reused": self.reused, "members": self.members or None, "runs": self.runs, "stages": self.stages,
-            "seed": dict(zip(METRICS, seed, strict=True)) if seed else None, "versus": self.versus,
+            "reference": {k: numbers.get(k) for k in METRICS} if numbers else None, "versus": self.versus,
             "versus_floor": self.versus_floor,
         }
 
@@ -98,88 +274,92 @@ class Row:
 # ---- the command -------------------------------------------------------------------------------------------------
 
 
-def bench_quality(output_dir: Path, rows: list[str] | None, budget: float, configs_dir: Path) -> dict:
-    """Train the asked rows (default: all of the seed's), reusing finished ones, and write table.md and table.json."""
+def bench_quality(output_dir: Path, rows: list[str] | None, budget: float, configs_dir: Path,
+                  backbone: str | None = None) -> dict:
+    """Train the asked rows (default: every row of table.yaml), reusing finished ones, and write table.md and
+    table.json; `backbone` replaces every row config's model_name_or_path."""
     if not (math.isfinite(budget) and budget > 0):
         raise MtbertError(f"--budget: must be a positive number, not {budget:g}")
     configs_dir = Path(configs_dir)
     if not configs_dir.is_dir():
         raise MtbertError(f"--configs: {configs_dir} is not a folder of row configs")
+    ref = load_reference(configs_dir, resolve_backbone(backbone))
     output_dir = Path(output_dir)
-    asked = resolve_rows(rows, configs_dir)
+    asked = resolve_rows(rows, configs_dir, ref)
     command = (f"mtbert bench quality --output_dir {output_dir}" + (f" --rows {','.join(rows)}" if rows else "")
-               + f" --budget {budget:g} --configs {configs_dir}")
+               + f" --budget {budget:g} --configs {configs_dir}" + (f" --backbone {backbone}" if backbone else ""))
     started = time.perf_counter()
-    shown = table_rows(asked, output_dir, configs_dir)
+    shown = table_rows(asked, output_dir, configs_dir, ref)
     table: dict[str, Row] = {}
     for name in shown:
-        table[name] = read_row(name, output_dir, configs_dir, budget)
+        table[name] = read_row(name, output_dir, configs_dir, budget, ref)
     for name in asked:
         elapsed = time.perf_counter() - started
-        table[name] = read_row(name, output_dir, configs_dir, budget)  # again: a member of it may have changed
+        table[name] = read_row(name, output_dir, configs_dir, budget, ref)  # again: a member may have changed
         if table[name].done:
             progress(f"row {name}: reused from {table[name].run_dir} (elapsed {elapsed:.0f} s)")
             continue
         progress(f"row {name}: running (elapsed {elapsed:.0f} s)")
         row_started = time.perf_counter()
-        table[name] = run_row(name, output_dir, configs_dir, budget)
+        table[name] = run_row(name, output_dir, configs_dir, budget, ref)
         progress(f"row {name}: done in {time.perf_counter() - row_started:.0f} s, overall "
                  f"{table[name].metrics['overall']:.4f} (elapsed {time.perf_counter() - started:.0f} s)")
-        write_table(output_dir, table, budget, configs_dir, command, time.perf_counter() - started)
+        write_table(output_dir, table, budget, configs_dir, command, time.perf_counter() - started, ref)
     for name in shown:
         if name not in asked:  # an ensemble not asked goes stale when a member was trained again
-            table[name] = read_row(name, output_dir, configs_dir, budget)
-    return write_table(output_dir, table, budget, configs_dir, command, time.perf_counter() - started)
+            table[name] = read_row(name, output_dir, configs_dir, budget, ref)
+    return write_table(output_dir, table, budget, configs_dir, command, time.perf_counter() - started, ref)
 
 
 def progress(message: str) -> None:
     print(f"[bench quality] {message}", file=sys.stderr, flush=True)
 
 
-def resolve_rows(rows: list[str] | None, configs_dir: Path) -> list[str]:
+def resolve_rows(rows: list[str] | None, configs_dir: Path, ref: Reference) -> list[str]:
     """The rows to run, in table order, with the ensemble's members added before it."""
-    names = [r.strip() for r in (rows if rows is not None else DEFAULT_ROWS) if r.strip()]
+    names = [r.strip() for r in (rows if rows is not None else ref.names) if r.strip()]
     if not names:
         raise MtbertError("--rows: name at least one row")
-    known = known_rows(configs_dir)
+    known = known_rows(configs_dir, ref)
     for name in names:
         if name not in known:
             raise MtbertError(f"--rows: unknown row '{name}' (rows: {', '.join(known)})")
     if "ensemble" in names:
-        names += [m for m in ENSEMBLE_MEMBERS if m not in names]
+        names += [m for m in ref.ensemble_members if m not in names]
     return [r for r in known if r in names]
 
 
-def known_rows(configs_dir: Path) -> list[str]:
-    """The seed's rows, then one row per other config in the folder."""
-    extra = sorted(p.stem for p in configs_dir.glob("*.yaml") if p.stem not in SEED and p.stem not in NOT_ROWS)
-    return [*DEFAULT_ROWS, *extra]
+def known_rows(configs_dir: Path, ref: Reference) -> list[str]:
+    """The rows of table.yaml, then one row per other config in the folder."""
+    extra = sorted(p.stem for p in configs_dir.glob("*.yaml") if p.stem not in ref.names and p.stem not in
+                   ref.not_rows)
+    return [*ref.names, *extra]
 
 
-def table_rows(asked: list[str], output_dir: Path, configs_dir: Path) -> list[str]:
-    """Rows the table shows: the seed's, plus any other row asked now or with a run dir in the output folder."""
-    return [r for r in known_rows(configs_dir)
-            if r in SEED or r in asked or (output_dir / "runs" / r / MARKER).is_file()]
+def table_rows(asked: list[str], output_dir: Path, configs_dir: Path, ref: Reference) -> list[str]:
+    """Rows the table shows: those of table.yaml, plus any other row asked now or with a run dir in the output
+    folder."""
+    return [r for r in known_rows(configs_dir, ref)
+            if r in ref.names or r in asked or (output_dir / "runs" / r / MARKER).is_file()]
 
 
-def config_names(row: str) -> tuple[str, ...]:
-    return ROW_CONFIGS.get(row, (row,))
-
-
-def run_dir_of(output_dir: Path, row: str, config: str) -> Path:
-    return output_dir / "runs" / row / config if row in ROW_CONFIGS else output_dir / "runs" / row
+def run_dir_of(output_dir: Path, row: str, config: str, ref: Reference) -> Path:
+    return output_dir / "runs" / row / config if ref.config_names(row) != (row,) else output_dir / "runs" / row
 
 
 # ---- configs and the budget --------------------------------------------------------------------------------------
 
 
-def planned_config(path: Path, run_dir: Path, budget: float) -> TrainConfig:
-    """A row config with its output dir set and every stage's training samples scaled by `budget`."""
+def planned_config(path: Path, run_dir: Path, budget: float, backbone: str | None = None) -> TrainConfig:
+    """A row config with its output dir set, every stage's training samples scaled by `budget`, and
+    model_name_or_path replaced by `backbone` when given."""
     if not path.is_file():
         raise MtbertError(f"{path}: config of a bench row not found")
-    cfg = load_config(path, {"output_dir": str(run_dir)})
-    return load_config(path, {"output_dir": str(run_dir), **scaled(cfg.to_dict(), cfg.per_device_train_batch_size,
-                                                                   budget)})
+    fixed: dict[str, Any] = {"output_dir": str(run_dir)}
+    if backbone is not None:
+        fixed["model_name_or_path"] = backbone
+    cfg = load_config(path, fixed)
+    return load_config(path, {**fixed, **scaled(cfg.to_dict(), cfg.per_device_train_batch_size, budget)})
 
 
 def scaled(values: dict[str, Any], unit: int, budget: float) -> dict[str, Any]:
@@ -214,12 +394,12 @@ def stages(cfg: TrainConfig) -> list[dict[str, Any]]:
                 "samples_per_task": round(sum(samples.values()) / len(ratios))}
 
     out = []
-    if not (cfg.two_step or {}).get("init_from"):
+    if not (cfg.two_step_settings and cfg.two_step_settings.init_from):
         out.append(one("stage 1" if cfg.two_step else "train", cfg, cfg.ratios()))
     if cfg.two_step is not None:
         stage2 = stage2_config(cfg)
         out += [one(f"stage 2 {spec.name}", stage2, {spec.name: 1}) for spec in cfg.task_specs()]
-    if cfg.mlm_steps and not (cfg.two_step or {}).get("init_from"):  # before stage 1; listed last
+    if cfg.mlm_steps and not (cfg.two_step_settings and cfg.two_step_settings.init_from):  # before stage 1; listed last
         sentences = cfg.mlm_steps * cfg.per_device_train_batch_size
         out.append({"stage": "masked-LM", "steps": cfg.mlm_steps, "samples": {"training sentences": sentences},
                     "samples_per_task": round(sentences / len(cfg.task_specs()))})
@@ -227,7 +407,8 @@ def stages(cfg: TrainConfig) -> list[dict[str, Any]]:
 
 
 def signature(cfg: TrainConfig, budget: float) -> dict[str, Any]:
-    """What decides a run's results: its config (but not where it is), its data folder and the budget."""
+    """What decides a run's results: its config (but not where it is; its model_name_or_path, which `--backbone`
+    sets, included), its data folder and the budget."""
     values = cfg.to_dict()
     values.pop("output_dir")
     return {"config": values, "data_dir": str(cfg.resolved_data_dir().resolve()), "budget": budget}
@@ -251,6 +432,16 @@ def same_signature(stored: Any, wanted: dict[str, Any]) -> bool:
     return same(without_defaults(stored), without_defaults(wanted))
 
 
+def stale_note(stored: Any, wanted: dict[str, Any]) -> str:
+    """Why a run's stored signature does not match: another backbone, or anything else."""
+    config = stored.get("config") if isinstance(stored, dict) else None
+    if isinstance(config, dict):
+        before, now = config.get("model_name_or_path"), wanted["config"].get("model_name_or_path")
+        if before != now:
+            return f"stale (trained with backbone {before or BUNDLED}, not {now or BUNDLED})"
+    return "stale (config, data or budget changed)"
+
+
 def read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -262,42 +453,45 @@ def read_json(path: Path) -> dict[str, Any] | None:
 # ---- training rows -----------------------------------------------------------------------------------------------
 
 
-def read_row(name: str, output_dir: Path, configs_dir: Path, budget: float) -> Row:
-    """The row as finished in the output folder, or not done when any of its runs is missing or stale."""
+def read_row(name: str, output_dir: Path, configs_dir: Path, budget: float, ref: Reference | None = None) -> Row:
+    """The row as finished in the output folder, or not done when any of its runs is missing or stale (`ref`:
+    the folder's table.yaml, read here when not given)."""
+    ref = ref or load_reference(configs_dir)
     if name == "ensemble":
-        unfinished = [m for m in ENSEMBLE_MEMBERS if not read_row(m, output_dir, configs_dir, budget).done]
+        unfinished = [m for m in ref.ensemble_members if not read_row(m, output_dir, configs_dir, budget, ref).done]
         if unfinished:
             return Row(name, note=f"not run (member {', '.join(unfinished)} not finished at this budget)")
-        return read_ensemble(output_dir)
+        return read_ensemble(output_dir, ref)
     if name == "floor":
-        return read_floor(output_dir, configs_dir)
+        return read_floor(output_dir, configs_dir, ref)
     runs = []
-    for config in config_names(name):
+    for config in ref.config_names(name):
         path = configs_dir / f"{config}.yaml"
-        run_dir = run_dir_of(output_dir, name, config)
+        run_dir = run_dir_of(output_dir, name, config, ref)
         if not path.is_file():
             return Row(name, note=f"no config {path}")
-        cfg = planned_config(path, run_dir, budget)
+        cfg = planned_config(path, run_dir, budget, ref.backbone)
         marker = read_json(run_dir / MARKER)
         results = read_json(run_dir / "results.json")
         if marker is None or results is None or marker.get("wall_seconds") is None:
             return Row(name)
-        if not same_signature(marker.get("signature"), signature(cfg, budget)):
-            return Row(name, note="stale (config, data or budget changed)")
+        wanted = signature(cfg, budget)
+        if not same_signature(marker.get("signature"), wanted):
+            return Row(name, note=stale_note(marker.get("signature"), wanted))
         runs.append((config, cfg, run_dir, results, marker))
     return training_row(name, output_dir, runs, reused=True)
 
 
-def run_row(name: str, output_dir: Path, configs_dir: Path, budget: float) -> Row:
+def run_row(name: str, output_dir: Path, configs_dir: Path, budget: float, ref: Reference) -> Row:
     """Train (or resume, or reuse) every run of a row and read the row back."""
     if name == "ensemble":
-        return run_ensemble_row(output_dir)
+        return run_ensemble_row(output_dir, ref)
     if name == "floor":
-        return run_floor(output_dir, configs_dir)
+        return run_floor(output_dir, configs_dir, ref)
     runs = []
-    for config in config_names(name):
-        run_dir = run_dir_of(output_dir, name, config)
-        cfg = planned_config(configs_dir / f"{config}.yaml", run_dir, budget)
+    for config in ref.config_names(name):
+        run_dir = run_dir_of(output_dir, name, config, ref)
+        cfg = planned_config(configs_dir / f"{config}.yaml", run_dir, budget, ref.backbone)
         runs.append((config, cfg, run_dir, *train_run(cfg, run_dir, budget)))
     return training_row(name, output_dir, runs, reused=False)
 
@@ -397,61 +591,62 @@ def dev_triples(folders: list[Path], specs: list[TaskSpec],
 # ---- the ensemble ------------------------------------------------------------------------------------------------
 
 
-def member_dirs(output_dir: Path) -> list[Path]:
-    return [output_dir / "runs" / m for m in ENSEMBLE_MEMBERS]
+def member_dirs(output_dir: Path, ref: Reference) -> list[Path]:
+    return [output_dir / "runs" / m for m in ref.ensemble_members]
 
 
-def ensemble_signature(output_dir: Path) -> dict[str, Any] | None:
+def ensemble_signature(output_dir: Path, ref: Reference) -> dict[str, Any] | None:
     """The members' prediction files (hashed): the ensemble is stale when any of them changed."""
     hashes = {}
-    for member in member_dirs(output_dir):
+    for member in member_dirs(output_dir, ref):
         if not (member / "results.json").is_file():
             return None
         digest = hashlib.sha256()
         for path in sorted((member / "predictions").glob("*.csv")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         hashes[member.name] = digest.hexdigest()
-    return {"mode": ENSEMBLE_MODE, "members": hashes}
+    return {"mode": ref.ensemble_mode, "members": hashes}
 
 
-def read_ensemble(output_dir: Path) -> Row:
+def read_ensemble(output_dir: Path, ref: Reference) -> Row:
     run_dir = output_dir / "runs" / "ensemble"
     marker, results = read_json(run_dir / MARKER), read_json(run_dir / "results.json")
-    wanted = ensemble_signature(output_dir)
+    wanted = ensemble_signature(output_dir, ref)
     if marker is None or results is None or wanted is None:
         return Row("ensemble")
     if not same(marker.get("signature"), wanted):
         return Row("ensemble", note="stale (a member changed)")
-    return ensemble_row(output_dir, results, marker, reused=True)
+    return ensemble_row(output_dir, results, marker, ref, reused=True)
 
 
-def run_ensemble_row(output_dir: Path) -> Row:
+def run_ensemble_row(output_dir: Path, ref: Reference) -> Row:
     """Vote the members' predictions with `mtbert.evaluation.ensemble.run_ensemble` into DIR/runs/ensemble."""
     from mtbert.evaluation.ensemble import run_ensemble
 
-    members = member_dirs(output_dir)
-    wanted = ensemble_signature(output_dir)
+    members = member_dirs(output_dir, ref)
+    wanted = ensemble_signature(output_dir, ref)
     if wanted is None:
-        raise MtbertError(f"ensemble: its members ({', '.join(ENSEMBLE_MEMBERS)}) must be finished first")
+        raise MtbertError(f"ensemble: its members ({', '.join(ref.ensemble_members)}) must be finished first")
     run_dir = output_dir / "runs" / "ensemble"
     clock = time.perf_counter()
-    results = run_ensemble(members, run_dir, ENSEMBLE_MODE)
+    results = run_ensemble(members, run_dir, ref.ensemble_mode)
     marker = {"signature": wanted, "wall_seconds": round(time.perf_counter() - clock, 1)}
     atomic_write_json(run_dir / MARKER, marker)
-    return ensemble_row(output_dir, results, marker, reused=False)
+    return ensemble_row(output_dir, results, marker, ref, reused=False)
 
 
-def ensemble_row(output_dir: Path, results: dict[str, Any], marker: dict[str, Any], reused: bool) -> Row:
+def ensemble_row(output_dir: Path, results: dict[str, Any], marker: dict[str, Any], ref: Reference,
+                 reused: bool) -> Row:
     metrics = results.get("ensemble", {})
-    member_results = [read_json(m / "results.json") or {} for m in member_dirs(output_dir)]
+    member_results = [read_json(m / "results.json") or {} for m in member_dirs(output_dir, ref)]
     return Row(
         "ensemble", done=True, metrics={k: float(metrics[k]) for k in METRICS if k in metrics},
         overall_ci95=metrics.get("overall_ci95"),
         train_seconds=round(sum(float(r.get("train_seconds") or 0.0) for r in member_results), 1),
         wall_seconds=marker.get("wall_seconds"), run_dir=str(output_dir / "runs" / "ensemble"),
-        members=list(ENSEMBLE_MEMBERS), reused=reused,
+        members=list(ref.ensemble_members), reused=reused,
         runs=[{"member": m, **{k: r.get(k) for k in METRICS}}
-              for m, r in zip(ENSEMBLE_MEMBERS, results.get("member_metrics", []), strict=False)],
+              for m, r in zip(ref.ensemble_members, results.get("member_metrics", []), strict=False)],
     )
 
 
@@ -463,28 +658,34 @@ def floor_signature(cfg: TrainConfig) -> dict[str, Any]:
     return {"config": {k: getattr(cfg, k) for k in keys}, "data_dir": str(cfg.resolved_data_dir().resolve())}
 
 
-def floor_config(output_dir: Path, configs_dir: Path) -> TrainConfig:
+def floor_config(output_dir: Path, configs_dir: Path, backbone: str | None = None) -> TrainConfig:
+    """floor.yaml with its output dir set and model_name_or_path replaced by `backbone` when given."""
     path = configs_dir / "floor.yaml"
     if not path.is_file():
         raise MtbertError(f"{path}: config of the floor row not found")
-    return load_config(path, {"output_dir": str(output_dir / "runs" / "floor")})
+    fixed: dict[str, Any] = {"output_dir": str(output_dir / "runs" / "floor")}
+    if backbone is not None:
+        fixed["model_name_or_path"] = backbone
+    return load_config(path, fixed)
 
 
-def read_floor(output_dir: Path, configs_dir: Path) -> Row:
+def read_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
     if not (configs_dir / "floor.yaml").is_file():
         return Row("floor", note=f"no config {configs_dir / 'floor.yaml'}")
-    cfg = floor_config(output_dir, configs_dir)
+    cfg = floor_config(output_dir, configs_dir, ref.backbone)
     run_dir = Path(cfg.output_dir)
     marker, results = read_json(run_dir / MARKER), read_json(run_dir / "results.json")
     if marker is None or results is None:
         return Row("floor")
-    if not same(marker.get("signature"), floor_signature(cfg)):
-        return Row("floor", note="stale (config or data changed)")
+    wanted = floor_signature(cfg)
+    if not same(marker.get("signature"), wanted):
+        note = stale_note(marker.get("signature"), wanted)
+        return Row("floor", note=note.replace("config, data or budget", "config or data"))
     return floor_row(run_dir, results, marker, reused=True)
 
 
-def run_floor(output_dir: Path, configs_dir: Path) -> Row:
-    cfg = floor_config(output_dir, configs_dir)
+def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
+    cfg = floor_config(output_dir, configs_dir, ref.backbone)
     run_dir = Path(cfg.output_dir)
     clock = time.perf_counter()
     results = floor_results(cfg, run_dir)
@@ -547,7 +748,8 @@ def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """L2-normalised masked-mean embeddings (as sentence-transformers pools all-MiniLM-L6-v2), shortest first."""
+    """L2-normalised masked-mean embeddings (as sentence-transformers pools its all-MiniLM-L6-v2 and
+    all-mpnet-base-v2 models), shortest first."""
     import torch
 
     encoder.eval()
@@ -583,18 +785,15 @@ def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((s[k - 1] + s[k]) / 2)
 
 
-# ---- the table ---------------------------------------------------------------------------------------------------
-
-
 # ---- paired comparisons ------------------------------------------------------------------------------------------
 
 
-def reference_row(name: str) -> str | None:
-    """The row a row is compared with: the previous row of the seed's chain, `two-step-pcgrad` for a variant of it
+def reference_row(name: str, ref: Reference) -> str | None:
+    """The row a row is compared with: the previous row of table.yaml, `two-step-pcgrad` for a variant of it
     (`two-step-pcgrad-*`), `pcgrad` for a PCGrad variant (`pcgrad-*`), `multitask` (the plain sum) for any other
     added method."""
-    if name in SEED:
-        chain = list(SEED)
+    if name in ref.names:
+        chain = list(ref.names)
         return chain[chain.index(name) - 1] if chain.index(name) > 0 else None
     for prefix in ("two-step-pcgrad", "pcgrad"):
         if name.startswith(prefix + "-"):
@@ -602,7 +801,7 @@ def reference_row(name: str) -> str | None:
     return "multitask"
 
 
-def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
+def compare_rows(table: dict[str, Row], data_cfg: TrainConfig, ref: Reference) -> None:
     """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
     the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
     A row whose dev prediction files are incomplete gets no comparison."""
@@ -627,32 +826,46 @@ def compare_rows(table: dict[str, Row], data_cfg: TrainConfig) -> None:
         return {"row": reference, "difference": gap, "ci95": [low, high]}
 
     for name, row in table.items():
-        row.versus = versus(name, reference_row(name))
+        row.versus = versus(name, reference_row(name, ref))
         row.versus_floor = versus(name, "floor") if name != "floor" else None
 
 
 def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_dir: Path, command: str,
-                wall_seconds: float) -> dict[str, Any]:
+                wall_seconds: float, ref: Reference) -> dict[str, Any]:
     """Write DIR/table.json and DIR/table.md and return the JSON."""
-    from mtbert.bench.step import machine
+    from mtbert.bench.machine import machine
 
     unit = budget_unit(configs_dir, budget)
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
     if (configs_dir / "floor.yaml").is_file():  # the data every row was scored on
-        compare_rows(table, floor_config(output_dir, configs_dir))
+        compare_rows(table, floor_config(output_dir, configs_dir, ref.backbone), ref)
     data = {
         "benchmark": "quality", "command": command, **machine(), "time": datetime.now().isoformat(timespec="seconds"),
         "budget": budget, "samples_per_task_per_stage": unit, "budget_definition": BUDGET_NOTE.format(
             unit=unit or 0, budget=budget),
+        "backbone": ref.shown_backbone, "backbone_option": ref.backbone,
+        "model_name_or_path": models_used(list(table), configs_dir, ref),
+        "reference": {"name": ref.name, "table": ref.table, "about": ref.about, "file": str(ref.path)},
         "wall_seconds": round(wall_seconds, 1),
         "rows_wall_seconds": round(sum(r.wall_seconds or 0.0 for r in done), 1),
-        "ensemble_members": list(ENSEMBLE_MEMBERS), "rows": [r.to_dict() for r in rows],
+        "ensemble_members": list(ref.ensemble_members), "rows": [r.to_dict(ref) for r in rows],
+        "row_notes": {name: ref.note(name) for name in table},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(output_dir / "table.json", data)
     atomic_write_text(output_dir / "table.md", markdown(data))
     return data
+
+
+def models_used(names: list[str], configs_dir: Path, ref: Reference) -> list[str]:
+    """The distinct model_name_or_path of the shown rows' configs (and the floor's), as trained: `--backbone`
+    when given."""
+    if ref.backbone is not None:
+        return [ref.backbone]
+    configs = [c for name in names if name != "ensemble" for c in ref.config_names(name)]
+    paths = [configs_dir / f"{c}.yaml" for c in configs]
+    return sorted({load_config(p).model_name_or_path or BUNDLED for p in paths if p.is_file()})
 
 
 def budget_unit(configs_dir: Path, budget: float) -> int | None:
@@ -680,10 +893,16 @@ def hms(seconds: float) -> str:
 
 
 def markdown(data: dict[str, Any]) -> str:
-    """The table as markdown: measured numbers, the seed's alongside, and how and where they were measured."""
+    """The table as markdown: measured numbers, the reference numbers alongside, and how and where they were
+    measured."""
+    reference = data["reference"]
+    models = ", ".join(f"`{m}`" for m in data["model_name_or_path"]) or "—"
+    backbone = (f"`{data['backbone']}` (`--backbone`, in place of every row config's model_name_or_path)"
+                if data["backbone_option"] else f"{data['backbone']} (the row configs' model_name_or_path: {models})")
     lines = [
-        "# Quality: the seed's results table (section 5.4) on this machine", "",
+        f"# The quality table: {reference['name']}'s {reference['table']}, trained here on {data['backbone']}", "",
         f"- Command: `{data['command']}`",
+        f"- Backbone: {backbone}",
         f"- Date: {data['time']}; machine: {data['machine']}, {data['cpus']} CPUs, {data['torch_threads']} torch "
         f"threads, device {data['device']}, torch {data['torch']}",
         f"- Budget: `--budget {data['budget']:g}`: {data['samples_per_task_per_stage'] or 0:,} training samples "
@@ -692,23 +911,23 @@ def markdown(data: dict[str, Any]) -> str:
         "shown, summed over the sittings that trained them",
         "",
         "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
-        "the row named (the previous row of the seed's table; `two-step-pcgrad` for a variant of it; `pcgrad` "
-        "for a PCGrad variant; `multitask` for another method) or of the floor, with the paired 95% bootstrap "
-        "interval of the difference (both rows scored on the same resampled dev examples): an interval that "
-        "excludes 0 is a difference beyond the dev set's noise. Seed: "
-        "the report's numbers (BERT-base on a GPU, the course's 141k-pair Quora train set); the floor's are issue "
-        "8's measurement.",
+        f"the row named (the previous row of the table, as `{Path(reference['file']).name}` orders it; "
+        "`two-step-pcgrad` for a variant of it; `pcgrad` for a PCGrad variant; `multitask` for another method) or "
+        "of the frozen-embedding floor, with the paired 95% bootstrap interval of the difference (both rows scored "
+        "on the same resampled dev examples): an interval that excludes 0 is a difference beyond the dev set's "
+        f"noise. Reference: {reference['name']}'s numbers ({reference['about']}), unless a row's note names "
+        "another source; — where there are none.",
         "",
         "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor | "
-        "Train s | Wall s | Seed SST / Quora / STS / overall | Run dir |",
+        "Train s | Wall s | Reference SST / Quora / STS / overall | Run dir |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in data["rows"]:
-        seed = row["seed"]
-        seed_text = " / ".join(fmt(seed[k]) for k in METRICS) if seed else "—"
+        numbers = row["reference"]
+        reference_text = " / ".join(fmt(numbers[k]) for k in METRICS) if numbers else "—"
         name = f"`{row['row']}`"
         if row["status"] != "done":
-            lines.append(f"| {name} | {row['status']} | | | | | | | | | {seed_text} | |")
+            lines.append(f"| {name} | {row['status']} | | | | | | | | | {reference_text} | |")
             continue
         ci = row["overall_ci95"]
         ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
@@ -717,11 +936,11 @@ def markdown(data: dict[str, Any]) -> str:
         if row.get("versus"):
             versus += f" vs `{row['versus']['row']}`"
         lines.append(f"| {name} | {fmt(row['sst_acc'])} | {fmt(row['para_acc'])} | {fmt(row['sts_corr'])} | "
-                     f"**{fmt(row['overall'])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | {seed_text} | "
-                     f"`{row['run_dir']}` |")
+                     f"**{fmt(row['overall'])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | "
+                     f"{reference_text} | `{row['run_dir']}` |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:
-        lines.append(f"- `{row['row']}`: {row_note(row['row'], data)}")
+        lines.append(f"- `{row['row']}`: {data['row_notes'][row['row']]}")
     lines += ["", "## Budget", "", data["budget_definition"], "", "| Row | Stage | Steps | Samples per task |",
               "|---|---|---|---|"]
     for row in data["rows"]:
@@ -732,24 +951,5 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "Train s: training seconds of the row's stages, evaluation during training included (the ensemble: "
               "its members' summed; the floor: embedding and fitting). Wall s: the whole row, loading, final "
               "evaluation and test predictions included. Quora numbers here come from a 14k-pair training split "
-              "and are not comparable one-to-one with the seed's.", ""]
+              f"and are not comparable one-to-one with {reference['name']}'s.", ""]
     return "\n".join(lines)
-
-
-def row_note(name: str, data: dict[str, Any]) -> str:
-    seed = SEED_NAMES.get(name)
-    text = {
-        "floor": "no fine-tuning: frozen mean-pooled all-MiniLM-L6-v2 embeddings, logistic regression (SST), a "
-                 "cosine threshold fitted on train (Quora), the cosine (STS)",
-        "single-task": "three one-task runs (`single-sst`, `single-para`, `single-sts`) read as one row; its CI "
-                       "resamples their combined dev predictions",
-        "multitask": "the sum of the three task losses",
-        "pcgrad": "PCGrad on the three tasks",
-        "two-step-pcgrad": "PCGrad, then each task fine-tuned alone from stage 1's best encoder with a fresh head",
-        "sw-pcgrad-0-3-1-two-step": "sample-weighted PCGrad with 0:3:1 batches of SST:Quora:STS, then two-step",
-        "ensemble": f"{ENSEMBLE_MODE} of {', '.join(f'`{m}`' for m in data['ensemble_members'])} (the seed's rules: "
-                    "SST mean class rounded, Quora majority, STS mean)",
-    }.get(name, f"extra row trained from `{name}.yaml`")
-    if name == "floor":
-        return f"{text} (reference numbers: issue 8's measurement of this floor)"
-    return text + (f" (seed: {seed})" if seed else "")

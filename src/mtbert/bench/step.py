@@ -1,56 +1,27 @@
-"""`mtbert bench`: seconds per training step of each gradient method, throughput, and the quality table."""
+"""`mtbert bench step`: seconds per training step of each gradient method on the same real batches."""
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import date
-from pathlib import Path
 from typing import Any
 
 import torch
 
+from mtbert.bench.machine import machine
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
 from mtbert.errors import MtbertError
-from mtbert.io import atomic_write_json
 from mtbert.methods.aggregators import AGGREGATORS
 from mtbert.methods.method import Method, plain_objective
 from mtbert.methods.weighting import LOSS_WEIGHTINGS
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
 from mtbert.training.optim import make_optimizer
 
-
-def main(args: argparse.Namespace) -> int:
-    if args.bench == "step":
-        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size)
-    elif args.bench == "throughput":
-        from mtbert.bench.throughput import bench_throughput
-
-        results = bench_throughput(args.examples)
-    else:
-        from mtbert.bench.quality import bench_quality
-
-        results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
-                                Path(args.configs))
-    print(json.dumps(results, indent=2))
-    if getattr(args, "json", None):
-        atomic_write_json(args.json, results)
-    return 0
-
-
-def machine() -> dict[str, Any]:
-    return {"date": date.today().isoformat(), "machine": platform.machine(), "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
-
-
-BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd")
+PUBLIC_API_ROWS = ("surgery-api", "multitask-trainer")
+BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd", *PUBLIC_API_ROWS)
 
 
 def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
@@ -58,7 +29,8 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
 
     A method is an aggregator (`AGGREGATORS`), a loss weighting (`uncertainty`, `famo`: one backward per task,
     no buffer), `pcgrad-per-layer` (PCGrad on each encoder layer's block) or `torchjd` (torchjd's
-    `mtl_backward` + `jac_to_grad` with its PCGrad aggregator).
+    `mtl_backward` + `jac_to_grad` with its PCGrad aggregator), or a row of the public Python API
+    (`surgery-api`, `multitask-trainer`: see `public_api_steps`).
     """
     known = (*AGGREGATORS, *LOSS_WEIGHTINGS, *BENCH_STEP_EXTRA)
     for method in methods:
@@ -79,7 +51,8 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
     tasks = [s.name for s in specs]
     # every row built as training builds it (per-layer groups need the parameters' names); torchjd is its own step
     built = {m: Method(m.removesuffix("-per-layer"), model, tasks, seed=0, per_layer=m.endswith("-per-layer"))
-             for m in methods if m != "torchjd"}
+             for m in methods if m not in ("torchjd", *PUBLIC_API_ROWS)}
+    api_steps = public_api_steps(model, {s.name: data[s.name].train for s in specs}, batch_size, methods)
     for name, method in built.items():
         if method.loss_module is not None:
             model.add_module(f"loss_weighting_{name}", method.loss_module)
@@ -93,6 +66,8 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
             start = time.perf_counter()
             if name == "torchjd":
                 torchjd_step(model, batches, scale)
+            elif name in api_steps:
+                api_steps[name](batches)
             else:
                 losses, _ = built[name].backward(batches, scale, objective)
                 built[name].after_step(losses)
@@ -126,3 +101,47 @@ def torchjd_step(model: MultiTaskModel, batches: dict[str, dict], scale: dict[st
     mtl_backward(losses, features=features, shared_params=shared)
     jac_to_grad([p for p in shared if getattr(p, "jac", None) is not None], PCGrad())
 
+
+
+def public_api_steps(model: MultiTaskModel, train_sets: dict[str, Any], batch_size: int,
+                     methods: list[str]) -> dict[str, Callable[[dict[str, dict]], None]]:
+    """The asked-for rows of the public Python API, as functions of one step's batches that leave `.grad` set.
+
+    Both run PCGrad with the loss scale of the `sum` row (each task's summed loss over batch_size):
+    `surgery-api` is `mtbert.GradientSurgery` in a plain loop (one backward per task, `collect`, `apply`), and
+    `multitask-trainer` is `MultiTaskTrainer.multitask_step`, its `training_step` on given batches.
+    """
+    steps: dict[str, Callable[[dict[str, dict]], None]] = {}
+    if "surgery-api" in methods:
+        from mtbert.methods.surgery import GradientSurgery
+
+        surgery = GradientSurgery(model.encoder.named_parameters(), "pcgrad", seed=0,
+                                  embedding=model.encoder.get_input_embeddings().weight)
+
+        def surgery_step(batches: dict[str, dict]) -> None:
+            surgery.begin_step([x["input_ids"] for b in batches.values() for x in b["inputs"]])
+            for task, batch in batches.items():
+                outputs = model(task, batch["inputs"])
+                (task_loss(model.specs[task], outputs, batch["labels"]) / batch_size).backward()
+                surgery.collect(task)
+            surgery.apply(diagnostics=False)
+
+        steps["surgery-api"] = surgery_step
+    if "multitask-trainer" in methods:
+        import tempfile
+
+        from transformers import TrainingArguments
+
+        from mtbert.integrations.trainer import MultiTaskTrainer
+
+        folder = tempfile.TemporaryDirectory(prefix="mtbert-bench-")
+        with torch.random.fork_rng(devices=[]):  # Trainer seeds the global RNG: keep the other rows' dropout as is
+            args = TrainingArguments(output_dir=folder.name, per_device_train_batch_size=batch_size, use_cpu=True,
+                                     report_to="none", save_strategy="no", disable_tqdm=True)
+            trainer = MultiTaskTrainer(model, args, train_dataset=train_sets, method="pcgrad")
+
+        def trainer_step(batches: dict[str, dict], _keep: Any = folder) -> None:
+            trainer.multitask_step(model, batches)
+
+        steps["multitask-trainer"] = trainer_step
+    return steps

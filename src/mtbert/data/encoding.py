@@ -1,4 +1,4 @@
-"""Tokenizing examples and batching them with dynamic padding."""
+"""Tokenizing examples and batching them with dynamic padding, or packed (model/packing.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from mtbert.data.files import Example
+from mtbert.model.packing import pack_sequences
 from mtbert.tasks import TaskSpec
 
 
@@ -74,6 +75,22 @@ def collate(encoded: EncodedSet, indices: list[int], pad_token_id: int) -> dict:
             attention[row, : len(s)] = 1
             type_ids[row, : len(t)] = torch.tensor(t)
         inputs.append({"input_ids": input_ids, "attention_mask": attention, "token_type_ids": type_ids})
+    labels = None
+    if encoded.labels and encoded.labels[indices[0]] is not None:
+        labels = torch.tensor([encoded.labels[i] for i in indices], dtype=torch.float)
+    return {"inputs": inputs, "labels": labels}
+
+
+def collate_packed(encoded: EncodedSet, indices: list[int], pad_token_id: int) -> dict:
+    """The batch of `collate` (same examples, same order, same labels) with each encoder input packed.
+
+    Each input is laid out by `mtbert.model.packing.pack_sequences`: rows of concatenated examples with
+    restarting position ids, so almost no padding; `MultiTaskModel.embed` runs it with a block-diagonal
+    attention mask (or, for an encoder that cannot, as the padded batch).
+    """
+    n_inputs = len(encoded.features[indices[0]])
+    inputs = [pack_sequences([encoded.features[i][k] for i in indices], [encoded.token_types[i][k] for i in indices],
+                             pad_token_id) for k in range(n_inputs)]
     labels = None
     if encoded.labels and encoded.labels[indices[0]] is not None:
         labels = torch.tensor([encoded.labels[i] for i in indices], dtype=torch.float)

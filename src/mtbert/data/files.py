@@ -1,19 +1,26 @@
-"""Reading a task's CS224N-style file: every row loaded or reported with its file, line and reason."""
+"""Reading a task file: every row loaded or reported with its file, line (or row) and reason.
+
+Delimited text (.csv, .tsv, the CS224N files) is read here; JSON, JSON Lines and Parquet in `formats`.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import logging
-import math
 import re
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
+from mtbert.data.rows import (  # noqa: F401 - the reading API, re-exported
+    Example,
+    LabelParser,
+    ReadResult,
+    _parse_label,
+    _parse_name,
+    as_text,
+    label_parser,
+)
 from mtbert.errors import DataError
 from mtbert.tasks import TaskSpec
 
@@ -22,61 +29,46 @@ logger = logging.getLogger(__name__)
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
 
-@dataclass
-class Example:
-    """One row of a task file: its id, its one or two texts, and its label (None when unlabeled)."""
-
-    id: str
-    texts: tuple[str, ...]
-    label: float | None
-    line: int
-
-
-@dataclass
-class ReadResult:
-    """What reading a file gave: the loaded examples and every skipped row with its line and reason."""
-
-    path: Path
-    examples: list[Example] = field(default_factory=list)
-    skipped: list[tuple[int, str]] = field(default_factory=list)
-
-    @property
-    def rows(self) -> int:
-        """Rows in the file (after the header): always loaded + skipped."""
-        return len(self.examples) + len(self.skipped)
+def delimiter_of(path: Path, spec: TaskSpec, first_line: str) -> str:
+    """The task's `delimiter`, else tab for .tsv, else tab or comma, whichever the header line has (tab first)."""
+    if spec.delimiter is not None:
+        return spec.delimiter
+    if path.suffix.lower() == ".tsv" or "\t" in first_line:
+        return "\t"
+    return "," if "," in first_line else "\t"
 
 
-def _parse_label(raw: str, spec: TaskSpec) -> tuple[float | None, str | None]:
-    """Return (label, None) or (None, reason to skip the row)."""
-    text = raw.strip()
-    if not text:
-        return None, "empty label"
-    try:
-        value = float(text)
-    except ValueError:
-        return None, f"label '{text[:20]}' is not a number"
-    if not math.isfinite(value):
-        return None, f"label '{text[:20]}' is not finite"
-    if spec.is_regression:
-        if not spec.label_min <= value <= spec.label_max:
-            return None, f"label {value:g} is outside {spec.label_min:g}..{spec.label_max:g}"
-        return value, None
-    if value != int(value) or not 0 <= value < spec.num_labels:
-        return None, f"label {text[:20]} is not a class in 0..{spec.num_labels - 1}"
-    return float(int(value)), None
+def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True,
+                   parse: LabelParser | None = None, report: bool = True) -> ReadResult:
+    """Read one task file of any supported format (by suffix: .json, .jsonl/.ndjson, .parquet, else delimited).
 
-
-def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> ReadResult:
-    """Read one tab-separated task file; skip and record rows that cannot be used.
-
-    Raises DataError (naming the file and line) when the file is missing, not UTF-8, has no header,
-    lacks a needed column, or cannot be parsed at all.
+    Every row is loaded or recorded in `skipped` with its line (row for JSON arrays and Parquet) and reason;
+    a summary warning counts the skipped rows. Raises DataError, one sentence naming the file (and line), when
+    the file is missing, unreadable, not UTF-8, has no header, lacks a needed column, or cannot be parsed at all.
+    `parse` overrides how labels are read (default: `label_parser(spec)`); `report=False` logs no summary.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    wanted = [spec.id_column, *spec.text_columns] + ([spec.label_column] if labeled else [])
+    from mtbert.data import formats
+
+    parse = parse or label_parser(spec)
+    suffix = path.suffix.lower()
+    if suffix in formats.JSON_SUFFIXES:
+        result = formats.read_json(path, spec, labeled, parse)
+    elif suffix in formats.PARQUET_SUFFIXES:
+        result = formats.read_parquet(path, spec, labeled, parse)
+    else:
+        result = _read_delimited(path, spec, labeled, parse)
+    if report:
+        result.log_summary()
+    return result
+
+
+def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParser) -> ReadResult:
+    """Delimited text; the CS224N files are tab-separated with an `id` column."""
     result = ReadResult(path=path)
+    delimiter = "\t"
     seen_ids: dict[str, int] = {}
     line = 1
     try:
@@ -88,11 +80,15 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> Re
             # Name the line of the first bad byte (the line breaks csv counts: \r\n, \r or \n).
             line = len(re.findall(rb"\r\n?|\n", data[: err.start])) + 1
             raise
+        delimiter = delimiter_of(path, spec, text.split("\n", 1)[0])
         with io.StringIO(text, newline="") as handle:
-            reader = csv.reader(handle, delimiter="\t")
+            reader = csv.reader(handle, delimiter=delimiter)
             header = next(reader, None)
             if header is None:
                 raise DataError(f"{path}, line 1: the file is empty (a header line is needed)")
+            id_column = spec.id_column or ("id" if "id" in header else None)
+            wanted = ([id_column] if id_column else []) + [*spec.text_columns] + ([spec.label_column] if labeled
+                                                                                   else [])
             positions = {}
             for column in wanted:
                 if column not in header:
@@ -112,9 +108,9 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> Re
                 if reason is None:
                     label = None
                     if labeled:
-                        label, reason = _parse_label(row[positions[spec.label_column]], spec)
+                        label, reason = parse(row[positions[spec.label_column]])
                 if reason is None:
-                    example_id = row[positions[spec.id_column]].strip()
+                    example_id = row[positions[id_column]].strip() if id_column else str(start)
                     if not example_id:
                         reason = "empty id"
                     elif example_id in seen_ids:
@@ -128,13 +124,8 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True) -> Re
     except UnicodeDecodeError:
         raise DataError(f"{path}, line {line}: not valid UTF-8 text") from None
     except csv.Error as err:
-        raise DataError(f"{path}, line {line}: cannot be parsed as tab-separated text ({err})") from None
+        kind = {"\t": "tab", ",": "comma"}.get(delimiter, repr(delimiter))
+        raise DataError(f"{path}, line {line}: cannot be parsed as {kind}-separated text ({err})") from None
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror})") from None
-    if result.skipped:
-        shown = ", ".join(f"{n} ({why})" for n, why in result.skipped[:5])
-        more = f" and {len(result.skipped) - 5} more" if len(result.skipped) > 5 else ""
-        logger.warning(
-            "%s: skipped %d of %d rows: line %s%s", path, len(result.skipped), result.rows, shown, more
-        )
     return result

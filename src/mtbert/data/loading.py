@@ -1,15 +1,17 @@
-"""Loading every task's splits: read, check and tokenize."""
+"""Loading every task's splits: find each split (a file, or a split of a `datasets` dataset), read, check, tokenize."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mtbert.data.encoding import EncodedSet, encode_examples
-from mtbert.data.files import read_task_file
+from mtbert.data.files import LabelParser, ReadResult, as_text, label_parser, read_task_file
 from mtbert.errors import DataError
-from mtbert.tasks import TaskSpec
+from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec
 
 logger = logging.getLogger(__name__)
 
@@ -17,13 +19,13 @@ logger = logging.getLogger(__name__)
 DATA_HELP = (
     "the CS224N files (ids-sst-*.csv, quora-*.csv, sts-*.csv, published with the course's default project "
     "at https://github.com/gpoesia/minbert-default-final-project under data/) are needed there; "
-    "set MTBERT_DATA or data_dir to the folder that holds them"
+    "run `mtbert data download --to DIR` to fetch them, and set MTBERT_DATA or data_dir to the folder that holds them"
 )
 
 
 @dataclass
 class TaskData:
-    """A task's tokenized splits; dev and test are None when their file is absent."""
+    """A task's tokenized splits; dev and test are None when their file is absent. `spec` has its label names."""
 
     spec: TaskSpec
     train: EncodedSet | None
@@ -31,33 +33,108 @@ class TaskData:
     test: EncodedSet | None
 
 
+def read_split(spec: TaskSpec, split: str, data_dir: Path, labeled: bool | None = None,
+               parse: LabelParser | None = None, report: bool = True) -> ReadResult | None:
+    """Read one split ("train", "dev" or "test") of a task: its file under data_dir, or its dataset's split.
+
+    Returns None when the task has no such split, or when its test file or split is absent (logged). A missing
+    train or dev source is a DataError. `labeled` defaults to every split but test.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
+    labeled = split != "test" if labeled is None else labeled
+    parse = parse or label_parser(spec)
+    if spec.dataset is not None:
+        from mtbert.data import formats
+
+        if split == "test" and not formats.has_dataset_split(spec, split, data_dir):
+            if spec.test_split is not None:
+                logger.warning("task %s: dataset '%s' has no split '%s', skipping %s test predictions", spec.name,
+                               spec.dataset, spec.test_split, spec.name)
+            return None
+        return formats.read_dataset_split(spec, split, labeled, parse, data_dir, report=report)
+    name = getattr(spec, f"{split}_file")
+    if not name:
+        return None
+    path = data_dir / name
+    if not path.is_file():
+        if split == "test":
+            logger.warning("%s: test file not found, skipping %s test predictions", path, spec.name)
+            return None
+        hint = DATA_HELP if spec.name in BUILTIN_TASKS else f"{split}_file is relative to data_dir ({data_dir})"
+        raise DataError(f"{path}: file not found; {hint}")
+    return read_task_file(path, spec, labeled=labeled, parse=parse, report=report)
+
+
+class _NumericLabel(Exception):
+    """A training label is a number: the task's labels are class indices, not names."""
+
+
+def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
+    """The task with its `label_names` filled in when its classification labels are names.
+
+    Given `label_names` are kept (their order is the class order); else the training split's ClassLabel names;
+    else, when no training label is a number, the sorted distinct training labels. Numeric labels stay class
+    indices 0..num_labels-1.
+    """
+    if spec.is_regression or spec.label_names is not None:
+        return spec
+    names: list[str] | None = None
+    if spec.dataset is not None:
+        from mtbert.data import formats
+
+        found = formats.class_label_names(spec, data_dir)
+        names = list(found) if found is not None else None
+    if names is None:
+        seen: set[str] = set()
+
+        def collect(raw: Any) -> tuple[float | None, str | None]:
+            text = (raw if isinstance(raw, str) else as_text(raw)).strip()
+            if not text:
+                return None, "empty label"
+            try:
+                float(text)
+            except ValueError:
+                seen.add(text)
+                return 0.0, None
+            raise _NumericLabel
+
+        try:
+            read_split(spec, "train", data_dir, labeled=True, parse=collect, report=False)
+        except _NumericLabel:
+            return spec
+        names = sorted(seen)
+    if not names:
+        return spec
+    if len(names) < 2:
+        raise DataError(f"task {spec.name}: every training label is '{names[0]}'; a classification task needs "
+                        "at least two classes")
+    logger.info("task %s: %d classes by name: %s", spec.name, len(names), ", ".join(names[:20]))
+    return dataclasses.replace(spec, label_names=tuple(names), num_labels=len(names))
+
+
 def load_task_data(specs: list[TaskSpec], data_dir: Path, tokenizer, max_length: int, pair_architecture: str,
                    max_train_samples: int | None = None, max_eval_samples: int | None = None,
                    max_predict_samples: int | None = None,
                    splits: tuple[str, ...] = ("train", "dev", "test")) -> dict[str, TaskData]:
-    """Read and tokenize every task's files. A missing train or dev file is an error; a missing test file is skipped."""
-    if not data_dir.is_dir():
+    """Read and tokenize every task's splits. A missing train or dev source is an error; a missing test one is
+    skipped. Each TaskData's spec has the task's label names resolved (see `resolve_labels`)."""
+    if any(spec.dataset is None for spec in specs) and not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; {DATA_HELP}")
     out = {}
     for spec in specs:
+        spec = resolve_labels(spec, data_dir)
         sets: dict[str, EncodedSet | None] = {"train": None, "dev": None, "test": None}
         for split in splits:
-            name = getattr(spec, f"{split}_file")
-            if not name:
+            result = read_split(spec, split, data_dir)
+            if result is None:
                 continue
-            path = data_dir / name
-            if split == "test" and not path.is_file():
-                logger.warning("%s: test file not found, skipping %s test predictions", path, spec.name)
-                continue
-            if not path.is_file():
-                raise DataError(f"{path}: file not found; {DATA_HELP}")
-            result = read_task_file(path, spec, labeled=split != "test")
             examples = result.examples
             limit = {"train": max_train_samples, "dev": max_eval_samples, "test": max_predict_samples}[split]
             if limit is not None:
                 examples = examples[:limit]
             if split != "test" and not examples:
-                raise DataError(f"{path}: no usable rows")
+                raise DataError(f"{result.where}: no usable rows")
             sets[split] = encode_examples(tokenizer, spec, examples, max_length, pair_architecture)
         out[spec.name] = TaskData(spec=spec, **sets)
     return out

@@ -3,7 +3,7 @@
 Every strategy keeps the step's total at (number of active tasks) x per_device_train_batch_size, and
 gives every active task at least one sample, so a step always has a batch from each task.
 
-- `fixed-ratio`: `task_ratio` as given (the seed's scheme; 1:1:1 by default).
+- `fixed-ratio`: `task_ratio` as given (the CS224N report's scheme; 1:1:1 by default).
 - `proportional`: shares proportional to the training-set sizes.
 - `temperature`: shares proportional to size^(1/T) (T = `sampling_temperature`; T=1 is proportional,
   large T tends to uniform), as in multilingual BERT and Stickland & Murray 2019 (PALs,

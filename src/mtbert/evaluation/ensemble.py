@@ -1,6 +1,6 @@
-"""Combining runs: the seed's vote over prediction files, or a soft average of their scores.
+"""Combining runs: the CS224N report's vote over prediction files, or a soft average of their scores.
 
-Vote (the seed's rules, by task kind): a single-sentence classification task takes the mean of the
+Vote (the CS224N report's rules, by task kind): a single-sentence classification task takes the mean of the
 members' classes rounded half up; a pair-classification task takes the majority vote, a tie going to
 the earliest member listed; a regression task takes the mean value. Soft averages the members'
 `scores/` (probabilities or values) and then decides as one model would.
@@ -18,6 +18,7 @@ import numpy as np
 
 from mtbert.errors import DataError, MtbertError
 from mtbert.io import atomic_write_json
+from mtbert.runs.layout import PREDICTIONS, SCORES, RunDir
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -38,11 +39,12 @@ class Member:
 
 def resolve_member(path: Path) -> Member:
     """A run folder (config.yaml or predictions/ inside) or a predictions/ folder; anything else is an error."""
-    if (path / "config.yaml").is_file() or (path / "predictions").is_dir():
-        run_dir = path if (path / "config.yaml").is_file() else None
-        return Member(path, path / "predictions", path / "scores", run_dir)
+    run = RunDir(path)
+    if run.config.is_file() or (run.root / PREDICTIONS).is_dir():
+        run_dir = path if run.config.is_file() else None
+        return Member(path, run.root / PREDICTIONS, run.root / SCORES, run_dir)
     if path.is_dir():
-        run_dir = path.parent if (path.parent / "config.yaml").is_file() else None
+        run_dir = path.parent if RunDir(path.parent).config.is_file() else None
         return Member(path, path, None, run_dir)
     raise MtbertError(f"{path}: ensemble member not found (give a run folder or its predictions/ folder)")
 
@@ -68,7 +70,7 @@ def score_columns(spec: TaskSpec) -> list[str]:
 
 
 def vote(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
-    """Combine members' predictions (members x examples) by the seed's rule for the task's kind."""
+    """Combine members' predictions (members x examples) by the CS224N report's rule for the task's kind."""
     predictions = np.asarray(predictions, dtype=float)
     if spec.is_regression:
         return predictions.mean(axis=0)
@@ -179,12 +181,13 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
 def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, float] | None:
     """{id: label} of the task's dev file (its first `limit` usable rows), or None when the file is absent."""
     from mtbert.data import read_task_file
+    from mtbert.evaluation.finished import usable_examples
 
     if not spec.dev_file or not (data_dir / spec.dev_file).is_file():
         logger.warning("%s: no dev labels for task %s (file %s not found); its dev metrics are left out",
                        data_dir, spec.name, spec.dev_file)
         return None
-    examples = read_task_file(data_dir / spec.dev_file, spec).examples
+    examples = usable_examples(read_task_file(data_dir / spec.dev_file, spec))
     if limit is not None:
         examples = examples[:limit]
     return {e.id: float(e.label) for e in examples}
@@ -223,7 +226,10 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
     metrics, member_metrics = dev_metrics(dev, data_dir, max_eval_samples, len(resolved))
     results = {"mode": mode, "members": [str(m) for m in members], "ensemble": metrics,
                "member_metrics": member_metrics, "files": written}
-    atomic_write_json(output_dir / "results.json", results)
+    atomic_write_json(RunDir(output_dir).results, results)
+    from mtbert.runs.model_card import write_ensemble_card
+
+    write_ensemble_card(output_dir, results, specs)  # README.md: members, rule, dev metrics
     return results
 
 

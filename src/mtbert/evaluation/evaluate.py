@@ -2,26 +2,40 @@
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from mtbert.data import EncodedSet, collate, length_sorted_batches
+from mtbert.data.encoding import collate_packed
 from mtbert.distributed import ONE_PROCESS, Ranks
+from mtbert.errors import MtbertError
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.model import MultiTaskModel, decide
+
+QUANTIZATIONS = ("int8",)
+PACKED_PREDICTION = True  # packed length-sorted batches (measured faster than padded ones on this CPU)
 
 
 def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad_token_id: int,
                 device: torch.device | str = "cpu", progress: bool = False,
-                ranks: Ranks = ONE_PROCESS) -> tuple[np.ndarray, np.ndarray]:
+                ranks: Ranks = ONE_PROCESS, packed: bool = PACKED_PREDICTION,
+                quantize: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Predictions and scores (probabilities or values) for every example, in the set's original order.
 
-    Examples are batched longest-first so that each batch pads little. With several ranks (all of them must
-    call this) each predicts a strided share of the batches and every rank gets all the results.
+    Examples are batched longest-first so that each batch pads little, and each batch is packed (`packed`;
+    model/packing.py) so that almost none is left. With several ranks (all of them must call this) each predicts
+    a strided share of the batches and every rank gets all the results. `quantize="int8"` predicts with a
+    dynamically int8-quantized copy of the model's linear layers, on the CPU (`quantized`).
     """
+    if quantize is not None:
+        model, device = quantized(model, quantize), "cpu"
     batches = ranks.shard(list(length_sorted_batches(encoded, batch_size)))
-    done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress))
+    done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress, packed))
     n = len(encoded)
     predictions = np.zeros(n)
     scores = np.zeros((n, done[0][2].shape[-1])) if done else np.zeros((0, 1))
@@ -31,15 +45,28 @@ def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad
     return predictions, scores
 
 
+def quantized(model: MultiTaskModel, kind: str) -> MultiTaskModel:
+    """A CPU copy of the model with every nn.Linear dynamically quantized to int8 (torch.ao, fbgemm kernels)."""
+    if kind not in QUANTIZATIONS:
+        raise MtbertError(f"--quantize: unknown quantization '{kind}' (choices: {', '.join(QUANTIZATIONS)})")
+    on_cpu = all(p.device.type == "cpu" for p in model.parameters())
+    source = model if on_cpu else copy.deepcopy(model).cpu()
+    with warnings.catch_warnings():  # torch.ao's eager-mode quantization warns that it moves to torchao
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(source, {nn.Linear}, dtype=torch.qint8)  # copies
+
+
 @torch.inference_mode()
 def _predict_batches(model: MultiTaskModel, encoded: EncodedSet, batches: list[list[int]], pad_token_id: int,
-                     device: torch.device | str, progress: bool) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
+                     device: torch.device | str, progress: bool, packed: bool = PACKED_PREDICTION
+                     ) -> list[tuple[list[int], np.ndarray, np.ndarray]]:
     """(indices, predictions, scores) of each batch."""
     was_training = model.training
     model.eval()
+    make_batch = collate_packed if packed else collate
     done = []
     for indices in tqdm(batches, desc=f"predict {encoded.spec.name}", disable=not progress, leave=False):
-        batch = collate(encoded, indices, pad_token_id)
+        batch = make_batch(encoded, indices, pad_token_id)
         inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
         outputs = model(encoded.spec.name, inputs).float()
         pred, score = decide(encoded.spec, outputs)

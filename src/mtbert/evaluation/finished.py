@@ -4,48 +4,63 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from mtbert.config import TrainConfig, load_config
-from mtbert.data import Example, encode_examples, read_task_file
-from mtbert.errors import MtbertError
+from mtbert.data import Example, ReadResult, encode_examples, read_task_file
+from mtbert.data.quotes import runaway_quote_line
+from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.evaluate import predict_set
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.evaluation.predict import format_value, write_cs224n, write_csv
 from mtbert.model import MultiTaskModel, load_tokenizer
+from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.tasks import TaskSpec
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
-    if not (run_dir / "config.yaml").is_file():
+    run = RunDir(run_dir)
+    if not run.config.is_file():
         raise MtbertError(f"{run_dir}: not a run folder (config.yaml is missing)")
-    return load_config(run_dir / "config.yaml")
+    return load_config(run.config)
 
 
 def model_dirs(run_dir: Path, cfg: TrainConfig) -> dict[str, Path]:
     """The checkpoint that predicts each task: tasks/<task>/best for two-step runs, else best/."""
-    out = {}
-    for spec in cfg.task_specs():
-        specialised = run_dir / "tasks" / spec.name / "best"
-        out[spec.name] = specialised if specialised.is_dir() else run_dir / "best"
+    out = {spec.name: RunDir(run_dir).model_for(spec.name) for spec in cfg.task_specs()}
     for task, path in out.items():
-        if not (path / "mtbert_config.json").is_file():
+        if not (path / MODEL_CONFIG).is_file():
             raise MtbertError(f"{path}: the model for task {task} is missing (is the run finished?)")
     return out
 
 
+def load_model(path: Path, device: torch.device) -> tuple[MultiTaskModel, Any]:
+    """A run's saved model and tokenizer; a damaged folder (truncated or garbled files) is one MtbertError."""
+    try:
+        return MultiTaskModel.from_pretrained(path).to(device), load_tokenizer(path)
+    except MtbertError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MtbertError(f"{path}: the saved model cannot be loaded (damaged or incomplete: {reason[:200]})") from None
+
+
 def trained_tasks(run_dir: Path, cfg: TrainConfig) -> list[TaskSpec]:
     """Tasks the run's models can predict (a ratio-0 task of a one-stage run has no trained head)."""
-    if (run_dir / "tasks").is_dir() or cfg.task_ratio is None:
+    if RunDir(run_dir).tasks_dir.is_dir() or cfg.task_ratio is None:
         return cfg.task_specs()
     ratios = cfg.ratios()
     return [s for s in cfg.task_specs() if ratios[s.name] > 0]
 
 
-def evaluate_run(run_dir: Path, files: dict[str, str] | None = None) -> dict[str, float]:
-    """Metrics (and the overall score's bootstrap interval) of a run's models on labeled files."""
+def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: str | None = None) -> dict[str, float]:
+    """Metrics (and the overall score's bootstrap interval) of a run's models on labeled files.
+
+    `quantize="int8"` predicts with dynamically int8-quantized linear layers, on the CPU (`predict_set`)."""
     cfg = load_run_config(run_dir)
     specs = {s.name: s for s in trained_tasks(run_dir, cfg)}
     files = files or {}
@@ -57,20 +72,19 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None) -> dict[str
     results = {}
     for name, spec in specs.items():
         path = Path(files[name]) if name in files else cfg.resolved_data_dir() / spec.dev_file
-        examples = read_task_file(path, spec, labeled=True).examples
-        model = MultiTaskModel.from_pretrained(dirs[name]).to(device)
-        tokenizer = load_tokenizer(dirs[name])
+        examples = usable_examples(read_task_file(path, spec, labeled=True))
+        model, tokenizer = load_model(dirs[name], device)
         encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
         predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0,
-                                     device, progress=True)
+                                     device, progress=True, quantize=quantize)
         results[name] = (spec, predictions, np.array([e.label for e in examples]))
     metrics = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     return metrics
 
 
-def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str) -> None:
-    """Predict one task for a file (or standard input) and write CS224N or CSV lines."""
+def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str, quantize: str | None = None) -> None:
+    """Predict one task for a file (or standard input) and write CS224N or CSV lines (`quantize`: see evaluate_run)."""
     cfg = load_run_config(run_dir)
     specs = {s.name: s for s in trained_tasks(run_dir, cfg)}
     if task not in specs:
@@ -79,14 +93,13 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
     if input_path == "-":
         examples = examples_from_lines(sys.stdin.read().splitlines(), spec)
     else:
-        examples = read_task_file(input_path, spec, labeled=False).examples
+        examples = usable_examples(read_task_file(input_path, spec, labeled=False))
     path = model_dirs(run_dir, cfg)[task]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = MultiTaskModel.from_pretrained(path).to(device)
-    tokenizer = load_tokenizer(path)
+    model, tokenizer = load_model(path, device)
     encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
     predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
-                                 progress=output != "-")
+                                 progress=output != "-", quantize=quantize)
     ids = [e.id for e in examples]
     if output == "-":
         for example_id, value in zip(ids, predictions, strict=True):
@@ -106,4 +119,32 @@ def examples_from_lines(lines: list[str], spec: TaskSpec) -> list[Example]:
         if len(texts) != want:
             raise MtbertError(f"<stdin>, line {number}: expected {want} tab-separated text(s), found {len(texts)}")
         examples.append(Example(id=str(number), texts=tuple(t.strip() for t in texts), label=None, line=number))
+    if not examples:
+        raise DataError(f"<stdin>: no examples to predict ({len(lines)} lines read, none with text); give one "
+                        "example per line, the two texts of a pair separated by a tab")
     return examples
+
+
+def usable_examples(result: ReadResult) -> list[Example]:
+    """The examples a file gave; DataError (rows read and skipped, the first reasons) when it gave none.
+
+    A quote that opens a field and is never closed takes in the rest of the file as one field: that is a
+    DataError naming the line where the quote opened, even when the rows above it were usable.
+    """
+    path = result.path
+    delimited = result.unit == "line" and not result.source and path.suffix.lower() not in (".json", ".jsonl",
+                                                                                             ".ndjson")
+    opened = runaway_quote_line(path) if delimited else None
+    if opened is not None:
+        usable = f"{len(result.examples)} usable" if result.examples else "no usable rows"
+        raise DataError(f"{path}, line {opened}: a quote opens a field on this line and is never closed, so it takes "
+                        f"in the rest of the file ({result.rows} rows read, {len(result.skipped)} skipped, {usable}); "
+                        "remove the stray quote or close it")
+    if result.examples:
+        return result.examples
+    if not result.rows:
+        raise DataError(f"{result.where}: no usable rows (0 rows read after the header line)")
+    reasons = "; ".join(f"line {line}: {why}" for line, why in result.skipped[:3])
+    more = f"; and {len(result.skipped) - 3} more" if len(result.skipped) > 3 else ""
+    raise DataError(f"{result.where}: no usable rows ({result.rows} rows read, {len(result.skipped)} skipped: "
+                    f"{reasons}{more})")

@@ -1,7 +1,13 @@
-"""Prediction files: the CS224N format (`id \t Predicted_...` then `{id} , {value} `) and plain CSV."""
+"""Prediction files: the CS224N format (`id \t Predicted_...` then `{id} , {value} `) and plain CSV.
+
+Predictions are written in the task's label space: a class name when the task has `label_names`, else the class
+index or the value.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
 from pathlib import Path
 
 import numpy as np
@@ -11,9 +17,20 @@ from mtbert.tasks import TaskSpec
 
 
 def format_value(spec: TaskSpec, value: float) -> str:
+    """A prediction as written: the value (regression), the class name (`label_names`), else the class index."""
     if spec.is_regression:
         return f"{float(value):.6g}"
+    if spec.label_names is not None:
+        return spec.label_names[int(value)]
     return str(int(value))
+
+
+def parse_value(spec: TaskSpec | None, text: str) -> float:
+    """The inverse of `format_value`: a class name back to its index; ValueError when it is neither name nor number."""
+    text = text.strip()
+    if spec is not None and spec.label_names is not None and text in spec.label_names:
+        return float(spec.label_names.index(text))
+    return float(text)
 
 
 def write_cs224n(path: str | Path, spec: TaskSpec, ids: list[str], predictions: np.ndarray) -> None:
@@ -24,9 +41,12 @@ def write_cs224n(path: str | Path, spec: TaskSpec, ids: list[str], predictions: 
 
 
 def write_csv(path: str | Path, spec: TaskSpec, ids: list[str], predictions: np.ndarray) -> None:
-    """Plain CSV: `id,prediction`."""
-    lines = ["id,prediction"] + [f"{i},{format_value(spec, p)}" for i, p in zip(ids, predictions, strict=True)]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    """Plain CSV: `id,prediction` (fields quoted where they hold a comma or a quote)."""
+    handle = io.StringIO()
+    writer = csv.writer(handle, lineterminator="\n")
+    writer.writerow(["id", "prediction"])
+    writer.writerows([i, format_value(spec, p)] for i, p in zip(ids, predictions, strict=True))
+    atomic_write_text(path, handle.getvalue())
 
 
 def write_scores(path: str | Path, spec: TaskSpec, ids: list[str], scores: np.ndarray) -> None:
@@ -42,8 +62,11 @@ def write_scores(path: str | Path, spec: TaskSpec, ids: list[str], scores: np.nd
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
-def read_cs224n(path: str | Path) -> tuple[str, dict[str, float]]:
-    """Read a CS224N prediction file: (header column name, {id: value}) in file order."""
+def read_cs224n(path: str | Path, spec: TaskSpec | None = None) -> tuple[str, dict[str, float]]:
+    """Read a CS224N prediction file: (header column name, {id: value}) in file order.
+
+    With `spec`, class names (its `label_names`) are read back as class indices.
+    """
     from mtbert.errors import DataError
 
     path = Path(path)
@@ -58,11 +81,11 @@ def read_cs224n(path: str | Path) -> tuple[str, dict[str, float]]:
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
-        parts = line.split(",")
+        parts = line.split(",", 1) if spec is not None and spec.label_names else line.split(",")  # names may hold ","
         if len(parts) != 2:
             raise DataError(f"{path}, line {number}: expected '{{id}} , {{prediction}}'")
         try:
-            values[parts[0].strip()] = float(parts[1])
+            values[parts[0].strip()] = parse_value(spec, parts[1])
         except ValueError:
             raise DataError(f"{path}, line {number}: prediction '{parts[1].strip()}' is not a number") from None
     return header, values

@@ -22,6 +22,7 @@ from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import load_run_config
 from mtbert.io import atomic_write_text, read_jsonl
+from mtbert.runs.layout import METRICS, RESULTS, STAGE1, RunDir
 from mtbert.tasks import TaskSpec
 
 DPI = 150
@@ -113,18 +114,18 @@ def load_run(run_dir: Path) -> Run:
     if not run_dir.is_dir():
         raise MtbertError(f"{run_dir}: not a run folder (no such folder)")
     cfg = load_run_config(run_dir)
-    results = read_json(run_dir, "results.json")
-    history = read_required_jsonl(run_dir, "metrics.jsonl")
+    results = read_json(run_dir, RESULTS)
+    history = read_required_jsonl(run_dir, METRICS)
     run = Run(name=run_dir.name, path=run_dir, cfg=cfg, results=results, history=dev_lines(history))
     if cfg.two_step is None:
-        run.train_log = read_jsonl(run_dir / "train_log.jsonl")
+        run.train_log = gradient_lines(read_jsonl(RunDir(run_dir).train_log))
         return run
     run.stage2 = run.history
-    stage1 = run_dir / "stage1"
-    if stage1.is_dir():
-        run.stage1_results = read_json(run_dir, "stage1/results.json")
-        run.history = dev_lines(read_required_jsonl(run_dir, "stage1/metrics.jsonl"))
-        run.train_log = read_jsonl(stage1 / "train_log.jsonl")
+    stage1 = RunDir(run_dir).stage1
+    if stage1.root.is_dir():
+        run.stage1_results = read_json(run_dir, f"{STAGE1}/{RESULTS}")
+        run.history = dev_lines(read_required_jsonl(run_dir, f"{STAGE1}/{METRICS}"))
+        run.train_log = gradient_lines(read_jsonl(stage1.train_log))
     else:  # two_step.init_from: stage 1 was another run
         run.history = []
     for spec in run.specs:
@@ -139,7 +140,7 @@ def read_json(run_dir: Path, name: str) -> dict[str, Any]:
         raise MtbertError(f"{run_dir}: not a finished run ({name} is missing)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise MtbertError(f"{path}: not valid JSON") from None
     if not isinstance(data, dict) or "overall" not in data:
         raise MtbertError(f"{path}: has no overall score (not a results file of mtbert train)")
@@ -154,8 +155,26 @@ def read_required_jsonl(run_dir: Path, name: str, what: str = "a finished run") 
 
 def dev_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The dev evaluations of a metrics.jsonl, in epoch order."""
-    keep = [r for r in lines if r.get("split", "dev") == "dev" and isinstance(r.get("epoch"), int | float)]
+    keep = [r for r in lines if r.get("split", "dev") == "dev" and finite(r.get("epoch"))]
     return sorted(keep, key=lambda r: r["epoch"])
+
+
+def finite(value: Any) -> bool:
+    """A finite number (not a bool)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def gradient_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The train_log lines the conflict plot can draw: a finite step, finite cosines (and grad norms, conflicts)."""
+    keep = []
+    for record in lines:
+        cosine, norms, conflict = record.get("cosine"), record.get("grad_norm", {}), record.get("conflict", {})
+        if not (finite(record.get("step")) and isinstance(cosine, dict) and cosine and isinstance(norms, dict)
+                and isinstance(conflict, dict)):
+            continue
+        if all(finite(v) for v in cosine.values()) and all(finite(v) for v in norms.values()):
+            keep.append(record)
+    return keep
 
 
 def unique_names(paths: list[Path]) -> list[str]:

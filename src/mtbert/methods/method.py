@@ -68,24 +68,31 @@ class Method:
                  diagnostics: bool = False) -> tuple[dict[str, float], dict[str, Any] | None]:
         """Backward every task's scaled objective and leave the step's gradient in `.grad`.
 
+        A task's batch may be a list of micro-batches (`gradient_accumulation_steps`): their gradients add up in
+        its row of the buffer before the method aggregates once.
+
         Returns each task's mean per-sample loss (averaged over the ranks) and, with `diagnostics` and a
         filled buffer, the gradient statistics of `aggregators.diagnose` (and a loss weighting's `task_weight`).
         """
+        micro = {t: b if isinstance(b, list) else [b] for t, b in batches.items()}  # gradient accumulation
         buffer = self.buffer if self.uses_buffer(len(batches), diagnostics) else None
         if buffer is not None:
             touched = None
             if buffer.embedding is not None:
-                ids = torch.cat([x["input_ids"].view(-1) for b in batches.values() for x in b["inputs"]])
+                ids = torch.cat([x["input_ids"].view(-1) for bs in micro.values() for b in bs for x in b["inputs"]])
                 touched = self.ranks.union_rows(ids, self.vocab_size)
             buffer.begin_step(touched)
         losses = {}
-        for index, (task, batch) in enumerate(batches.items()):
-            loss, task_objective = objective(task, batch)
-            scaled = task_objective * loss_scale[task]
-            if self.weighting is not None:  # a weight per task on its loss (of all ranks' batches)
-                scaled = self.weighting.weigh(task, self.ranks.with_mean_value(scaled))
-            scaled.backward()  # frees this task's graph: peak memory is one task batch
-            losses[task] = loss.item() / len(batch["labels"])
+        for index, (task, parts) in enumerate(micro.items()):
+            total, samples = 0.0, 0
+            for batch in parts:  # a task's micro-batches accumulate into its .grad, then into its buffer row
+                loss, task_objective = objective(task, batch)
+                scaled = task_objective * loss_scale[task]
+                if self.weighting is not None:  # a weight per task on its loss (of all ranks' batches)
+                    scaled = self.weighting.weigh(task, self.ranks.with_mean_value(scaled))
+                scaled.backward()  # frees this batch's graph: peak memory is one (micro-)batch
+                total, samples = total + loss.item(), samples + len(batch["labels"])
+            losses[task] = total / samples
             if buffer is not None:
                 buffer.collect(index)
         losses = self.ranks.share(losses, buffer, self.model)  # ddp_mode exact: one all-reduce of the buffer

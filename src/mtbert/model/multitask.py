@@ -13,6 +13,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mtbert.errors import ConfigError, MtbertError
+from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
+from mtbert.model.packing import is_packed, packed_hidden
 from mtbert.tasks import TaskSpec
 
 HEADS_FILE = "heads.safetensors"
@@ -45,16 +47,42 @@ def load_encoder(name_or_path: str | None, dropout: float, trust_remote_code: bo
         encoder = AutoModel.from_pretrained(source, config=config, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise MtbertError(f"model_name_or_path: cannot load '{source}' ({first})") from None
+        raise MtbertError(_load_error("model_name_or_path", source, err)) from None
     if not getattr(tokenizer, "is_fast", False):
         raise MtbertError(f"model_name_or_path: '{source}' has no fast tokenizer")
     return encoder, tokenizer
 
 
+def check_backbone(name_or_path: str | None, trust_remote_code: bool = False) -> None:
+    """Raise the error `load_encoder` would, reading only the backbone's config (validation before a run writes)."""
+    source = name_or_path or default_backbone()
+    try:
+        AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise MtbertError(_load_error("model_name_or_path", source, err)) from None
+
+
 def load_tokenizer(checkpoint: str | Path):
     """The fast tokenizer saved with a checkpoint."""
-    return AutoTokenizer.from_pretrained(str(Path(checkpoint) / ENCODER_DIR), use_fast=True)
+    source = str(Path(checkpoint) / ENCODER_DIR)
+    try:
+        return AutoTokenizer.from_pretrained(source, use_fast=True)
+    except (OSError, ValueError) as err:
+        raise MtbertError(_load_error("tokenizer", source, err)) from None
+
+
+def _load_error(key: str, source: str, err: Exception) -> str:
+    """One sentence: a hub name that the Hub could not give (offline, or no network) and the cache lacks, or why."""
+    from huggingface_hub import constants
+
+    text = str(err).strip()
+    first = text.splitlines()[0] if text else type(err).__name__
+    offline = constants.is_offline_mode()
+    if not Path(source).exists() and (offline or "couldn't connect" in text.lower()):
+        why = " (HF_HUB_OFFLINE is set)" if offline else ""
+        return (f"{key}: cannot load '{source}': it is not a local folder, the Hugging Face Hub could not be "
+                f"reached{why}, and it is not in the local cache")
+    return f"{key}: cannot load '{source}' ({first})"
 
 
 class TaskHead(nn.Module):
@@ -109,11 +137,17 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict({s.name: TaskHead(s, hidden, pair_architecture, dropout) for s in specs})
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`)."""
+        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`).
+
+        `inputs` is a padded batch (`collate`) or a packed one (`collate_packed`; see model/packing.py).
+        """
         kwargs = dict(inputs)
         if "token_type_ids" in kwargs and getattr(self.encoder.config, "type_vocab_size", 0) < 2:
             kwargs.pop("token_type_ids")
-        hidden = self.encoder(**kwargs).last_hidden_state
+        if is_packed(inputs):
+            hidden = packed_hidden(self.encoder, kwargs)  # padded layout; falls back to a padded batch
+        else:
+            hidden = self.encoder(**kwargs).last_hidden_state
         if self.pooling == "cls":
             return hidden[:, 0]
         mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -147,10 +181,11 @@ class MultiTaskModel(nn.Module):
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_pretrained(self, path: str | Path, tokenizer=None) -> None:
-        """Encoder with save_pretrained (safetensors), heads as safetensors, settings as JSON."""
+        """Encoder with save_pretrained (safetensors; LoRA adapters apart, in adapter/), heads as safetensors,
+        settings as JSON."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.encoder.save_pretrained(path / ENCODER_DIR, safe_serialization=True)
+        save_encoder(self.encoder, path / ENCODER_DIR, path / ADAPTER_DIR)
         if tokenizer is not None:
             tokenizer.save_pretrained(path / ENCODER_DIR)
         heads = {k: v.detach().contiguous().cpu() for k, v in self.heads.state_dict().items()}
@@ -170,10 +205,10 @@ class MultiTaskModel(nn.Module):
         if not (path / CONFIG_FILE).is_file():
             raise MtbertError(f"{path}: not an mtbert checkpoint ({CONFIG_FILE} is missing)")
         settings = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        specs = [TaskSpec(**{**t, "text_columns": tuple(t["text_columns"]),
-                             "head_hidden_sizes": tuple(t["head_hidden_sizes"])}) for t in settings["tasks"]]
+        specs = [_spec_from_dict(t) for t in settings["tasks"]]
         drop = settings["dropout"] if dropout is None else dropout
         encoder, _ = load_encoder(str(path / ENCODER_DIR), drop)
+        encoder = load_adapter(encoder, path / ADAPTER_DIR)  # the run's LoRA adapters, if it has any
         model = cls(encoder, specs, settings["pair_architecture"], settings["pooling"], drop)
         model.heads.load_state_dict(load_file(str(path / HEADS_FILE)))
         return model
@@ -183,6 +218,15 @@ def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(spec)
+
+
+def _spec_from_dict(values: dict[str, Any]) -> TaskSpec:
+    """A saved task spec (JSON lists back to tuples); keys of older checkpoints take their defaults."""
+    values = dict(values)
+    for key in ("text_columns", "head_hidden_sizes", "label_names"):
+        if values.get(key) is not None:
+            values[key] = tuple(values[key])
+    return TaskSpec(**values)
 
 
 def task_loss(spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse") -> torch.Tensor:

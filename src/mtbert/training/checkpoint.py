@@ -1,28 +1,37 @@
 """Resumable checkpoints: model, optimizer, scheduler, sampler position and every RNG state.
 
 `checkpoint-<step>/` holds `model.safetensors`, `optimizer.pt` and `scheduler.pt` (loaded with
-`weights_only=True`, so nothing is unpickled), `rng.safetensors` and `trainer_state.json`. A checkpoint is
-filled in a temporary folder and renamed into place. With several ranks rank 0 writes it (model, optimizer and
+`weights_only=True`, so nothing is unpickled), `rng.safetensors`, `trainer_state.json` and `checksums.json`
+(the size and SHA-256 of every other file). A checkpoint is filled in a temporary folder and renamed into
+place. `find_checkpoint(..., "last")` checks the checksums and falls back to the newest intact checkpoint,
+with a warning naming each damaged file. With several ranks rank 0 writes it (model, optimizer and
 sampler are the same on every rank) and `rng.safetensors` also holds each other rank's dropout RNG state
 (`torch.rank<r>`, `cuda.rank<r>`); every rank loads it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from mtbert.errors import MtbertError
 from mtbert.io import atomic_dir, atomic_write_text, read_jsonl
+from mtbert.runs.layout import CHECKPOINT_PREFIX, METRICS, TRAIN_LOG, RunDir
 
 logger = logging.getLogger(__name__)
-PREFIX = "checkpoint-"
+PREFIX = CHECKPOINT_PREFIX
+CHECKSUMS = "checksums.json"
+FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.safetensors", "trainer_state.json")
+_CHUNK = 1 << 20
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:
@@ -42,16 +51,85 @@ def has_checkpoint(output_dir: Path, which: str) -> bool:
 
 
 def find_checkpoint(output_dir: Path, which: str) -> Path:
-    """`last` means the newest checkpoint in output_dir; anything else is a checkpoint folder."""
+    """`last` means the newest intact checkpoint in output_dir; anything else is a checkpoint folder.
+
+    A damaged checkpoint (a file missing, truncated or garbled: see `verify_checkpoint`) is passed over for
+    the previous one with a warning naming the bad file; none intact, or a damaged folder given by path,
+    is one MtbertError sentence.
+    """
     if which == "last":
-        found = list_checkpoints(output_dir)
+        found = RunDir(output_dir).checkpoints()
         if not found:
             raise MtbertError(f"--resume_from_checkpoint: no checkpoint in {output_dir} to resume from")
-        return found[-1]
+        damaged = []
+        for path in reversed(found):
+            problem = verify_checkpoint(path)
+            if problem is None:
+                for bad in damaged:
+                    logger.warning("%s; resuming from the previous intact checkpoint %s instead", bad, path.name)
+                return path
+            damaged.append(problem)
+        raise MtbertError(f"--resume_from_checkpoint last: no intact checkpoint in {output_dir} "
+                          f"({'; '.join(damaged)}); start again with --overwrite_output_dir")
     path = Path(which)
     if not (path / "trainer_state.json").is_file():
         raise MtbertError(f"--resume_from_checkpoint: {path} is not a checkpoint folder (no trainer_state.json)")
+    problem = verify_checkpoint(path)
+    if problem is not None:
+        raise MtbertError(f"--resume_from_checkpoint: cannot resume, {problem}; give another checkpoint or `last`")
     return path
+
+
+def file_digest(path: Path) -> str:
+    """The SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(folder: Path) -> None:
+    """Record the size and SHA-256 of every file in `folder` (but the record itself) in checksums.json."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != CHECKSUMS):
+        files[path.relative_to(folder).as_posix()] = {"bytes": path.stat().st_size, "sha256": file_digest(path)}
+    (folder / CHECKSUMS).write_text(json.dumps({"algorithm": "sha256", "files": files}, indent=2) + "\n",
+                                    encoding="utf-8")
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None when the checkpoint is intact, else what is wrong with which file (`RUN/checkpoint-7/x.pt is truncated`).
+
+    Every file of checksums.json must be there with its recorded size and SHA-256. A checkpoint written
+    before checksums were recorded (no checksums.json) only needs its files to be there.
+    """
+    where = str(path)
+    record = path / CHECKSUMS
+    if not record.is_file():
+        missing = [name for name in FILES if not (path / name).is_file()]
+        return f"{where}/{missing[0]} is missing" if missing else None
+    try:
+        files = json.loads(record.read_text(encoding="utf-8"))["files"]
+        entries = [(str(name), int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return f"{where}/{CHECKSUMS} is not a valid checksum record (truncated or garbled)"
+    names = {name for name, _, _ in entries}
+    for name in FILES:
+        if name not in names:
+            return f"{where}/{CHECKSUMS} has no checksum for {name}"
+    for name, size, sha256 in entries:
+        file = path / name
+        try:
+            actual = file.stat().st_size
+            if actual != size:
+                shape = "truncated" if actual < size else "longer than written"
+                return f"{where}/{name} is {shape} ({actual} bytes where {size} were written)"
+            if file_digest(file) != sha256:
+                return f"{where}/{name} is garbled (its SHA-256 differs from the one recorded when it was written)"
+        except OSError as err:
+            return f"{where}/{name} cannot be read ({err.strerror or err})"
+    return None
 
 
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sampler, generator,
@@ -73,6 +151,7 @@ def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sa
         save_file(rng, str(tmp / "rng.safetensors"))
         (tmp / "trainer_state.json").write_text(
             json.dumps({**state, "sampler": sampler.state_dict()}, indent=2) + "\n", encoding="utf-8")
+        write_checksums(tmp)
 
     atomic_dir(target, fill)
     if keep:
@@ -92,7 +171,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator,
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         rng = load_file(str(path / "rng.safetensors"))
         state = json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, RuntimeError, ValueError, KeyError) as err:
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError) as err:
         raise MtbertError(f"{path}: cannot resume from this checkpoint ({str(err).splitlines()[0]})") from None
     suffix = f".rank{rank}" if rank > 0 else ""
     if f"torch{suffix}" in rng:
@@ -106,7 +185,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator,
 
 def truncate_logs(output_dir: Path, step: int) -> None:
     """Drop log lines written after the checkpoint's step (the resumed run writes them again)."""
-    for name in ("metrics.jsonl", "train_log.jsonl"):
+    for name in (METRICS, TRAIN_LOG):
         path = output_dir / name
         if path.is_file():
             kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]

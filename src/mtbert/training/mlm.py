@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForMaskedLM, DataCollatorForLanguageModeling, get_scheduler
 
 from mtbert.config import TrainConfig
-from mtbert.data import read_task_file
+from mtbert.data.loading import read_split, resolve_labels
 from mtbert.errors import MtbertError
 from mtbert.io import append_jsonl, atomic_dir
 from mtbert.model import default_backbone, load_encoder
@@ -34,9 +34,10 @@ def training_sentences(cfg: TrainConfig) -> list[str]:
     """Every distinct text of the tasks' training files, in file order."""
     seen: dict[str, None] = {}
     for spec in cfg.task_specs():
-        if spec.train_file is None:
+        result = read_split(resolve_labels(spec, cfg.resolved_data_dir()), "train", cfg.resolved_data_dir())
+        if result is None:
             continue
-        examples = read_task_file(cfg.resolved_data_dir() / spec.train_file, spec).examples
+        examples = result.examples
         if cfg.max_train_samples:
             examples = examples[: cfg.max_train_samples]
         for example in examples:

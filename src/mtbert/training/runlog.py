@@ -1,4 +1,4 @@
-"""The run log of a stage: `train_log.jsonl`, `metrics.jsonl`, the trackers (TensorBoard) and the progress bar.
+"""The run log of a stage: `train_log.jsonl`, `metrics.jsonl`, the trackers (`report_to`) and the progress bar.
 
 Only rank 0 writes; on the other ranks every call does nothing.
 """
@@ -12,16 +12,16 @@ from tqdm.auto import tqdm
 
 from mtbert.io import append_jsonl
 from mtbert.runs.layout import RunDir
-from mtbert.training.tensorboard import log_scalars, open_writer
+from mtbert.training.trackers import Trackers, open_trackers
 
 
 class RunLog:
     """Everything a stage reports while it trains."""
 
-    def __init__(self, run: RunDir, report_to: str, total_steps: int, first_step: int, enabled: bool) -> None:
+    def __init__(self, run: RunDir, config: dict[str, Any], total_steps: int, first_step: int, enabled: bool) -> None:
         self.run = run
         self.enabled = enabled
-        self.tensorboard = open_writer(report_to, run.root) if enabled else None
+        self.trackers = open_trackers(config["report_to"], run.root, str(run.root), config) if enabled else Trackers([])
         self.progress = tqdm(total=total_steps, initial=first_step, desc=f"train {run.root.name}",
                              dynamic_ncols=True, mininterval=2.0, disable=not enabled)
         self.since_eval: list[dict] = []  # training records since the last evaluation, for its summary line
@@ -34,14 +34,14 @@ class RunLog:
         """One `train_log.jsonl` line (step, epoch, lr, losses, gradient statistics)."""
         if self.enabled:
             append_jsonl(self.run.train_log, record)
-            log_scalars(self.tensorboard, record, record["step"])
+            self.trackers.log(record, record["step"])
             self.since_eval.append(record)
 
     def evaluation(self, record: dict[str, Any], metrics: dict[str, float], losses: dict[str, float]) -> None:
         """One `metrics.jsonl` line and the summary line of the evaluation."""
         if self.enabled:
             append_jsonl(self.run.metrics, record)
-            log_scalars(self.tensorboard, {"dev": metrics}, record["step"])
+            self.trackers.log({"dev": metrics}, record["step"])
             self.progress.write(epoch_summary(record["epoch"], losses, metrics, self.since_eval))
         self.since_eval = []
 
@@ -51,8 +51,7 @@ class RunLog:
 
     def close(self) -> None:
         self.progress.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
+        self.trackers.close()
 
 
 def epoch_summary(epoch: float, losses: dict[str, float], metrics: dict[str, float], logs: list[dict]) -> str:

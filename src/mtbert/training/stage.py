@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,8 @@ from transformers import get_scheduler
 
 from mtbert.config import TrainConfig, save_config
 from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data, samples_per_step
+from mtbert.data.encoding import collate_packed
+from mtbert.data.loading import resolve_labels
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
@@ -32,9 +36,19 @@ from mtbert.evaluation.predict import write_cs224n, write_scores
 from mtbert.io import atomic_dir, atomic_write_json
 from mtbert.methods.method import make_method
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
+from mtbert.model.adapters import (
+    apply_lora,
+    enable_gradient_checkpointing,
+    freeze_embeddings,
+    freeze_layers,
+    has_lora,
+    trainable_summary,
+)
 from mtbert.runs.layout import RunDir
+from mtbert.runs.model_card import write_model_card
 from mtbert.training import checkpoint as ckpt
 from mtbert.training.optim import make_optimizer
+from mtbert.training.preemption import Preemption
 from mtbert.training.runlog import RunLog
 from mtbert.training.smart import Smoothness, smart_penalty
 
@@ -69,8 +83,12 @@ class Stage:
             save_config(cfg, self.run_dir.config)
         torch.manual_seed(cfg.seed)
         self.device = self.ranks.device
-        self.use_bf16 = self.device.type == "cuda" and cfg.bf16 in ("auto", "true")
-        self.specs = cfg.task_specs()
+        if cfg.fp16 and self.device.type != "cuda":
+            raise MtbertError(f"fp16: float16 training needs a CUDA GPU, and this process runs on {self.device.type}; "
+                              "remove fp16 (bf16 is the GPU default)")
+        self.use_bf16 = self.device.type == "cuda" and cfg.bf16 in ("auto", "true") and not cfg.fp16
+        # with class names read from the data when labels are names (saved with the model: predictions map back)
+        self.specs = [resolve_labels(s, cfg.resolved_data_dir()) for s in cfg.task_specs()]
         ratios = cfg.ratios()
         self.ratios = ratios
         self.active = [s for s in self.specs if ratios[s.name] > 0]
@@ -84,7 +102,7 @@ class Stage:
         self.smoothness = Smoothness(cfg.smart_weight, cfg.smart_step_size, cfg.smart_noise) \
             if cfg.smart_weight else None
         self.state = self._initial_state(resume_from_checkpoint)
-        self.log = RunLog(self.run_dir, cfg.report_to, self.total_steps, self.state["global_step"],
+        self.log = RunLog(self.run_dir, cfg.to_dict(), self.total_steps, self.state["global_step"],
                           enabled=self.ranks.is_main)
         self.best_outputs = None  # the dev outputs of the model saved as best/ (unknown after a resume)
 
@@ -102,13 +120,14 @@ class Stage:
         if start.reset_head is not None:
             torch.manual_seed(cfg.seed)
             model.reset_head(start.reset_head)
+        adapt(model, cfg)  # optional: LoRA, frozen embeddings or layers, gradient checkpointing
         model.to(self.device)
         self.ranks.prepare_model(model, cfg.seed)
         return model, tokenizer
 
     def _build_optimisation(self) -> None:
         cfg, ranks = self.cfg, self.ranks
-        self.unit = cfg.per_device_train_batch_size
+        self.unit = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps  # samples per optimizer step
         self.sizes = {s.name: len(self.data[s.name].train) for s in self.active}
         self.steps_per_epoch = math.ceil(cfg.samples_per_task_per_epoch / (self.unit * ranks.world_size))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
@@ -123,7 +142,8 @@ class Stage:
         self.sampler = MultiTaskSampler(self.sizes, seed=cfg.seed, rank=ranks.rank, world_size=ranks.world_size)
 
     def _initial_state(self, resume: str | None) -> dict[str, Any]:
-        state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0}
+        state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0,
+                 "evals_without_improvement": 0}
         if not resume:
             if self.ranks.is_main:
                 self.run_dir.metrics.unlink(missing_ok=True)
@@ -147,36 +167,53 @@ class Stage:
             self.evaluate_start()  # optional: two_step.keep_stage1
         self.model.train()
         started = time.perf_counter() - state["train_seconds"]
-        for step in range(state["global_step"] + 1, self.total_steps + 1):
-            log_now = step % cfg.logging_steps == 0 or step == self.total_steps
-            batches, loss_scale = self.next_batches(step)
-            losses, stats = self.method.backward(batches, loss_scale, self.objective, diagnostics=log_now)
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
-            if math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
-                state["bad_steps"] = 0
-                self.optimizer.step()
-                self.scheduler.step()
-                self.method.after_step(losses)
-            else:
-                self.skip_bad_step(step, losses)
-            self.optimizer.zero_grad(set_to_none=True)
-            state["global_step"] = step
-            self.log.step(losses)
-            if log_now:
-                self.log.train({"step": step, "epoch": round(step / self.steps_per_epoch, 4),
-                                "lr": self.scheduler.get_last_lr()[0], "loss": losses,
-                                "total_grad_norm": grad_norm.item(), **(stats or {})})
-            end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
-            state["train_seconds"] = time.perf_counter() - started
-            if self.eval_due(step, end_of_epoch):
-                self.evaluate(step, losses)
-            if (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < self.total_steps):
-                self.save_checkpoint(step)
+        with Preemption() as stop:  # SIGTERM / Ctrl-C: finish the step, checkpoint, exit
+            for step in range(state["global_step"] + 1, self.total_steps + 1):
+                if self.stopped_early():  # optional: early_stopping_patience
+                    break
+                log_now = step % cfg.logging_steps == 0 or step == self.total_steps
+                batches, loss_scale = self.next_batches(step)
+                losses, stats = self.method.backward(batches, loss_scale, self.objective, diagnostics=log_now)
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
+                if math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
+                    state["bad_steps"] = 0
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.method.after_step(losses)
+                else:
+                    self.skip_bad_step(step, losses)
+                self.optimizer.zero_grad(set_to_none=True)
+                state["global_step"] = step
+                self.log.step(losses)
+                if log_now:
+                    self.log.train({"step": step, "epoch": round(step / self.steps_per_epoch, 4),
+                                    "lr": self.scheduler.get_last_lr()[0], "loss": losses,
+                                    "total_grad_norm": grad_norm.item(), **(stats or {})})
+                end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
+                state["train_seconds"] = time.perf_counter() - started
+                if self.eval_due(step, end_of_epoch):
+                    self.evaluate(step, losses)
+                saved = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < self.total_steps)
+                if saved:
+                    self.save_checkpoint(step)
+                if stop.should_stop(self.ranks):
+                    self.preempted(stop, step, saved=bool(saved))
         self.log.close()
         state["train_seconds"] = time.perf_counter() - started
         return self.finish()
 
     # ---- the loop's parts --------------------------------------------------------------------------
+    def preempted(self, stop: Preemption, step: int, saved: bool) -> None:
+        """A signal arrived: checkpoint this step (unless just done), say where and how to resume, and exit."""
+        if not saved:
+            self.save_checkpoint(step)
+        self.log.close()
+        error = stop.exit(step, self.run_dir.checkpoint(step), shlex.join(["mtbert", *sys.argv[1:]]))
+        if self.ranks.is_main:
+            logger.warning("%s", error)
+            print(f"mtbert: {error}", file=sys.stderr)
+        raise error
+
     def next_batches(self, step: int) -> tuple[dict[str, dict], dict[str, float]]:
         """Each active task's batch of this step (on this rank) and the scale of its summed loss.
 
@@ -188,7 +225,15 @@ class Stage:
         per_step = samples_per_step(cfg.sampling, self.sizes, self.ratios, self.unit, cfg.sampling_temperature,
                                     epoch=(step - 1) // self.steps_per_epoch + 1, num_epochs=self.num_epochs)
         loss_scale = {t: 1.0 / (n if cfg.sample_weighting else self.unit) for t, n in per_step.items()}
-        batches = {t: collate(self.data[t].train, self.sampler.draw(t, n), self.pad_id) for t, n in per_step.items()}
+        make = collate_packed if cfg.packing else collate  # optional: packed rows instead of padding
+        batches = {}
+        for task, n in per_step.items():
+            indices = self.sampler.draw(task, n)
+            if cfg.gradient_accumulation_steps == 1:
+                batches[task] = make(self.data[task].train, indices, self.pad_id)
+            else:  # micro-batches whose gradients add up to the batch's
+                parts = np.array_split(np.array(indices), min(cfg.gradient_accumulation_steps, len(indices)))
+                batches[task] = [make(self.data[task].train, part.tolist(), self.pad_id) for part in parts]
         return batches, loss_scale
 
     def objective(self, task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,10 +272,33 @@ class Stage:
         record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "split": "dev", **metrics,
                   "train_seconds": round(self.state["train_seconds"], 1)}
         self.log.evaluation(record, metrics, losses)
-        if self.state["best_metric"] is None or metrics["overall"] > self.state["best_metric"]:
-            self.state["best_metric"], self.state["best_step"] = metrics["overall"], step
+        if self.improves(metrics):
+            self.state["best_metric"], self.state["best_step"] = metrics[self.cfg.metric_for_best_model], step
+            self.state["evals_without_improvement"] = 0
             self.best_outputs = outputs
             self.save_best(self.model)
+        else:
+            self.state["evals_without_improvement"] = self.state.get("evals_without_improvement", 0) + 1
+
+    def improves(self, metrics: dict[str, float]) -> bool:
+        """Whether an evaluation beats the best one so far on `metric_for_best_model`."""
+        value, best = metrics[self.cfg.metric_for_best_model], self.state["best_metric"]
+        if best is None:
+            return True
+        return value < best if self.cfg.greater_is_better is False else value > best
+
+    def stopped_early(self) -> bool:
+        """`early_stopping_patience` evaluations in a row without improvement: training stops (and finishes)."""
+        patience = self.cfg.early_stopping_patience
+        if patience is None or self.state.get("evals_without_improvement", 0) < patience:
+            return False
+        step = self.state["global_step"]
+        self.state["stopped_early_at"] = step
+        text = (f"early stopping at step {step}: {patience} evaluations without a better "
+                f"{self.cfg.metric_for_best_model} than step {self.state['best_step']}")
+        logger.info(text)
+        self.log.message(text)
+        return True
 
     def evaluate_start(self) -> None:
         """The starting model with its own heads, evaluated as step 0 and saved as best/ (`keep_stage1`)."""
@@ -244,7 +312,7 @@ class Stage:
                                                    self.cfg.per_device_eval_batch_size, self.pad_id, self.device,
                                                    ranks=self.ranks)
         self.log.evaluation({"epoch": 0.0, "step": 0, "split": "dev", **metrics, "train_seconds": 0.0}, metrics, {})
-        self.state["best_metric"], self.state["best_step"] = metrics["overall"], 0
+        self.state["best_metric"], self.state["best_step"] = metrics[self.cfg.metric_for_best_model], 0
         self.save_best(start)
 
     def save_best(self, model: MultiTaskModel) -> None:
@@ -262,12 +330,29 @@ class Stage:
         results = finish_run(best, {s.name: self.data[s.name] for s in self.active}, self.cfg, self.run_dir.root,
                              self.pad_id, self.device, self.ranks, dev_outputs=self.best_outputs)
         results.update(train_seconds=round(self.state["train_seconds"], 1), best_step=self.state["best_step"])
+        if "stopped_early_at" in self.state:
+            results["stopped_early_at"] = self.state["stopped_early_at"]
         if self.ranks.is_main:
             atomic_write_json(self.run_dir.results, results)
+            write_model_card(self.run_dir, self.run_dir.best, self.cfg, results)
             if not self.cfg.save_steps:
                 ckpt.remove_checkpoints(self.run_dir.root)  # only the automatic end-of-epoch ones; asked-for stay
         self.ranks.barrier()  # the stage's files are in place before any rank goes on
         return results
+
+
+def adapt(model: MultiTaskModel, cfg: TrainConfig) -> None:
+    """Parameter-efficient and partial fine-tuning, and gradient checkpointing, as the config asks."""
+    if cfg.lora is not None and not has_lora(model.encoder):  # stage 2 and init_from load trained adapters
+        apply_lora(model, cfg.lora)
+    if cfg.freeze_embeddings:
+        freeze_embeddings(model)
+    if cfg.freeze_layers:
+        freeze_layers(model, cfg.freeze_layers)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    if cfg.lora is not None or cfg.freeze_embeddings or cfg.freeze_layers:
+        logger.info(trainable_summary(model))
 
 
 def train_stage(cfg: TrainConfig, output_dir: Path, start: ModelStart = ModelStart(),

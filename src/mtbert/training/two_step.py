@@ -20,6 +20,7 @@ from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json, atomic_write_text, read_jsonl
 from mtbert.runs.layout import MODEL_CONFIG, PREDICTIONS, SCORES, RunDir
+from mtbert.runs.model_card import write_model_card
 from mtbert.tasks import TaskSpec
 from mtbert.training import checkpoint as ckpt
 from mtbert.training.stage import ModelStart, train_stage
@@ -29,8 +30,8 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
                    backbone: Path | None = None) -> dict:
     """Stage 1 as configured (or `two_step.init_from`), then one specialised model per task from its best model."""
     run = RunDir(output_dir)
-    settings = cfg.two_step or {}
-    init_from = settings.get("init_from")
+    settings = cfg.two_step_settings
+    init_from = settings.init_from
     if init_from:
         stage1_best = resolve_best(Path(init_from))
     else:
@@ -50,11 +51,12 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         if task_run.results.is_file() and resume:
             per_task_results[spec.name] = read_results(task_run.root)
             continue
+        # one task: its `overall` is its own score, so any metric_for_best_model of the run picks the same model
         task_cfg = replace(stage2, tasks=[_task_entry(cfg, spec)], method="single", task_ratio=None,
-                           output_dir=str(task_run.root))
+                           output_dir=str(task_run.root), metric_for_best_model="overall")
         stage_resume = resume if resume and ckpt.has_checkpoint(task_run.root, resume) else None
         # stage 1's model competes for a task it trained (ratio > 0), or for any of init_from's heads
-        competes = bool(settings.get("keep_stage1")) and (bool(init_from) or ratios[spec.name] > 0)
+        competes = settings.keep_stage1 and (bool(init_from) or ratios[spec.name] > 0)
         start = ModelStart(init_from=stage1_best, reset_head=spec.name, competes=competes)
         per_task_results[spec.name] = train_stage(task_cfg, task_run.root, start, resume_from_checkpoint=stage_resume)
     ranks = start_ranks(cfg.ddp_mode)
@@ -116,16 +118,18 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
             for path in (run.task(spec.name).root / folder).glob(f"{spec.name}-*"):
                 shutil.copyfile(path, run.root / folder / path.name)
     atomic_write_json(run.results, results)
+    write_model_card(run, run.root, cfg, results)
     return results
 
 
 def dev_predictions_with_labels(cfg: TrainConfig, spec: TaskSpec, run_dir: Path):
     """(spec, dev predictions, dev labels) of a finished run, read back from its files."""
-    from mtbert.data import read_task_file
+    from mtbert.data.loading import read_split, resolve_labels
     from mtbert.evaluation.predict import read_cs224n
 
-    _, values = read_cs224n(RunDir(run_dir).prediction(spec.name, "dev"))
-    examples = read_task_file(cfg.resolved_data_dir() / spec.dev_file, spec).examples
+    spec = resolve_labels(spec, cfg.resolved_data_dir())
+    _, values = read_cs224n(RunDir(run_dir).prediction(spec.name, "dev"), spec)
+    examples = read_split(spec, "dev", cfg.resolved_data_dir(), report=False).examples
     if cfg.max_eval_samples:
         examples = examples[: cfg.max_eval_samples]
     predictions = np.array([values[e.id] for e in examples])

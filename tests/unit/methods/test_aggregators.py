@@ -11,7 +11,26 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from helpers.aggregator_properties import (
+    F64,
+    FAST,
+    POSITIVE,
+    SEEDS,
+    TORCHJD_METHODS,
+    J,
+    assert_close,
+    check_finite_with_the_right_shape,
+    check_ignores_the_order_of_the_tasks,
+    check_leaves_no_conflict,
+    check_scales_with_the_gradients,
+    gen,
+    generic_matrices,
+    matrices,
+    needs_torchjd,
+    scale_of,
+    t,
+)
+from hypothesis import given
 from hypothesis import strategies as st
 
 import mtbert.methods.aggregators as gradients
@@ -28,15 +47,6 @@ from mtbert.methods.aggregators import (
     pcgrad_weights,
 )
 
-F64 = torch.float64
-# The methods that call torchjd (everything but sum and pcgrad), the solvers some of them need (torchjd's extras
-# cagrad, nash-mtl, quadprog-projector), and those that run a cvxpy solver (slow-ish).
-TORCHJD_METHODS = [name for name in AGGREGATORS if name not in ("sum", "pcgrad")]
-SOLVER_MODULES = {"cagrad": ("cvxpy", "clarabel"), "nash-mtl": ("cvxpy", "ecos"), "upgrad": ("qpsolvers", "quadprog")}
-SOLVER_METHODS = {"cagrad", "nash-mtl"}
-# The figures on the fixed matrix of torchjd's docs, J = [[-4, 1, 1], [6, 1, 1]].
-J = [[-4.0, 1.0, 1.0], [6.0, 1.0, 1.0]]
-
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread() -> Iterator[None]:
@@ -47,20 +57,10 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
-def t(rows: list[list[float]]) -> torch.Tensor:
-    return torch.tensor(rows, dtype=F64)
 
 
-def needs_torchjd(name: str) -> None:
-    """Skip unless torchjd and the solvers of method ``name`` are installed."""
-    if name in TORCHJD_METHODS:
-        pytest.importorskip("torchjd")
-    for module in SOLVER_MODULES.get(name, ()):
-        pytest.importorskip(module)
 
 
 def naive_pcgrad(rows: list[list[float]], generator: torch.Generator) -> list[list[float]]:
@@ -87,43 +87,16 @@ def naive_pcgrad(rows: list[list[float]], generator: torch.Generator) -> list[li
 # Strategies: small T x P float64 matrices. Entries are multiples of 1/64 in [-10, 10], so that zeros, ties and
 # exactly orthogonal rows occur; "generic" matrices are Gaussian with P >= T, so full row rank almost surely.
 
-DYADIC = st.integers(-640, 640).map(lambda k: k / 64)
-POSITIVE = st.integers(1, 640).map(lambda k: k / 64)
 
 
-@st.composite
-def matrices(
-    draw: st.DrawFn, elements: st.SearchStrategy[float] = DYADIC, tasks: tuple[int, int] = (2, 5)
-) -> torch.Tensor:
-    n_tasks = draw(st.integers(*tasks))
-    n_params = draw(st.integers(1, 20))
-    values = draw(st.lists(elements, min_size=n_tasks * n_params, max_size=n_tasks * n_params))
-    return torch.tensor(values, dtype=F64).reshape(n_tasks, n_params)
 
 
-@st.composite
-def generic_matrices(draw: st.DrawFn) -> torch.Tensor:
-    n_tasks = draw(st.integers(2, 5))
-    n_params = draw(st.integers(n_tasks, 20))
-    g = gen(draw(st.integers(0, 2**31 - 1)))
-    scales = torch.rand(n_tasks, 1, generator=g, dtype=F64) * 10 + 0.1
-    return torch.randn(n_tasks, n_params, generator=g, dtype=F64) * scales
 
 
-SEEDS = st.integers(0, 2**31 - 1)
-FAST = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-SLOW = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, atol: float) -> None:
-    """|actual - expected| <= atol + rtol |expected| elementwise (torch.testing's first call costs 1.7 s to import)."""
-    assert actual.shape == expected.shape, f"shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert torch.allclose(actual, expected.to(actual.dtype), rtol=rtol, atol=atol), f"{actual} != {expected}"
 
 
-def scale_of(grads: torch.Tensor) -> float:
-    """The trace of the Gramian (squared Frobenius norm): the natural unit of inner products between rows."""
-    return float(grads.pow(2).sum()) + 1e-300
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,9 +271,6 @@ def test_make_aggregator_gives_fresh_stateful_instances_and_rejects_unknown_name
         make_aggregator("pcgard")
 
 
-def settings_for(name: str) -> settings:
-    # Solvers (cvxpy) and MGDA's 250 Frank-Wolfe steps of tiny torch ops cost 20-50 ms a call: fewer examples.
-    return SLOW if name in SOLVER_METHODS | {"mgda"} else settings(max_examples=15, deadline=None)
 
 
 # cvxpy warns "Solution may be inaccurate" when nash-mtl meets a degenerate (e.g. rank-1) matrix; still finite.
@@ -308,15 +278,7 @@ def settings_for(name: str) -> settings:
 @pytest.mark.parametrize("name", list(AGGREGATORS))
 def test_aggregator_output_is_finite_with_the_right_shape(name: str) -> None:
     needs_torchjd(name)
-
-    @settings_for(name)
-    @given(grads=matrices(), seed=SEEDS)
-    def check(grads: torch.Tensor, seed: int) -> None:
-        out = make_aggregator(name)(grads, gen(seed))
-        assert out.shape == (grads.shape[1],) and out.dtype == F64
-        assert torch.isfinite(out).all()
-
-    check()
+    check_finite_with_the_right_shape(lambda: make_aggregator(name), name)
 
 
 @pytest.mark.parametrize("name", list(AGGREGATORS))
@@ -331,15 +293,7 @@ def test_aggregator_keeps_float32(name: str) -> None:
 @pytest.mark.parametrize("name", [name for name in AGGREGATORS if name != "nash-mtl"])
 def test_aggregator_scales_with_the_gradients(name: str) -> None:
     needs_torchjd(name)
-
-    @settings_for(name)
-    @given(grads=generic_matrices(), seed=SEEDS, c=st.floats(0.1, 10.0))
-    def check(grads: torch.Tensor, seed: int, c: float) -> None:
-        scaled = make_aggregator(name)(c * grads, gen(seed))
-        out = make_aggregator(name)(grads, gen(seed))
-        assert_close(scaled, c * out, rtol=1e-5, atol=1e-6 * c * math.sqrt(scale_of(grads)))
-
-    check()
+    check_scales_with_the_gradients(lambda: make_aggregator(name), name)
 
 
 # Permutation invariance of the output: not pcgrad and gradvac, whose random task order makes them invariant only in
@@ -347,17 +301,7 @@ def test_aggregator_scales_with_the_gradients(name: str) -> None:
 @pytest.mark.parametrize("name", [name for name in AGGREGATORS if name not in ("pcgrad", "gradvac", "nash-mtl")])
 def test_aggregator_ignores_the_order_of_the_tasks(name: str) -> None:
     needs_torchjd(name)
-    rtol = 1e-6
-
-    @settings_for(name)
-    @given(grads=generic_matrices(), seed=SEEDS)
-    def check(grads: torch.Tensor, seed: int) -> None:
-        permutation = torch.randperm(grads.shape[0], generator=gen(seed))
-        out = make_aggregator(name)(grads)
-        permuted = make_aggregator(name)(grads[permutation])
-        assert_close(permuted, out, rtol=rtol, atol=rtol * math.sqrt(scale_of(grads)))
-
-    check()
+    check_ignores_the_order_of_the_tasks(lambda: make_aggregator(name), name)
 
 
 # No remaining conflict: the update has a non-negative inner product with every task gradient. MGDA's is exact;
@@ -366,14 +310,7 @@ def test_aggregator_ignores_the_order_of_the_tasks(name: str) -> None:
 @pytest.mark.parametrize(("name", "tolerance"), [("mgda", 1e-9), ("nash-mtl", 1e-3)])
 def test_aggregator_leaves_no_conflict(name: str, tolerance: float) -> None:
     needs_torchjd(name)
-
-    @settings_for(name)
-    @given(grads=generic_matrices())
-    def check(grads: torch.Tensor) -> None:
-        out = make_aggregator(name)(grads)
-        assert (grads @ out).min() >= -tolerance * scale_of(grads)
-
-    check()
+    check_leaves_no_conflict(lambda: make_aggregator(name), name, tolerance)
 
 
 @FAST

@@ -1,0 +1,30 @@
+"""`mtbert bench step | throughput | quality`: run one benchmark and print (and optionally save) its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from mtbert.io import atomic_write_json
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the benchmark `args.bench` names; print its results as JSON (and write them to `--json`)."""
+    if args.bench == "step":
+        from mtbert.bench.step import bench_step
+
+        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size)
+    elif args.bench == "throughput":
+        from mtbert.bench.throughput import bench_throughput
+
+        results = bench_throughput(args.examples)
+    else:
+        from mtbert.bench.quality import bench_quality
+
+        results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
+                                Path(args.configs), getattr(args, "backbone", None))
+    print(json.dumps(results, indent=2))
+    if getattr(args, "json", None):
+        atomic_write_json(args.json, results)
+    return 0

@@ -1,0 +1,176 @@
+"""Experiment trackers (`report_to: [tensorboard, mlflow, wandb]`) through Hugging Face Accelerate's trackers.
+
+`metrics.jsonl` and `train_log.jsonl` are always written; every number of their records is mirrored to each
+tracker as a scalar named by its keys (`loss/<task>`, `lr`, `cosine/<pair>`, `dev/<metric>`, ...).
+
+- `tensorboard`: event files under `<output_dir>/tensorboard/` (`tensorboard --logdir runs`).
+- `mlflow`: one MLflow run (named `run_name`) in experiment `$MLFLOW_EXPERIMENT_NAME` (default `mtbert`) of the
+  tracking store `$MLFLOW_TRACKING_URI` (MLflow's default: `sqlite:///mlflow.db` in the working directory); the
+  config is logged as the run's parameters.
+- `wandb`: one W&B run (named `run_name`) in project `$WANDB_PROJECT` (default `mtbert`), its files under
+  `$WANDB_DIR` (default `<output_dir>/wandb/`); `WANDB_MODE=offline` keeps it on disk for `wandb sync`.
+
+Each needs its extra: `pip install "mtbert[tensorboard]"`, `"mtbert[mlflow]"`, `"mtbert[wandb]"`. Open the trackers
+on the main process only; they do not synchronise between processes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from mtbert.errors import ConfigError, MtbertError
+from mtbert.runs.layout import TENSORBOARD
+
+KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
+_MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
+DEFAULT_PROJECT = "mtbert"  # MLflow experiment and W&B project when the environment names none
+
+
+def parse_report_to(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The trackers named by `report_to`: a name, a list of names (or a comma-separated string, as on the command
+    line: `--report_to tensorboard,mlflow`), `none` or an empty list (no tracker).
+
+    Raises ConfigError naming an unknown tracker; duplicates are dropped, the order kept.
+    """
+    if value is None:
+        return []
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"report_to: expected a tracker name or a list of names, not {value!r}")
+    names = [n.strip().lower() for n in names if n.strip()]
+    if names in (["none"], []):
+        return []
+    for name in names:
+        if name not in KNOWN_TRACKERS:
+            raise ConfigError(f"report_to: '{name}' is not one of none | {' | '.join(KNOWN_TRACKERS)}")
+    return list(dict.fromkeys(names))
+
+
+def flatten_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of a (nested) log record under the `/`-joined path of its keys (`cosine/sst-para`).
+
+    Booleans become 0.0/1.0; strings, lists, None and the `step` key are left out.
+    """
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_scalars(value, prefix=f"{name}/"))
+        elif isinstance(value, bool):
+            out[name] = float(value)
+        elif isinstance(value, int | float) and key != "step":
+            out[name] = float(value)
+    return out
+
+
+def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str | int | float | bool | None]:
+    """A config as one level of `.`-joined keys (`two_step.learning_rate`); lists become their string form."""
+    out: dict[str, str | int | float | bool | None] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten_config(value, prefix=f"{name}."))
+        elif value is None or isinstance(value, str | int | float | bool):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+class Trackers:
+    """The open trackers of a run: `log(record, step)` mirrors a log record to each, `close()` ends them."""
+
+    def __init__(self, trackers: list[Any]) -> None:
+        self.trackers = trackers  # accelerate.tracking.GeneralTracker instances, started
+        self.names = [t.name for t in trackers]
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        """Log every number of `record` (nested dicts flattened to `a/b`) at `step`."""
+        if not self.trackers:
+            return
+        scalars = flatten_scalars(record)
+        if not scalars:
+            return
+        for tracker in self.trackers:
+            values = _mlflow_names(scalars) if tracker.name == "mlflow" else scalars
+            tracker.log(values, step=step)
+
+    def close(self) -> None:
+        """End every tracker's run (flushing what it holds); a second call does nothing."""
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.finish()
+
+    def __enter__(self) -> Trackers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run_name: str,
+                  config: dict[str, Any]) -> Trackers:
+    """Start the trackers `report_to` names for the run in `output_dir`, logging `config` as its parameters.
+
+    Raises MtbertError when a tracker's package is missing (naming the extra to install) or it cannot start.
+    """
+    names = parse_report_to(report_to)
+    for name in names:  # every package first, so that a missing one leaves no run half-started
+        try:
+            importlib.import_module(_MODULES[name])
+        except ImportError:
+            raise MtbertError(f'report_to: {name} needs the {name} package (pip install "mtbert[{name}]")') from None
+    if not names:
+        return Trackers([])
+    output_dir = Path(output_dir)
+    _ensure_accelerate_state()
+    started: list[Any] = []
+    try:
+        for name in names:
+            tracker = _make(name, output_dir, run_name, config)
+            tracker.main_process_only = False  # the caller opens trackers on the main process only
+            try:
+                tracker.start()
+                started.append(tracker)
+                if name == "mlflow":  # W&B took the config in wandb.init; TensorBoard has config.yaml beside it
+                    tracker.store_init_configuration(flatten_config(config))
+            except Exception as err:  # any failure of a tool to start is reported as one sentence
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise MtbertError(f"report_to: {name} could not start ({first})") from None
+    except BaseException:
+        Trackers(started).close()
+        raise
+    return Trackers(started)
+
+
+def _ensure_accelerate_state() -> None:
+    """Accelerate's trackers log through its logger, which needs its state: start it as the training loop does."""
+    from accelerate import PartialState
+
+    if not PartialState._shared_state:
+        from mtbert.distributed import start
+
+        start()
+
+
+def _make(name: str, output_dir: Path, run_name: str, config: dict[str, Any]) -> Any:
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    if name == "tensorboard":
+        return TensorBoardTracker(run_name=TENSORBOARD, logging_dir=output_dir)  # <output_dir>/tensorboard
+    if name == "mlflow":
+        return MLflowTracker(experiment_name=DEFAULT_PROJECT, run_name=run_name)  # env MLFLOW_* take priority
+    wandb_dir = os.environ.get("WANDB_DIR") or str(output_dir)
+    Path(wandb_dir).mkdir(parents=True, exist_ok=True)
+    # accelerate passes its `run_name` to wandb.init as the project
+    return WandBTracker(os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, name=run_name, dir=wandb_dir,
+                        config=config)
+
+
+def _mlflow_names(scalars: dict[str, float]) -> dict[str, float]:
+    """MLflow metric names allow letters, digits, `_ - . / ` and space; anything else becomes `_`."""
+    return {re.sub(r"[^/\w.\- ]", "_", k): v for k, v in scalars.items()}

@@ -1,0 +1,27 @@
+"""Comparing two finished runs: results, weights and dev-metric history equal (to 1e-6)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+
+def assert_same_run(a: Path, b: Path, sub: str = "best") -> None:
+    """The two runs end with the same results (but the timings), weights of `sub`, and metrics lines."""
+    ra, rb = json.loads((a / "results.json").read_text()), json.loads((b / "results.json").read_text())
+    for key, value in ra.items():
+        if key not in ("train_seconds",):
+            assert rb[key] == pytest.approx(value, abs=1e-6), key
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        ta, tb = load_file(str(a / sub / name)), load_file(str(b / sub / name))
+        for key in ta:
+            torch.testing.assert_close(tb[key], ta[key], atol=1e-6, rtol=0, msg=key)
+    ma = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (a / "metrics.jsonl").open()]
+    mb = [{k: v for k, v in json.loads(x).items() if k != "train_seconds"} for x in (b / "metrics.jsonl").open()]
+    assert len(ma) == len(mb)
+    for x, y in zip(ma, mb, strict=True):
+        assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)

@@ -1,0 +1,80 @@
+"""`mtbert bench throughput` on the tiny model and data: every code path runs and the JSON has the pinned shape."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from mtbert.bench.throughput import bench_throughput
+
+
+def test_useful_flops_count_real_tokens_only(tiny_model_dir):
+    from mtbert.bench.throughput import useful_flops
+    from mtbert.data import collate
+    from mtbert.data.encoding import EncodedSet
+    from mtbert.model import MultiTaskModel, load_encoder
+    from mtbert.tasks import BUILTIN_TASKS
+
+    encoder, _ = load_encoder(str(tiny_model_dir), 0.0)
+    spec = BUILTIN_TASKS["sst"]
+    model = MultiTaskModel(encoder, [spec])
+    short, long = [101, 7, 8, 102], [101] + list(range(10, 30)) + [102]
+    encoded = EncodedSet(spec, ["a", "b", "c"], [[short], [long], [short]], [[[0] * 4], [[0] * 22], [[0] * 4]],
+                         [1.0, 2.0, 3.0])
+    single = EncodedSet(spec, ["a"], [[short]], [[[0] * 4]], [1.0])
+    assert useful_flops(model, encoded, 0, "cpu", backward=True) == (
+        2 * useful_flops(model, single, 0, "cpu", backward=True)
+        + useful_flops(model, EncodedSet(spec, ["b"], [[long]], [[[0] * 22]], [2.0]), 0, "cpu", backward=True))
+    forward = useful_flops(model, single, 0, "cpu", backward=False)
+    assert 0 < forward < useful_flops(model, single, 0, "cpu", backward=True)
+    assert all(p.grad is None for p in model.parameters())
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():  # the padded batch costs more than its real tokens
+        model("sst", collate(encoded, [0, 1, 2], 0)["inputs"])
+    assert counter.get_total_flops() > useful_flops(model, encoded, 0, "cpu", backward=False)
+
+
+def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_data_dir):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tiny model's ops are too small to share; a busy machine makes sharing them slow
+    try:
+        results = bench_throughput(examples=6, model_path=str(tiny_model_dir), data_dir=tiny_data_dir, batch_size=4,
+                                   eval_batch_size=4, repeats=1, predict_repeats=1, max_length=32,
+                                   memory_steps=1)
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(json.dumps(results)) == results  # JSON-ready as it is
+    assert results["benchmark"] == "throughput" and results["cpus"] >= 1 and "torch" in results
+
+    assert set(results["training"]) == {"sst", "sts"}
+    for figures in results["training"].values():
+        assert figures["samples"] == 6 and figures["steps"] == 2
+        assert set(figures["samples_per_second"]) == {"mtbert", "trainer", "trainer_grouped"}
+        rates = figures["samples_per_second"].values()
+        assert all(f["per_second"] > 0 and len(f["all_per_second"]) == 1 for f in rates)
+        assert figures["ratio"] > 0 and figures["ratio_grouped"] > 0 and figures["optimizer"]["trainer"]
+        assert figures["useful_gflop"] > 0
+        assert set(figures["utilization"]) == set(figures["useful_gflops_per_second"]) == set(
+            figures["samples_per_second"])
+        assert all(u > 0 for u in figures["utilization"].values())
+
+    assert set(results["prediction"]) == {"para", "sts"}
+    for figures in results["prediction"].values():
+        assert figures["examples"] == 6
+        assert set(figures["examples_per_second"]) == {"mtbert", "cross_encoder", "plain_loop"}
+        assert all(f["per_second"] > 0 for f in figures["examples_per_second"].values())
+        assert figures["ratio"]["to_cross_encoder"] > 0 and figures["ratio"]["to_plain_loop"] > 0
+        assert figures["useful_gflop"] > 0 and all(u > 0 for u in figures["utilization"].values())
+
+    gemm = results["gemm"]
+    assert gemm["gflops_per_second"] > 0 and len(gemm["shape_mkn"]) == 3
+
+    memory = results["memory"]
+    assert memory["peak_rss_mb"]["sum"] > 0 and memory["peak_rss_mb"]["pcgrad"] > 0 and memory["ratio"] > 0
+
+    assert set(results["goals"]) == {"training_vs_trainer", "training_vs_trainer_grouped", "training_utilization",
+                                     "prediction_vs_cross_encoder", "pcgrad_memory_vs_sum"}
+    assert all(isinstance(goal["met"], bool) for goal in results["goals"].values())

@@ -1,0 +1,227 @@
+"""mtbert.MultiTaskTrainer: the same parameters as mtbert's own step logic on the same batches (sum and PCGrad, no
+dropout), an exact resume from its checkpoints, a model that is not mtbert's, clear errors, and two gloo processes
+under torchrun equal to one process on the union of their batches.
+
+The reference loop below is mtbert's training step written out with its parts (`MultiTaskSampler`, `collate`,
+`task_loss`, `PerTaskGradients`, the aggregators), as `mtbert train` runs it: each task's summed loss scaled by
+1/unit (or 1/n_t with sample weighting), one backward per task, the buffer aggregated, clipping at 1, AdamW.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import TrainingArguments, default_data_collator
+
+from mtbert import MultiTaskTrainer
+from mtbert.data import MultiTaskSampler, collate, load_task_data, samples_per_step
+from mtbert.errors import ConfigError
+from mtbert.methods.aggregators import make_aggregator
+from mtbert.methods.pertask import PerTaskGradients
+from mtbert.model import MultiTaskModel, load_encoder, task_loss
+from mtbert.tasks import BUILTIN_TASKS
+
+TASKS = ["sst", "para", "sts"]
+UNIT = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(model_dir: Path, dropout: float = 0.0) -> tuple[MultiTaskModel, object]:
+    torch.manual_seed(0)
+    encoder, tokenizer = load_encoder(str(model_dir), dropout)
+    return MultiTaskModel(encoder, [BUILTIN_TASKS[t] for t in TASKS], dropout=dropout), tokenizer
+
+
+def train_sets(data_dir: Path, tokenizer) -> dict:
+    data = load_task_data([BUILTIN_TASKS[t] for t in TASKS], data_dir, tokenizer, 32, "cross", splits=("train",))
+    return {t: data[t].train for t in TASKS}
+
+
+def args(output_dir: Path, **extra) -> TrainingArguments:
+    base = {"max_steps": 3, "per_device_train_batch_size": UNIT, "learning_rate": 1e-3, "lr_scheduler_type": "constant",
+            "weight_decay": 0.0, "max_grad_norm": 1.0, "optim": "adamw_torch", "logging_steps": 1,
+            "save_strategy": "no", "eval_strategy": "no", "report_to": "none", "use_cpu": True, "seed": 0,
+            "disable_tqdm": True}
+    return TrainingArguments(output_dir=str(output_dir), **{**base, **extra})
+
+
+def reference_training(model: MultiTaskModel, sets: dict, method: str, ratios: dict[str, int], weighting: bool,
+                       steps: int, pad: int, seed: int = 0) -> None:
+    """mtbert's step on its own parts: sampler, collate, task_loss, PerTaskGradients, the aggregator, AdamW."""
+    sizes = {t: len(sets[t]) for t in TASKS if ratios[t] > 0}
+    sampler = MultiTaskSampler(sizes, seed=seed)
+    named = [(n, p) for n, p in model.encoder.named_parameters() if p.requires_grad]
+    buffer = PerTaskGradients([p for _, p in named], len(sizes), model.encoder.get_input_embeddings().weight,
+                              names=[n for n, _ in named])
+    aggregate, generator = make_aggregator(method), torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    model.train()
+    for _ in range(steps):
+        per_step = samples_per_step("fixed-ratio", sizes, ratios, UNIT)
+        batches = {t: collate(sets[t], sampler.draw(t, n), pad) for t, n in per_step.items()}
+        buffer.begin_step(torch.cat([x["input_ids"].view(-1) for b in batches.values() for x in b["inputs"]]))
+        for index, (task, batch) in enumerate(batches.items()):
+            outputs = model(task, batch["inputs"])
+            scale = 1.0 / (per_step[task] if weighting else UNIT)
+            (task_loss(model.specs[task], outputs.float(), batch["labels"]) * scale).backward()
+            buffer.collect(index)
+        buffer.write(aggregate(buffer.grads, generator=generator))
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def assert_same_parameters(a: nn.Module, b: nn.Module, atol: float = 1e-5) -> None:
+    pa, pb = dict(a.named_parameters()), dict(b.named_parameters())
+    assert pa.keys() == pb.keys()
+    for name in pa:
+        torch.testing.assert_close(pa[name].detach(), pb[name].detach(), atol=atol, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize(("method", "task_ratio", "weighting"), [("sum", None, False), ("pcgrad", "1:2:1", True)])
+def test_trainer_ends_with_the_parameters_of_mtbert_step_logic(tiny_model_dir, tiny_data_dir, tmp_path, method,
+                                                               task_ratio, weighting):
+    model, tokenizer = tiny_model(tiny_model_dir)
+    sets = train_sets(tiny_data_dir, tokenizer)
+    trainer = MultiTaskTrainer(model, args(tmp_path / "t"), train_dataset=sets, processing_class=tokenizer,
+                               method=method, task_ratio=task_ratio, sample_weighting=weighting)
+    trainer.train()
+    reference, _ = tiny_model(tiny_model_dir)
+    ratios = dict(zip(TASKS, map(int, (task_ratio or "1:1:1").split(":")), strict=True))
+    reference_training(reference, sets, method, ratios, weighting, 3, tokenizer.pad_token_id)
+    start, _ = tiny_model(tiny_model_dir)
+    layer = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(start.get_parameter(layer), model.get_parameter(layer))  # it trained
+    assert_same_parameters(model, reference)
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3 and all(f"loss_{t}" in logged[0] for t in TASKS)
+    assert {"cosine_sst-para", "conflict_sst-sts", "grad_norm_sts", "removed_norm"} <= logged[-1].keys()
+    if method == "sum":
+        assert logged[-1]["removed_norm"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_ends(tiny_model_dir, tiny_data_dir, tmp_path):
+    """Dropout on (Trainer's RNG states), PCGrad (the generator), 3 steps an epoch (the sampler crosses epochs)."""
+    extra = {"max_steps": 5, "save_strategy": "steps", "save_steps": 2}
+    options = {"method": "pcgrad", "samples_per_task_per_epoch": 12}
+    model, tokenizer = tiny_model(tiny_model_dir, dropout=0.1)
+    sets = train_sets(tiny_data_dir, tokenizer)
+    MultiTaskTrainer(model, args(tmp_path / "run", **extra), train_dataset=sets, processing_class=tokenizer,
+                     **options).train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "mtbert_trainer_state.json").is_file()
+    assert MultiTaskModel.from_pretrained(checkpoint).heads.keys() == model.heads.keys()  # mtbert's folder layout
+    resumed, _ = tiny_model(tiny_model_dir, dropout=0.1)
+    trainer = MultiTaskTrainer(resumed, args(tmp_path / "run", **extra), train_dataset=sets,
+                               processing_class=tokenizer, **options)
+    trainer.train(resume_from_checkpoint=str(checkpoint))
+    assert trainer.state.global_step == 5
+    assert_same_parameters(resumed, model, atol=1e-6)
+
+
+class Trunk(nn.Module):
+    """Not mtbert's model: a shared MLP and two heads; forward(task, batch) returns the batch's mean loss."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.trunk = nn.Sequential(nn.Linear(4, 8), nn.Tanh())
+        self.heads = nn.ModuleDict({"up": nn.Linear(8, 1), "down": nn.Linear(8, 1)})
+
+    def forward(self, task: str, batch: dict) -> torch.Tensor:
+        return ((self.heads[task](self.trunk(batch["x"])).squeeze(-1) - batch["labels"]) ** 2).mean()
+
+
+def toy_set(sign: float, n: int = 24) -> list[dict]:
+    g = torch.Generator().manual_seed(int(sign > 0))
+    x = torch.randn(n, 4, generator=g)
+    return [{"x": x[i], "labels": sign * x[i].sum()} for i in range(n)]
+
+
+def test_any_model_whose_forward_returns_a_task_loss(tmp_path):
+    model = Trunk()
+    trainer = MultiTaskTrainer(model, args(tmp_path, max_steps=4, per_device_train_batch_size=6),
+                               train_dataset={"up": toy_set(1.0), "down": toy_set(-1.0)},
+                               eval_dataset={"up": toy_set(1.0), "down": toy_set(-1.0)},
+                               data_collator=default_data_collator, shared_parameters=model.trunk.named_parameters())
+    before = trainer.evaluate()
+    trainer.train()
+    after = trainer.evaluate()
+    assert set(after) >= {"eval_up_loss", "eval_down_loss", "eval_loss"} and after["eval_loss"] < before["eval_loss"]
+    assert "cosine_up-down" in trainer.state.log_history[0]
+
+
+def test_bad_settings_are_one_clear_error(tiny_model_dir, tiny_data_dir, tmp_path):
+    model, tokenizer = tiny_model(tiny_model_dir)
+    sets = train_sets(tiny_data_dir, tokenizer)
+    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
+        MultiTaskTrainer(model, args(tmp_path, gradient_accumulation_steps=2), train_dataset=sets)
+    with pytest.raises(ConfigError, match="task_ratio: '1:2' must be 3 whole numbers"):
+        MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, task_ratio="1:2")
+    with pytest.raises(ConfigError, match="unknown task 'nli'"):
+        MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, task_ratio={"nli": 1})
+    with pytest.raises(ConfigError, match=r"train_dataset\['sst'\]: the dataset is empty"):
+        MultiTaskTrainer(model, args(tmp_path), train_dataset={**sets, "sst": []})
+    with pytest.raises(ConfigError, match="unknown gradient method 'pgrad'"):
+        MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, method="pgrad")
+    with pytest.raises(ConfigError, match="shared_parameters"):
+        MultiTaskTrainer(Trunk(), args(tmp_path), train_dataset={"up": toy_set(1.0)})
+
+
+DISTRIBUTED_SCRIPT = '''
+import sys
+import torch
+from transformers import TrainingArguments
+from mtbert import MultiTaskModel, MultiTaskTrainer
+from mtbert.data import load_task_data
+from mtbert.model import load_encoder
+from mtbert.tasks import BUILTIN_TASKS
+
+model_dir, data_dir, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+torch.manual_seed(0)
+encoder, tokenizer = load_encoder(model_dir, 0.0)
+specs = [BUILTIN_TASKS[t] for t in ("sst", "para", "sts")]
+model = MultiTaskModel(encoder, specs, dropout=0.0)
+data = load_task_data(specs, __import__("pathlib").Path(data_dir), tokenizer, 32, "cross", splits=("train",))
+args = TrainingArguments(output_dir=out, max_steps=3, per_device_train_batch_size=batch, learning_rate=1e-3,
+                         lr_scheduler_type="constant", optim="adamw_torch", logging_steps=1, save_strategy="no",
+                         report_to="none", use_cpu=True, seed=0, disable_tqdm=True)
+trainer = MultiTaskTrainer(model, args, train_dataset={s.name: data[s.name].train for s in specs},
+                           processing_class=tokenizer, method="pcgrad", task_ratio="1:2:1", sample_weighting=True)
+trainer.train()
+trainer.save_model(out + "/final")
+'''
+
+
+@pytest.mark.e2e
+def test_two_gloo_processes_equal_one_process_on_the_union_of_their_batches(tiny_model_dir, tiny_data_dir, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    runs = {"two": launch + [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "two"), "2"],
+            "one": [sys.executable, str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "one"), "4"]}
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for name, cmd in runs.items()}
+    for proc in procs.values():
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        two, one = (load_file(str(tmp_path / run / "final" / name)) for run in ("two", "one"))
+        assert two.keys() == one.keys()
+        for key in two:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0, msg=key)
