@@ -131,3 +131,42 @@ def test_ranks_draw_the_union_of_one_process_batch():
         for task in sizes:
             assert ranks[0].draw(task, 3) + ranks[1].draw(task, 3) == one.draw(task, 6)
     assert ranks[0].state_dict() == ranks[1].state_dict() == one.state_dict()
+
+
+def test_sigterm_to_torchrun_stops_every_rank_at_one_step_and_resume_ends_as_uninterrupted(base):
+    """SIGTERM to the launcher (what Slurm sends): torchrun passes it to both ranks, which agree on one step,
+    checkpoint it and exit (the launcher itself then fails with its own SignalException); resumed under
+    torchrun, the run ends as the uninterrupted one (1e-6)."""
+    import signal
+    import time
+
+    extra = {"max_steps": 60, "save_steps": 0, "method": "pcgrad"}
+    whole = _start(base, "term-whole", 2, **extra)
+    stopped = _start(base, "term-stopped", 2, **extra)
+    log = base["folder"] / "term-stopped" / "train_log.jsonl"
+    deadline = time.time() + TIMEOUT
+    while time.time() < deadline and stopped.poll() is None:
+        if log.is_file() and len(log.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    stopped.send_signal(signal.SIGTERM)
+    _, err = stopped.communicate(timeout=TIMEOUT)
+    assert stopped.returncode != 0
+    lines = [line for line in err.splitlines() if "stopped by SIGTERM after step" in line]
+    assert lines, err[-3000:]
+    step = int(lines[-1].split("after step ")[1].split(";")[0])
+    assert step < 60 and (base["folder"] / "term-stopped" / f"checkpoint-{step}").is_dir()
+    steps = [json.loads(x)["step"] for x in log.read_text().splitlines()]
+    assert steps[-1] == step  # rank 0 logged up to the agreed step, and no further
+    folder = base["folder"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "mtbert", "train", str(folder / "term-stopped.yaml"), "--resume_from_checkpoint", "last"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    _finish(base, {"term-whole": whole})
+    a, b = folder / "term-whole" / "best", folder / "term-stopped" / "best"
+    for name in ("heads.safetensors", "encoder/model.safetensors"):
+        ta, tb = load_file(str(a / name)), load_file(str(b / name))
+        for key in ta:
+            torch.testing.assert_close(tb[key], ta[key], atol=1e-6, rtol=0, msg=key)
