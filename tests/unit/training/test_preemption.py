@@ -40,12 +40,18 @@ def test_a_signal_is_recorded_and_gives_the_exit_code(signum, code):
 
 
 def test_the_same_signal_twice_stops_at_once():
-    with pytest.raises(KeyboardInterrupt), Preemption() as stop:
-        os.kill(os.getpid(), signal.SIGINT)
-        _wait_for(lambda: stop.requested)
-        os.kill(os.getpid(), signal.SIGINT)  # the old handler again: KeyboardInterrupt
-        _wait_for(lambda: False)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler as the one to come back to (a library imported by other tests may have
+    # installed its own in this process)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), Preemption() as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            _wait_for(lambda: stop.requested)
+            os.kill(os.getpid(), signal.SIGINT)  # the old handler again: KeyboardInterrupt
+            _wait_for(lambda: False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 TWICE = """
