@@ -122,7 +122,7 @@ class TrainConfig:
     greater_is_better: bool | None = key(None, "whether a larger metric_for_best_model is better (default: true)")
     early_stopping_patience: int | None = key(None,
         "stop after this many evaluations without improvement of metric_for_best_model (default: never)")
-    fp16: bool = key(False, "float16 autocast with a gradient scaler (CUDA only)")
+    fp16: bool = key(False, "float16 training: not supported yet (refused); bf16: auto trains in bfloat16 on a GPU")
     packing: bool = key(False,
         "lay each task batch out as packed rows with a block-diagonal attention mask (no padding); an encoder "
         "that cannot run them gets padded batches")

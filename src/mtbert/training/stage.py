@@ -83,10 +83,10 @@ class Stage:
             save_config(cfg, self.run_dir.config)
         torch.manual_seed(cfg.seed)
         self.device = self.ranks.device
-        if cfg.fp16 and self.device.type != "cuda":
-            raise MtbertError(f"fp16: float16 training needs a CUDA GPU, and this process runs on {self.device.type}; "
-                              "remove fp16 (bf16 is the GPU default)")
-        self.use_bf16 = self.device.type == "cuda" and cfg.bf16 in ("auto", "true") and not cfg.fp16
+        if cfg.fp16:  # refused rather than silently trained in float32
+            raise MtbertError("fp16: float16 training (with a gradient scaler) is not supported yet; remove fp16 "
+                              "(on a GPU, bf16: auto trains in bfloat16)")
+        self.use_bf16 = self.device.type == "cuda" and cfg.bf16 in ("auto", "true")
         # with class names read from the data when labels are names (saved with the model: predictions map back)
         self.specs = [resolve_labels(s, cfg.resolved_data_dir()) for s in cfg.task_specs()]
         ratios = cfg.ratios()

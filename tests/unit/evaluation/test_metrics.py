@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers.task_results import results
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -16,14 +17,6 @@ from mtbert.tasks import BUILTIN_TASKS
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
 
 
-def results(rng: np.random.Generator, n: int = 200, noise: float = 1.0) -> dict:
-    sst_y = rng.integers(0, 5, n)
-    sst_p = np.where(rng.random(n) < 0.55, sst_y, rng.integers(0, 5, n))
-    para_y = rng.integers(0, 2, n)
-    para_p = np.where(rng.random(n) < 0.8, para_y, 1 - para_y)
-    sts_y = rng.uniform(0, 5, n)
-    sts_p = sts_y + rng.normal(0, noise, n)
-    return {"sst": (SST, sst_p, sst_y), "para": (PARA, para_p, para_y), "sts": (STS, sts_p, sts_y)}
 
 
 # ---- metrics against scikit-learn and scipy ----------------------------------------------------------------------
