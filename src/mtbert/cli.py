@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=10, help="timed steps per method")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")
+    b.add_argument("--trainable", default="full",
+                   help="comma-separated: full, lora, frozen-embeddings (several: each in its own process, with its "
+                        "peak memory)")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     b = bench.add_parser("throughput", help="training and prediction speed against Trainer and CrossEncoder")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")

@@ -34,3 +34,35 @@ def test_bench_step_names_an_unknown_method(tiny_data_dir, monkeypatch, capsys):
     assert main(["bench", "step", "--methods", "sum,adam"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --methods: unknown method 'adam' (known: sum, pcgrad")
+
+
+def test_bench_step_measures_full_lora_and_frozen_embedding_training_each_in_its_own_process(
+        tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    out = tmp_path / "step.json"
+    code = main(["bench", "step", "--methods", "sum,pcgrad", "--steps", "1", "--warmup", "0", "--batch_size", "2",
+                 "--trainable", "full,lora,frozen-embeddings", "--json", str(out)])
+    assert code == 0
+    runs = json.loads(out.read_text())["trainable"]
+    assert list(runs) == ["full", "lora", "frozen-embeddings"]
+    encoder = {kind: run["trainable_parameters"]["encoder"] for kind, run in runs.items()}
+    # MiniLM-L6: 22.7M parameters, 11.9M of them in the embeddings; LoRA r 8 on query and value: 6 x 2 x 2 x 384 x 8
+    assert encoder["full"] == 22_713_216
+    assert encoder["frozen-embeddings"] == encoder["full"] - 11_918_592
+    assert encoder["lora"] == 6 * 2 * 2 * 384 * 8
+    for kind, run in runs.items():
+        assert run["trainable"] == kind and run["peak_rss_mb"] > 100
+        assert run["peak_rss_ratio_to_full"] == pytest.approx(run["peak_rss_mb"] / runs["full"]["peak_rss_mb"],
+                                                              abs=1e-3)
+        for method in ("sum", "pcgrad"):
+            seconds = run["methods"][method]["median_seconds"]
+            assert seconds > 0
+            assert run["methods"][method]["ratio_to_full"] == pytest.approx(
+                seconds / runs["full"]["methods"][method]["median_seconds"], rel=1e-2, abs=1e-3)
+
+
+def test_bench_step_names_an_unknown_trainable_kind(tiny_data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    assert main(["bench", "step", "--methods", "sum", "--trainable", "full,adapters"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --trainable: unknown kind 'adapters' (known: full, lora, frozen-embeddings)")

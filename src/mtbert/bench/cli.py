@@ -14,7 +14,8 @@ def main(args: argparse.Namespace) -> int:
     if args.bench == "step":
         from mtbert.bench.step import bench_step
 
-        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size)
+        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size,
+                             args.trainable.split(","))
     elif args.bench == "throughput":
         from mtbert.bench.throughput import bench_throughput
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import resource
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,25 +29,41 @@ from mtbert.training.optim import make_optimizer
 
 PUBLIC_API_ROWS = ("surgery-api", "multitask-trainer")
 BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd", *PUBLIC_API_ROWS)
+# what is trained: the whole encoder, LoRA adapters (peft's defaults: r 8 on the attention's query and value),
+# or everything but the embedding layer
+TRAINABLE = ("full", "lora", "frozen-embeddings")
 
 
-def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> dict[str, Any]:
+def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
+               trainable: list[str] | None = None) -> dict[str, Any]:
     """Median seconds per training step of each method on the same real batches, methods interleaved.
 
     A method is an aggregator (`AGGREGATORS`), a loss weighting (`uncertainty`, `famo`: one backward per task,
     no buffer), `pcgrad-per-layer` (PCGrad on each encoder layer's block) or `torchjd` (torchjd's
     `mtl_backward` + `jac_to_grad` with its PCGrad aggregator), or a row of the public Python API
-    (`surgery-api`, `multitask-trainer`: see `public_api_steps`).
+    (`surgery-api`, `multitask-trainer`: see `public_api_steps`). `trainable` (default `full`) names what is
+    trained (`TRAINABLE`); with more than one, each runs in its own subprocess so that each gets its own peak
+    resident memory (`trainable_runs`).
     """
     known = (*AGGREGATORS, *LOSS_WEIGHTINGS, *BENCH_STEP_EXTRA)
     for method in methods:
         if method not in known:
             raise MtbertError(f"--methods: unknown method '{method}' (known: {', '.join(known)})")
+    trainable = trainable or ["full"]
+    for kind in trainable:
+        if kind not in TRAINABLE:
+            raise MtbertError(f"--trainable: unknown kind '{kind}' (known: {', '.join(TRAINABLE)})")
+    if len(trainable) > 1:
+        return trainable_runs(methods, steps, warmup, batch_size, trainable)
+    (kind,) = trainable
+    if kind != "full" and set(methods) & {"torchjd", *PUBLIC_API_ROWS}:
+        raise MtbertError(f"--trainable {kind}: the torchjd and public API rows train the full encoder only")
     cfg = build_config({"per_device_train_batch_size": batch_size})
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(None, 0.1)
     specs = cfg.task_specs()
     model = MultiTaskModel(encoder, specs)
+    restrict_training(model, kind)
     data = load_task_data(specs, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
                           splits=("train",))
     sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in specs}, seed=0)
@@ -80,10 +103,50 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int) -> 
     base = medians.get("sum")
     return {
         "benchmark": "step", "tasks": [s.name for s in specs], "batch_size_per_task": batch_size, "steps": steps,
-        **machine(),
+        **machine(), "trainable": kind,
+        "trainable_parameters": {"encoder": sum(p.numel() for p in model.shared_parameters()),
+                                 "all": sum(p.numel() for p in model.parameters() if p.requires_grad)},
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: kilobytes
         "methods": {m: {"median_seconds": round(v, 4), "ratio_to_sum": round(v / base, 3) if base else None,
                         "all_seconds": [round(t, 4) for t in times[m]]} for m, v in medians.items()},
     }
+
+
+def restrict_training(model: MultiTaskModel, kind: str) -> None:
+    """Make only what `kind` trains require grad (`full` leaves the model as it is)."""
+    from mtbert.model.adapters import apply_lora, freeze_embeddings
+
+    if kind == "lora":
+        apply_lora(model, {})
+    elif kind == "frozen-embeddings":
+        freeze_embeddings(model)
+
+
+def trainable_runs(methods: list[str], steps: int, warmup: int, batch_size: int, kinds: list[str]
+                   ) -> dict[str, Any]:
+    """`bench_step` once per trainable kind, each in a fresh subprocess (one after the other, so their seconds are
+    not interleaved), with each one's peak resident memory and its seconds relative to the first kind's."""
+    runs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="mtbert-bench-step-") as tmp:
+        for kind in kinds:
+            out = Path(tmp) / f"{kind}.json"
+            command = [sys.executable, "-m", "mtbert", "bench", "step", "--methods", ",".join(methods),
+                       "--steps", str(steps), "--warmup", str(warmup), "--batch_size", str(batch_size),
+                       "--trainable", kind, "--json", str(out)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+            done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(command)} failed with exit status {done.returncode}:\n"
+                                   f"{done.stderr[-2000:]}")
+            runs[kind] = json.loads(out.read_text(encoding="utf-8"))
+    first = runs[kinds[0]]
+    for run in runs.values():
+        for method, figures in run["methods"].items():
+            figures[f"ratio_to_{kinds[0]}"] = round(figures["median_seconds"]
+                                                   / first["methods"][method]["median_seconds"], 3)
+        run["peak_rss_ratio_to_" + kinds[0]] = round(run["peak_rss_mb"] / first["peak_rss_mb"], 3)
+    return {"benchmark": "step", "tasks": first["tasks"], "batch_size_per_task": batch_size, "steps": steps,
+            **machine(), "trainable": runs}
 
 
 def torchjd_step(model: MultiTaskModel, batches: dict[str, dict], scale: dict[str, float]) -> None:

@@ -5,7 +5,8 @@
   with `train_sampling_strategy="group_by_length"` (`ratio_grouped`), on SST and STS;
 - prediction examples/s: `mtbert predict`'s path (tokenize, then `predict_set`: length-sorted packed batches,
   inference_mode) vs `sentence_transformers.CrossEncoder.predict` and vs a plain batched loop in file order,
-  on the Quora and STS dev pairs;
+  on the Quora and STS dev pairs; on the CPU also `mtbert predict --quantize int8` (`int8_to_cross_encoder`, with
+  how far its predictions are from fp32's: `int8_same_class` or `int8_max_abs_difference`);
 - peak resident memory of a three-task `sum` and `pcgrad` training run, each in its own subprocess;
 - the machine's measured peak: an fp32 GEMM of the model's FFN shape (`gemm`), timed before and after the rest.
   Each training and prediction figure also gets its useful FLOP/s (`useful_gflops_per_second`: the FLOPs of the
@@ -44,7 +45,8 @@ from mtbert.model import MultiTaskModel, default_backbone, load_encoder, task_lo
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 from mtbert.training.optim import make_optimizer
 
-GOALS = {"training": 1.6, "training_grouped": 1.2, "training_utilization": 0.6, "prediction": 1.3, "memory": 1.2}
+GOALS = {"training": 1.6, "training_grouped": 1.2, "training_utilization": 0.6, "prediction": 1.3,
+         "prediction_int8": 2.0, "memory": 1.2}
 
 
 def bench_throughput(examples: int = 256, model_path: str | None = None, data_dir: str | Path | None = None,
@@ -360,15 +362,29 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
                                truncation=True, max_length=max_length, return_tensors="pt")
             model(spec.name, [{k: v.to(device) for k, v in inputs.items()}]).cpu()
 
+    def run_int8() -> None:  # `mtbert predict --quantize int8`: the quantized copy is made on each call
+        encoded = encode_examples(tokenizer, spec, examples, max_length, "cross")
+        predict_set(model, encoded, batch_size, pad_id, device, quantize="int8")
+
     contenders = {"mtbert": run_mtbert, "cross_encoder": run_cross, "plain_loop": run_plain}
+    if device.type == "cpu":  # dynamic int8 quantization runs on the CPU only
+        contenders["mtbert_int8"] = run_int8
     times = interleaved(contenders, repeats, contenders)
     encoded = encode_examples(tokenizer, spec, examples, max_length, "cross")
     with torch.inference_mode():
         gflop = useful_flops(model, encoded, pad_id, device, backward=False) / 1e9
-    return {"examples": n, "examples_per_second": rates(times, n),
-            "ratio": {"to_cross_encoder": paired_ratio(times, "mtbert", "cross_encoder"),
-                      "to_plain_loop": paired_ratio(times, "mtbert", "plain_loop")},
-            "useful_gflop": significant(gflop)}
+    ratios = {"to_cross_encoder": paired_ratio(times, "mtbert", "cross_encoder"),
+              "to_plain_loop": paired_ratio(times, "mtbert", "plain_loop")}
+    if "mtbert_int8" in times:
+        ratios["int8_to_cross_encoder"] = paired_ratio(times, "mtbert_int8", "cross_encoder")
+        fp32, _ = predict_set(model, encoded, batch_size, pad_id, device)
+        int8, _ = predict_set(model, encoded, batch_size, pad_id, device, quantize="int8")
+        agreement = {"int8_max_abs_difference": significant(float(abs(fp32 - int8).max()))} if spec.is_regression \
+            else {"int8_same_class": significant(float((fp32 == int8).mean()))}
+    else:
+        agreement = {}
+    return {"examples": n, "examples_per_second": rates(times, n), "ratio": ratios,
+            "useful_gflop": significant(gflop), **agreement}
 
 
 # ---- memory --------------------------------------------------------------------------------------
@@ -443,6 +459,11 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
     if prediction:
         out["prediction_vs_cross_encoder"] = {"goal": f">= {GOALS['prediction']}", "worst": min(prediction),
                                               "met": min(prediction) >= GOALS["prediction"]}
+    int8 = [r["ratio"]["int8_to_cross_encoder"] for r in results.get("prediction", {}).values()
+            if "int8_to_cross_encoder" in r["ratio"]]
+    if int8:
+        out["prediction_int8_vs_cross_encoder"] = {"goal": f">= {GOALS['prediction_int8']}", "worst": min(int8),
+                                                   "met": min(int8) >= GOALS["prediction_int8"]}
     memory = results.get("memory", {}).get("ratio")
     if memory is not None:
         out["pcgrad_memory_vs_sum"] = {"goal": f"<= {GOALS['memory']}", "ratio": memory,

@@ -62,11 +62,14 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
         assert all(u > 0 for u in figures["utilization"].values())
 
     assert set(results["prediction"]) == {"para", "sts"}
+    assert 0 <= results["prediction"]["para"]["int8_same_class"] <= 1
+    assert 0 <= results["prediction"]["sts"]["int8_max_abs_difference"] < 5
     for figures in results["prediction"].values():
         assert figures["examples"] == 6
-        assert set(figures["examples_per_second"]) == {"mtbert", "cross_encoder", "plain_loop"}
+        assert set(figures["examples_per_second"]) == {"mtbert", "cross_encoder", "plain_loop", "mtbert_int8"}
         assert all(f["per_second"] > 0 for f in figures["examples_per_second"].values())
         assert figures["ratio"]["to_cross_encoder"] > 0 and figures["ratio"]["to_plain_loop"] > 0
+        assert figures["ratio"]["int8_to_cross_encoder"] > 0
         assert figures["useful_gflop"] > 0 and all(u > 0 for u in figures["utilization"].values())
 
     gemm = results["gemm"]
@@ -76,5 +79,6 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
     assert memory["peak_rss_mb"]["sum"] > 0 and memory["peak_rss_mb"]["pcgrad"] > 0 and memory["ratio"] > 0
 
     assert set(results["goals"]) == {"training_vs_trainer", "training_vs_trainer_grouped", "training_utilization",
-                                     "prediction_vs_cross_encoder", "pcgrad_memory_vs_sum"}
+                                     "prediction_vs_cross_encoder", "prediction_int8_vs_cross_encoder",
+                                     "pcgrad_memory_vs_sum"}
     assert all(isinstance(goal["met"], bool) for goal in results["goals"].values())
