@@ -122,10 +122,11 @@ class TrainConfig:
     greater_is_better: bool | None = key(None, "whether a larger metric_for_best_model is better (default: true)")
     early_stopping_patience: int | None = key(None,
         "stop after this many evaluations without improvement of metric_for_best_model (default: never)")
-    fp16: bool = key(False, "float16 training: not supported yet (refused); bf16: auto trains in bfloat16 on a GPU")
-    packing: bool = key(False,
+    fp16: bool = key(False, "float16 mixed precision with a gradient scaler, on a CUDA GPU (steps whose gradients "
+                     "overflow are skipped); bf16: auto trains in bfloat16 on a GPU")
+    packing: bool = key(True,
         "lay each task batch out as packed rows with a block-diagonal attention mask (no padding); an encoder "
-        "that cannot run them gets padded batches")
+        "that cannot run them gets padded batches; false: padded batches")
     gradient_checkpointing: bool = key(False, "recompute activations in the backward pass (less memory, more time)")
     lora: dict[str, Any] | None = key(None,
         "LoRA adapters through peft (r, lora_alpha, lora_dropout, target_modules; {} for the defaults); surgery "

@@ -65,8 +65,9 @@ def sum_runs(base) -> tuple[Path, Path]:
     return _pair(base, "sum")
 
 
-def _assert_same_weights(a: Path, b: Path) -> None:
-    for name in ("heads.safetensors", "encoder/model.safetensors"):
+def _assert_same_weights(a: Path, b: Path, files: tuple[str, ...] = ("heads.safetensors", "encoder/model.safetensors")
+                         ) -> None:
+    for name in files:
         ta, tb = load_file(str(a / "best" / name)), load_file(str(b / "best" / name))
         assert ta.keys() == tb.keys()
         for key in ta:
@@ -106,6 +107,22 @@ def test_local_mode_with_famo_equals_one_process_on_the_union(base):
     FAMO's weights read the losses' values, which every rank takes from the union of the batches."""
     two, one = _pair(base, "famo", method="famo", ddp_mode="local")
     _assert_same_weights(two, one)
+    _assert_same_losses(two, one)
+
+
+def test_two_processes_with_the_trainer_keys_equal_one_process_on_the_union(base):
+    """Gradient accumulation (each rank accumulates its share of the micro-batches), frozen embeddings and lowest
+    layer, gradient checkpointing and packed batches: the same step as one process on the union."""
+    two, one = _pair(base, "keys", method="pcgrad", gradient_accumulation_steps=2, freeze_embeddings=True,
+                     freeze_layers=1, gradient_checkpointing=True, packing=True)
+    _assert_same_weights(two, one)
+    _assert_same_losses(two, one)
+
+
+def test_two_processes_with_lora_equal_one_process_on_the_union(base):
+    """PCGrad over LoRA adapters: every rank's per-task buffer holds the adapters, averaged over the ranks."""
+    two, one = _pair(base, "lora", method="pcgrad", lora={"r": 4, "lora_alpha": 8})
+    _assert_same_weights(two, one, ("heads.safetensors", "adapter/adapter_model.safetensors"))
     _assert_same_losses(two, one)
 
 

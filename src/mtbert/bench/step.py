@@ -20,6 +20,7 @@ import torch
 from mtbert.bench.machine import machine
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
+from mtbert.data.encoding import collate_packed
 from mtbert.errors import MtbertError
 from mtbert.methods.aggregators import AGGREGATORS
 from mtbert.methods.method import Method, plain_objective
@@ -68,7 +69,8 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
                           splits=("train",))
     sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in specs}, seed=0)
     pad = tokenizer.pad_token_id or 0
-    all_batches = [{s.name: collate(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
+    make = collate_packed if cfg.packing else collate  # as training batches them
+    all_batches = [{s.name: make(data[s.name].train, sampler.draw(s.name, batch_size), pad) for s in specs}
                    for _ in range(steps + warmup)]
     device = torch.device("cpu")
     tasks = [s.name for s in specs]

@@ -65,11 +65,17 @@ class Method:
         return self.surgery or self.ranks.distributed or (diagnostics and num_tasks > 1)
 
     def backward(self, batches: dict[str, dict], loss_scale: dict[str, float], objective: TaskObjective,
-                 diagnostics: bool = False) -> tuple[dict[str, float], dict[str, Any] | None]:
+                 diagnostics: bool = False, scaler: torch.amp.GradScaler | None = None
+                 ) -> tuple[dict[str, float], dict[str, Any] | None]:
         """Backward every task's scaled objective and leave the step's gradient in `.grad`.
 
         A task's batch may be a list of micro-batches (`gradient_accumulation_steps`): their gradients add up in
         its row of the buffer before the method aggregates once.
+
+        `scaler` (fp16): every objective is scaled by the `torch.amp.GradScaler`, the buffer is unscaled before
+        it is aggregated (aggregators such as Nash-MTL are not scale-equivariant) and the update is written back
+        scaled, so that `scaler.unscale_` finds `.grad` as it expects; a buffer that overflowed writes NaN, so
+        that the scaler skips the step.
 
         Returns each task's mean per-sample loss (averaged over the ranks) and, with `diagnostics` and a
         filled buffer, the gradient statistics of `aggregators.diagnose` (and a loss weighting's `task_weight`).
@@ -90,6 +96,8 @@ class Method:
                 scaled = task_objective * loss_scale[task]
                 if self.weighting is not None:  # a weight per task on its loss (of all ranks' batches)
                     scaled = self.weighting.weigh(task, self.ranks.with_mean_value(scaled))
+                if scaler is not None:  # fp16
+                    scaled = scaler.scale(scaled)
                 scaled.backward()  # frees this batch's graph: peak memory is one (micro-)batch
                 total, samples = total + loss.item(), samples + len(batch["labels"])
             losses[task] = total / samples
@@ -99,12 +107,20 @@ class Method:
         weights = {"task_weight": self.weighting.weights()} if diagnostics and self.weighting is not None else {}
         if buffer is None:
             return losses, weights or None
+        overflowed, grad_scale = False, scaler.get_scale() if scaler is not None else 1.0
+        if scaler is not None:  # fp16: aggregate the true gradients
+            overflowed = not bool(torch.isfinite(buffer.grads).all())
+            buffer.grads.div_(grad_scale)
         if self.per_layer:
             update = aggregate_per_layer(self.aggregate, buffer.grads, buffer.layer_groups(), self.generator)
         else:
             update = self.aggregate(buffer.grads, generator=self.generator)
-        stats = {**diagnose(buffer.grads, update, list(batches)), **weights} if diagnostics else None
-        buffer.write(self.ranks.mean_update(update))  # ddp_mode local: the mean of the ranks' updates
+        stats = {**diagnose(buffer.grads, update, list(batches)), **weights} if diagnostics and not overflowed \
+            else None
+        if overflowed:
+            update = torch.full_like(update, float("nan"))
+        update = self.ranks.mean_update(update)  # ddp_mode local: the mean of the ranks' updates
+        buffer.write(update * grad_scale if scaler is not None else update)
         return losses, stats
 
     def after_step(self, losses: dict[str, float]) -> None:

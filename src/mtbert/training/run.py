@@ -6,6 +6,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import torch
+
 from mtbert.config import TrainConfig, save_config
 from mtbert.data.loading import DATA_HELP, read_split, resolve_labels
 from mtbert.distributed import start as start_ranks
@@ -45,6 +47,9 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
 def check_inputs(cfg: TrainConfig) -> None:
     """Every input a run reads, checked before it writes: each task's train and dev data, and the model it
     starts from (the backbone, or two_step.init_from's best model). Raises MtbertError in one sentence."""
+    if cfg.fp16 and not torch.cuda.is_available():
+        raise MtbertError("fp16: float16 mixed precision needs a CUDA GPU and none is available; remove fp16 to "
+                          "train in float32")
     data_dir = cfg.resolved_data_dir()
     specs = cfg.task_specs()
     if any(s.dataset is None for s in specs) and not data_dir.is_dir():

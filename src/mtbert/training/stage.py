@@ -83,10 +83,10 @@ class Stage:
             save_config(cfg, self.run_dir.config)
         torch.manual_seed(cfg.seed)
         self.device = self.ranks.device
-        if cfg.fp16:  # refused rather than silently trained in float32
-            raise MtbertError("fp16: float16 training (with a gradient scaler) is not supported yet; remove fp16 "
-                              "(on a GPU, bf16: auto trains in bfloat16)")
-        self.use_bf16 = self.device.type == "cuda" and cfg.bf16 in ("auto", "true")
+        # mixed precision: float16 with a gradient scaler (fp16, a GPU only: check_inputs), else bf16 on a GPU
+        use_bf16 = not cfg.fp16 and self.device.type == "cuda" and cfg.bf16 in ("auto", "true")
+        self.amp_dtype = torch.float16 if cfg.fp16 else torch.bfloat16 if use_bf16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.fp16 else None
         # with class names read from the data when labels are names (saved with the model: predictions map back)
         self.specs = [resolve_labels(s, cfg.resolved_data_dir()) for s in cfg.task_specs()]
         ratios = cfg.ratios()
@@ -154,6 +154,9 @@ class Stage:
                                      self.method.generator, self.ranks.rank)
         self.method.load_state_dict(state)
         state.pop("loss_weighting", None)
+        scaler_state = state.pop("grad_scaler", None)
+        if self.scaler is not None and scaler_state is not None:
+            self.scaler.load_state_dict(scaler_state)
         if self.ranks.is_main:
             ckpt.truncate_logs(self.run_dir.root, state["global_step"])
         logger.info("resumed from %s at step %d", path, state["global_step"])
@@ -173,11 +176,13 @@ class Stage:
                     break
                 log_now = step % cfg.logging_steps == 0 or step == self.total_steps
                 batches, loss_scale = self.next_batches(step)
-                losses, stats = self.method.backward(batches, loss_scale, self.objective, diagnostics=log_now)
-                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm or float("inf"))
-                if math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
+                losses, stats = self.method.backward(batches, loss_scale, self.objective, log_now, self.scaler)
+                grad_norm = self.clip_gradients()
+                if self.scaler is not None and not math.isfinite(grad_norm.item()):
+                    self.skip_overflow(step)  # optional: fp16's scaled gradients overflowed
+                elif math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
                     state["bad_steps"] = 0
-                    self.optimizer.step()
+                    self.optimizer_step()
                     self.scheduler.step()
                     self.method.after_step(losses)
                 else:
@@ -239,14 +244,34 @@ class Stage:
     def objective(self, task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """A task's summed loss on its batch, and the objective to backpropagate (with SMART's penalty)."""
         inputs = [{k: v.to(self.device) for k, v in x.items()} for x in batch["inputs"]]
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             outputs = self.model(task, inputs)
         loss = task_loss(self.model.specs[task], outputs.float(), batch["labels"].to(self.device), self.cfg.sts_loss)
         if self.smoothness is None:
             return loss, loss
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.use_bf16):  # optional: SMART
+        # optional: SMART
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             penalty = smart_penalty(self.model, task, inputs, outputs, self.smoothness)
         return loss, loss + self.smoothness.weight * penalty
+
+    def clip_gradients(self) -> torch.Tensor:
+        """Clip `.grad` to max_grad_norm (unscaled first under fp16) and return the total norm before clipping."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
+
+    def optimizer_step(self) -> None:
+        if self.scaler is None:
+            self.optimizer.step()
+        else:  # fp16: the gradients are unscaled and finite; the scaler may raise its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+
+    def skip_overflow(self, step: int) -> None:
+        """fp16: the scaled gradients overflowed; as Trainer does, the step is skipped and the scale halved."""
+        self.scaler.update()
+        logger.info("step %d: float16 gradients overflowed; step skipped, gradient scale lowered to %g", step,
+                    self.scaler.get_scale())
 
     def skip_bad_step(self, step: int, losses: dict[str, float]) -> None:
         """A non-finite loss or gradient: the step is skipped; after max_bad_steps in a row training stops."""
@@ -319,7 +344,8 @@ class Stage:
         self.ranks.main_only(atomic_dir, self.run_dir.best, lambda tmp: model.save_pretrained(tmp, self.tokenizer))
 
     def save_checkpoint(self, step: int) -> None:
-        state = {**self.state, **self.method.state_dict()}
+        state = {**self.state, **self.method.state_dict(),
+                 **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
         self.ranks.main_only(ckpt.save_checkpoint, self.run_dir.root, step, self.model, self.optimizer,
                              self.scheduler, self.sampler, self.method.generator, state, self.cfg.save_total_limit,
                              rank_rng=self.ranks.rng_states())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 from mtbert.config import build_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.training.run import train
+from mtbert.training.stage import Stage
 
 
 def _weights(run_dir):
@@ -42,7 +44,7 @@ def test_accumulating_two_micro_batches_of_8_equals_one_batch_of_16(tiny_config,
 
 def test_packed_batches_train_as_padded_ones(tiny_config, tmp_path):
     common = {**tiny_config, "method": "pcgrad", "dropout": 0.0, "eval_strategy": "no", "num_train_epochs": 1}
-    train(build_config({**common, "output_dir": str(tmp_path / "padded")}))
+    train(build_config({**common, "output_dir": str(tmp_path / "padded"), "packing": False}))
     train(build_config({**common, "output_dir": str(tmp_path / "packed"), "packing": True}))
     padded, packed = _weights(tmp_path / "padded"), _weights(tmp_path / "packed")
     for key in padded:
@@ -70,9 +72,50 @@ def test_early_stopping_stops_after_patience_evaluations_and_finishes(tiny_confi
     assert (Path(cfg.output_dir) / "results.json").is_file()
 
 
-def test_fp16_is_refused_in_one_sentence_not_silently_run_in_float32(tiny_config):
-    with pytest.raises(MtbertError, match="^fp16: float16 training .* is not supported yet"):
+def test_fp16_without_a_gpu_is_one_sentence_and_writes_nothing(tiny_config, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(MtbertError, match="^fp16: float16 mixed precision needs a CUDA GPU and none is available"):
         train(build_config({**tiny_config, "fp16": True}))
+    assert not Path(tiny_config["output_dir"]).exists()
+
+
+# fp16's mechanics run here on the CPU, which has float16 autocast and a GradScaler too: `train` refuses fp16
+# without a GPU (above), so these build the Stage themselves.
+def _fp16_stage(tiny_config: dict, **extra) -> Stage:
+    cfg = build_config({**tiny_config, "fp16": True, "eval_strategy": "no", "dropout": 0.0, **extra})
+    return Stage(cfg, Path(cfg.output_dir))
+
+
+@pytest.mark.parametrize("method", ["sum", "pcgrad"])
+def test_fp16_trains_in_float16_autocast_with_a_gradient_scaler(tiny_config, method):
+    stage = _fp16_stage(tiny_config, method=method)
+    assert stage.amp_dtype == torch.float16 and stage.scaler.get_scale() == 2.0**16
+    start = {k: v.clone() for k, v in stage.model.encoder.state_dict().items()}
+    stage.run()
+    logs = [json.loads(line) for line in (stage.run_dir.train_log).read_text().splitlines()]
+    assert len(logs) == 4 and all(math.isfinite(v) for r in logs for v in r["loss"].values())
+    moved = max((stage.model.encoder.state_dict()[k] - v).abs().max() for k, v in start.items())
+    assert moved > 1e-4
+
+
+@pytest.mark.parametrize("method", ["sum", "pcgrad"])
+def test_fp16_skips_a_step_whose_scaled_gradients_overflow_and_halves_the_scale(tiny_config, method):
+    stage = _fp16_stage(tiny_config, method=method, max_steps=1)
+    stage.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**120)  # float16 gradients overflow at 65504
+    start = {k: v.clone() for k, v in stage.model.state_dict().items()}
+    stage.run()
+    assert stage.scaler.get_scale() == 2.0**119
+    for key, value in stage.model.state_dict().items():
+        torch.testing.assert_close(value, start[key], rtol=0, atol=0, msg=key)  # no parameter moved
+    assert stage.scheduler.last_epoch == 0  # the schedule did not advance either
+
+
+def test_fp16_checkpoints_the_gradient_scaler_and_resume_restores_it(tiny_config):
+    stage = _fp16_stage(tiny_config)
+    stage.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
+    stage.save_checkpoint(1)
+    resumed = Stage(stage.cfg, stage.run_dir.root, resume_from_checkpoint="last")
+    assert resumed.scaler.get_scale() == 1234.0 and resumed.scaler.get_growth_interval() == 7
 
 
 @pytest.mark.parametrize(("raw", "message"), [
