@@ -232,8 +232,8 @@ def test_shipped_rows_share_one_budget_per_stage(tmp_path):
     added = [p.stem for p in SHIPPED.glob("*.yaml") if p.stem not in ("floor", "table", *DEFAULT_ROWS, "single-sst",
                                                                        "single-para", "single-sts")]
     two_step = [name for name in added if name.startswith("two-step-pcgrad-")]
-    assert len(added) - len(two_step) == 13  # issue 9's methods and sampling, issue 8's tries: one stage each
-    assert len(two_step) == 6  # issue 8's tries on the best row: four stages each
+    assert len(added) - len(two_step) == 13  # the added methods and sampling, and tries on pcgrad: one stage each
+    assert len(two_step) == 8  # the tries on the best row (LoRA and frozen embeddings among them): four stages each
     assert len(per_stage) == 3 + 1 + 1 + 4 + 4 + 13 + 4 * len(two_step)
     assert set(per_stage.values()) == {3584}, per_stage
     assert pretraining == {"two-step-pcgrad-mlm masked-LM": 3584, "two-step-pcgrad-mlm-long masked-LM": 35840}

@@ -111,19 +111,22 @@ def test_local_mode_with_famo_equals_one_process_on_the_union(base):
 
 
 def test_two_processes_with_the_trainer_keys_equal_one_process_on_the_union(base):
-    """Gradient accumulation (each rank accumulates its share of the micro-batches), frozen embeddings and lowest
+    """PCGrad over LoRA adapters (every rank's per-task buffer holds the adapters, averaged over the ranks) with
+    gradient accumulation (each rank accumulates its share of the micro-batches), frozen embeddings and lowest
     layer, gradient checkpointing and packed batches: the same step as one process on the union."""
-    two, one = _pair(base, "keys", method="pcgrad", gradient_accumulation_steps=2, freeze_embeddings=True,
-                     freeze_layers=1, gradient_checkpointing=True, packing=True)
-    _assert_same_weights(two, one)
-    _assert_same_losses(two, one)
-
-
-def test_two_processes_with_lora_equal_one_process_on_the_union(base):
-    """PCGrad over LoRA adapters: every rank's per-task buffer holds the adapters, averaged over the ranks."""
-    two, one = _pair(base, "lora", method="pcgrad", lora={"r": 4, "lora_alpha": 8})
+    two, one = _pair(base, "keys", method="pcgrad", lora={"r": 4, "lora_alpha": 8}, gradient_accumulation_steps=2,
+                     freeze_embeddings=True, freeze_layers=1, gradient_checkpointing=True, packing=True)
     _assert_same_weights(two, one, ("heads.safetensors", "adapter/adapter_model.safetensors"))
     _assert_same_losses(two, one)
+
+
+def test_two_processes_stop_early_at_the_step_one_process_stops(base):
+    """Every rank scores the gathered dev predictions, so all of them take the early-stopping decision together."""
+    two, one = _pair(base, "early", eval_strategy="steps", eval_steps=1, early_stopping_patience=1,
+                     metric_for_best_model="sst_acc", learning_rate=1e-9, head_learning_rate=1e-9)
+    results = [json.loads((run / "results.json").read_text()) for run in (two, one)]
+    assert results[0]["stopped_early_at"] == results[1]["stopped_early_at"] == 2  # step 1 stays best
+    _assert_same_weights(two, one)
 
 
 def test_two_process_run_writes_the_same_files_as_one_process(sum_runs):

@@ -44,7 +44,8 @@ def _kill_when(args: list[str], marker: str) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
-@pytest.mark.parametrize("method", ["sum", "pcgrad", "famo"])
+# `sum` resumes under torchrun in tests/e2e/test_distributed.py; FAMO has state of its own (its task logits)
+@pytest.mark.parametrize("method", ["pcgrad", "famo"])
 def test_sigkill_then_resume_matches_uninterrupted(tiny_config, tmp_path, method):
     whole = _config(tiny_config, tmp_path, "whole", method=method)
     broken = _config(tiny_config, tmp_path, "broken", method=method)

@@ -20,9 +20,9 @@ def mtbert(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
                           timeout=900, cwd=ROOT)
 
 
-def _overrides(tmp_path: Path, name: str, tiny_model_dir: Path, tiny_data_dir: Path) -> list[str]:
+def _overrides(tmp_path: Path, name: str, tiny_model_dir: Path, tiny_data_dir: Path, real: bool = REAL) -> list[str]:
     args = ["--output_dir", str(tmp_path / name)]
-    if not REAL:
+    if not real:
         args += ["--model_name_or_path", str(tiny_model_dir), "--data_dir", str(tiny_data_dir),
                  "--learning_rate", "1e-3"]
     return args
@@ -94,8 +94,9 @@ def test_evaluate_and_predict_agree_with_the_run(smoke_run, tmp_path, tiny_data_
 
 
 def test_smoke_two_step_with_a_ratio_zero_task(tmp_path, tiny_model_dir, tiny_data_dir):
+    # the tiny model and data always: four trainings (stage 1, then each task), each reading the data again
     result = mtbert("train", "configs/smoke-two-step.yaml", *_overrides(tmp_path, "two", tiny_model_dir,
-                                                                         tiny_data_dir))
+                                                                         tiny_data_dir, real=False))
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "two"
     stage1 = json.loads((run / "stage1" / "results.json").read_text())
