@@ -44,11 +44,13 @@ def _kill_when(args: list[str], marker: str) -> None:
     assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
 
 
-# `sum` resumes under torchrun in tests/e2e/test_distributed.py; FAMO has state of its own (its task logits)
-@pytest.mark.parametrize("method", ["pcgrad", "famo"])
-def test_sigkill_then_resume_matches_uninterrupted(tiny_config, tmp_path, method):
-    whole = _config(tiny_config, tmp_path, "whole", method=method)
-    broken = _config(tiny_config, tmp_path, "broken", method=method)
+# `sum` resumes under torchrun in tests/e2e/test_distributed.py; FAMO has state of its own (its task logits);
+# PCGrad accumulates each step's gradient over two micro-batches, so the kill can fall between them
+@pytest.mark.parametrize(("method", "accumulation"), [("pcgrad", 2), ("famo", 1)])
+def test_sigkill_then_resume_matches_uninterrupted(tiny_config, tmp_path, method, accumulation):
+    extra = {"method": method, "gradient_accumulation_steps": accumulation}
+    whole = _config(tiny_config, tmp_path, "whole", **extra)
+    broken = _config(tiny_config, tmp_path, "broken", **extra)
     assert _run([str(whole)]).returncode == 0
     _kill_when([str(broken)], str(tmp_path / "broken" / "checkpoint-*"))
     resumed = _run([str(broken), "--resume_from_checkpoint", "last"])
