@@ -27,12 +27,13 @@ from mtbert.methods.method import Method, plain_objective
 from mtbert.methods.weighting import LOSS_WEIGHTINGS
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
 from mtbert.training.optim import make_optimizer
+from mtbert.training.stage import adapt
 
 PUBLIC_API_ROWS = ("surgery-api", "multitask-trainer")
 BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd", *PUBLIC_API_ROWS)
-# what is trained: the whole encoder, LoRA adapters (peft's defaults: r 8 on the attention's query and value),
-# or everything but the embedding layer
-TRAINABLE = ("full", "lora", "frozen-embeddings")
+# what is trained, as config keys: the whole encoder, LoRA adapters (peft's defaults: r 8 on the attention's query
+# and value), or everything but the embedding layer
+TRAINABLE = {"full": {}, "lora": {"lora": {}}, "frozen-embeddings": {"freeze_embeddings": True}}
 
 
 def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
@@ -59,12 +60,12 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
     (kind,) = trainable
     if kind != "full" and set(methods) & {"torchjd", *PUBLIC_API_ROWS}:
         raise MtbertError(f"--trainable {kind}: the torchjd and public API rows train the full encoder only")
-    cfg = build_config({"per_device_train_batch_size": batch_size})
+    cfg = build_config({"per_device_train_batch_size": batch_size, **TRAINABLE[kind]})
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(None, 0.1)
     specs = cfg.task_specs()
     model = MultiTaskModel(encoder, specs)
-    restrict_training(model, kind)
+    adapt(model, cfg)  # as training does: LoRA or frozen embeddings
     data = load_task_data(specs, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
                           splits=("train",))
     sampler = MultiTaskSampler({s.name: len(data[s.name].train) for s in specs}, seed=0)
@@ -112,16 +113,6 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
         "methods": {m: {"median_seconds": round(v, 4), "ratio_to_sum": round(v / base, 3) if base else None,
                         "all_seconds": [round(t, 4) for t in times[m]]} for m, v in medians.items()},
     }
-
-
-def restrict_training(model: MultiTaskModel, kind: str) -> None:
-    """Make only what `kind` trains require grad (`full` leaves the model as it is)."""
-    from mtbert.model.adapters import apply_lora, freeze_embeddings
-
-    if kind == "lora":
-        apply_lora(model, {})
-    elif kind == "frozen-embeddings":
-        freeze_embeddings(model)
 
 
 def trainable_runs(methods: list[str], steps: int, warmup: int, batch_size: int, kinds: list[str]
