@@ -17,6 +17,13 @@ settings.load_profile("mtbert")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Under pytest-xdist (`make test` runs one worker per core), the workers share the cores: each worker, and every
+# process it starts (the end-to-end tests' CLI runs), gets its share of torch threads instead of all of them.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    _threads = max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_threads)
+    torch.set_num_threads(_threads)
+
 WORDS = ("good bad movie film great awful fun dull plot actor story love hate the a is was very not "
          "what how why can you do make best way learn play dog cat man woman eat run fast slow").split()
 

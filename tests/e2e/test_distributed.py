@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers.runs import train_here
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -35,11 +36,16 @@ def base(tiny_model_dir, tiny_data_dir, tmp_path_factory) -> dict:
             "max_length": 32, "eval_strategy": "no", "logging_steps": 1, "seed": 0}
 
 
-def _start(base: dict, name: str, processes: int, **extra) -> subprocess.Popen:
+def _config(base: dict, name: str, **extra) -> Path:
     folder = base["folder"]
     cfg = {**{k: v for k, v in base.items() if k != "folder"}, "output_dir": str(folder / name), **extra}
     config = folder / f"{name}.yaml"
     config.write_text(yaml.safe_dump(cfg))
+    return config
+
+
+def _start(base: dict, name: str, processes: int, **extra) -> subprocess.Popen:
+    config = _config(base, name, **extra)
     launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)]
     command = [sys.executable, *(launcher if processes > 1 else []), "-m", "mtbert", "train", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -54,10 +60,16 @@ def _finish(base: dict, runs: dict[str, subprocess.Popen]) -> dict[str, Path]:
 
 
 def _pair(base: dict, name: str, **extra) -> tuple[Path, Path]:
-    """Train 2 processes with batch 4 per task and, at the same time, 1 process with batch 8: their run dirs."""
-    runs = _finish(base, {f"{name}-two": _start(base, f"{name}-two", 2, **extra),
-                          f"{name}-one": _start(base, f"{name}-one", 1, per_device_train_batch_size=8, **extra)})
-    return runs[f"{name}-two"], runs[f"{name}-one"]
+    """Train 2 processes with batch 4 per task and, meanwhile, 1 process with batch 8 (this one, with one thread as
+    each rank has): their run dirs."""
+    two = _start(base, f"{name}-two", 2, **extra)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train_here([str(_config(base, f"{name}-one", per_device_train_batch_size=8, **extra))])
+    finally:
+        torch.set_num_threads(threads)
+    return _finish(base, {f"{name}-two": two})[f"{name}-two"], base["folder"] / f"{name}-one"
 
 
 @pytest.fixture(scope="module")

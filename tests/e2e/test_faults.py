@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers.runs import assert_same_run as _assert_same_run
+from helpers.runs import train_here
 
 pytestmark = pytest.mark.e2e
 
@@ -51,9 +52,7 @@ def whole(tiny_model_dir, tiny_data_dir, tmp_path_factory) -> Path:
     tiny = {"model_name_or_path": str(tiny_model_dir), "data_dir": str(tiny_data_dir), "tasks": ["sst", "para", "sts"],
             "per_device_train_batch_size": 4, "per_device_eval_batch_size": 16, "learning_rate": 1e-3,
             "max_length": 32, "logging_steps": 1, "seed": 0}
-    proc = _train([str(_config(tiny, folder, "whole"))])
-    _, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err
+    train_here([str(_config(tiny, folder, "whole"))])
     return folder / "whole"
 
 
@@ -72,9 +71,7 @@ def test_a_signal_checkpoints_the_step_exits_and_resume_ends_as_uninterrupted(ti
     assert f"stopped by {name} after step" in message and "--resume_from_checkpoint last" in message
     step = int(message.split("after step ")[1].split(";")[0])
     assert (run / f"checkpoint-{step}").is_dir() and "Traceback" not in err
-    resumed = _train([str(config), "--resume_from_checkpoint", "last"])
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
+    train_here([str(config), "--resume_from_checkpoint", "last"])
     _assert_same_run(whole, run)
 
 
@@ -95,9 +92,7 @@ def test_sigkill_inside_each_kind_of_write_then_resume_ends_as_uninterrupted(tin
         proc.communicate(timeout=60)
         assert proc.returncode == -signal.SIGKILL
         resume = ["--resume_from_checkpoint", "last"]
-    resumed = _train([str(config), *resume])
-    _, err = resumed.communicate(timeout=600)
-    assert resumed.returncode == 0, err
+    train_here([str(config), *resume])
     _assert_same_run(whole, run)
 
 
@@ -121,7 +116,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_confi
 def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tiny_config, tmp_path):
     config = _config(tiny_config, tmp_path, "held", num_train_epochs=1)
     run = tmp_path / "held"
-    first = _train([str(config)], env={"MTBERT_TEST_PAUSE_WRITE": "best:8"})  # holds the folder long enough
+    first = _train([str(config)], env={"MTBERT_TEST_PAUSE_WRITE": "best:15"})  # held while the second starts
     _wait_for(first, lambda: (run / "metrics.jsonl").is_file())
     second = _train([str(config), "--resume_from_checkpoint", "last"])
     _, err = second.communicate(timeout=120)

@@ -1,4 +1,5 @@
-"""Comparing two finished runs: results, weights and dev-metric history equal (to 1e-6)."""
+"""Comparing two finished runs: results, weights and dev-metric history equal (to 1e-6); training a reference run
+in the test's own process."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def assert_same_run(a: Path, b: Path, sub: str = "best") -> None:
     assert len(ma) == len(mb)
     for x, y in zip(ma, mb, strict=True):
         assert x.keys() == y.keys() and all(x[k] == pytest.approx(y[k], abs=1e-6) for k in x)
+
+
+def train_here(args: list[str]) -> None:
+    """`mtbert train ARGS` in this process, as the CLI runs it, asserting exit 0: for the runs a test does not
+    interrupt (the uninterrupted reference, a resume), which need no Python and torch of their own."""
+    from mtbert.cli import main
+
+    assert main(["train", *args]) == 0

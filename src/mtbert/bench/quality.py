@@ -751,12 +751,14 @@ def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int
     """L2-normalised masked-mean embeddings (as sentence-transformers pools its all-MiniLM-L6-v2 and
     all-mpnet-base-v2 models), shortest first."""
     import torch
+    from tqdm.auto import tqdm
 
     encoder.eval()
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=f"floor: embedding {len(texts):,} sentences",
+                          unit="batch", leave=False):
             index = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt")
