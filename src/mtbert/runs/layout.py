@@ -7,6 +7,7 @@ output_dir/
   checkpoint-<step>/         resumable training state
   predictions/<task>-<split>-output.csv   scores/<task>-<split>.tsv
   tensorboard/  mlm/  mlm_log.jsonl
+  trackers.json              the MLflow and W&B run ids (report_to), which a resumed run logs into again
   stage1/  tasks/<task>/     a two-step run: stage 1 and each task's stage 2, each a run folder itself
 ```
 """
@@ -28,6 +29,7 @@ TASKS = "tasks"
 MLM = "mlm"
 MLM_LOG = "mlm_log.jsonl"
 TENSORBOARD = "tensorboard"
+TRACKER_RUNS = "trackers.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 LOCK = ".mtbert.lock"
 MODEL_CONFIG = "mtbert_config.json"  # marks a saved MultiTaskModel folder
@@ -77,6 +79,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.root / TENSORBOARD
+
+    @property
+    def tracker_runs(self) -> Path:
+        return self.root / TRACKER_RUNS
 
     @property
     def lock(self) -> Path:

@@ -21,7 +21,8 @@ class RunLog:
     def __init__(self, run: RunDir, config: dict[str, Any], total_steps: int, first_step: int, enabled: bool) -> None:
         self.run = run
         self.enabled = enabled
-        self.trackers = open_trackers(config["report_to"], run.root, str(run.root), config) if enabled else Trackers([])
+        self.trackers = (open_trackers(config["report_to"], run.root, str(run.root), config, resume=first_step > 0)
+                         if enabled else Trackers([]))
         self.progress = tqdm(total=total_steps, initial=first_step, desc=f"train {run.root.name}",
                              dynamic_ncols=True, mininterval=2.0, disable=not enabled)
         self.since_eval: list[dict] = []  # training records since the last evaluation, for its summary line

@@ -10,6 +10,9 @@ tracker as a scalar named by its keys (`loss/<task>`, `lr`, `cosine/<pair>`, `de
 - `wandb`: one W&B run (named `run_name`) in project `$WANDB_PROJECT` (default `mtbert`), its files under
   `$WANDB_DIR` (default `<output_dir>/wandb/`); `WANDB_MODE=offline` keeps it on disk for `wandb sync`.
 
+A resumed run (`--resume_from_checkpoint`) logs into the same MLflow and W&B runs: their ids are kept in the run
+folder's `trackers.json`; TensorBoard reads the event files of one folder as one run anyway.
+
 Each needs its extra: `pip install "mtbert[tensorboard]"`, `"mtbert[mlflow]"`, `"mtbert[wandb]"`. Open the trackers
 on the main process only; they do not synchronise between processes.
 """
@@ -17,13 +20,15 @@ on the main process only; they do not synchronise between processes.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from mtbert.errors import ConfigError, MtbertError
-from mtbert.runs.layout import TENSORBOARD
+from mtbert.io import atomic_write_json
+from mtbert.runs.layout import TENSORBOARD, RunDir
 
 KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
 _MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
@@ -113,8 +118,9 @@ class Trackers:
 
 
 def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run_name: str,
-                  config: dict[str, Any]) -> Trackers:
-    """Start the trackers `report_to` names for the run in `output_dir`, logging `config` as its parameters.
+                  config: dict[str, Any], resume: bool = False) -> Trackers:
+    """Start the trackers `report_to` names for the run in `output_dir`, logging `config` as its parameters;
+    with `resume`, continue the MLflow and W&B runs that `output_dir/trackers.json` names (new ones if none).
 
     Raises MtbertError when a tracker's package is missing (naming the extra to install) or it cannot start.
     """
@@ -127,24 +133,42 @@ def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run
     if not names:
         return Trackers([])
     output_dir = Path(output_dir)
+    run_ids_file = RunDir(output_dir).tracker_runs
+    earlier = _read_run_ids(run_ids_file) if resume else {}
     _ensure_accelerate_state()
     started: list[Any] = []
     try:
         for name in names:
-            tracker = _make(name, output_dir, run_name, config)
+            tracker = _make(name, output_dir, run_name, config, earlier.get(name))
             tracker.main_process_only = False  # the caller opens trackers on the main process only
             try:
                 tracker.start()
                 started.append(tracker)
-                if name == "mlflow":  # W&B took the config in wandb.init; TensorBoard has config.yaml beside it
-                    tracker.store_init_configuration(flatten_config(config))
+                if name == "mlflow" and name not in earlier:  # W&B took the config in wandb.init; TensorBoard
+                    tracker.store_init_configuration(flatten_config(config))  # has config.yaml beside it
             except Exception as err:  # any failure of a tool to start is reported as one sentence
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 raise MtbertError(f"report_to: {name} could not start ({first})") from None
+        run_ids = {t.name: _run_id(t) for t in started if t.name in ("mlflow", "wandb")}
+        if run_ids:
+            atomic_write_json(run_ids_file, {**earlier, **run_ids})
     except BaseException:
         Trackers(started).close()
         raise
     return Trackers(started)
+
+
+def _read_run_ids(path: Path) -> dict[str, str]:
+    """The tracker run ids a run folder kept ({} when it has none, or the file is unreadable: then new runs)."""
+    try:
+        ids = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in ids.items() if isinstance(v, str)} if isinstance(ids, dict) else {}
+
+
+def _run_id(tracker: Any) -> str:
+    return tracker.active_run.info.run_id if tracker.name == "mlflow" else tracker.run.id
 
 
 def _ensure_accelerate_state() -> None:
@@ -157,18 +181,20 @@ def _ensure_accelerate_state() -> None:
         start()
 
 
-def _make(name: str, output_dir: Path, run_name: str, config: dict[str, Any]) -> Any:
+def _make(name: str, output_dir: Path, run_name: str, config: dict[str, Any], run_id: str | None = None) -> Any:
+    """The accelerate tracker `name`, not started; `run_id`: the MLflow or W&B run to continue."""
     from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
 
     if name == "tensorboard":
         return TensorBoardTracker(run_name=TENSORBOARD, logging_dir=output_dir)  # <output_dir>/tensorboard
-    if name == "mlflow":
-        return MLflowTracker(experiment_name=DEFAULT_PROJECT, run_name=run_name)  # env MLFLOW_* take priority
+    if name == "mlflow":  # env MLFLOW_* take priority
+        return MLflowTracker(experiment_name=DEFAULT_PROJECT, run_name=run_name, run_id=run_id)
     wandb_dir = os.environ.get("WANDB_DIR") or str(output_dir)
     Path(wandb_dir).mkdir(parents=True, exist_ok=True)
+    resume = {"id": run_id, "resume": "allow"} if run_id else {}
     # accelerate passes its `run_name` to wandb.init as the project
     return WandBTracker(os.environ.get("WANDB_PROJECT") or DEFAULT_PROJECT, name=run_name, dir=wandb_dir,
-                        config=config)
+                        config=config, **resume)
 
 
 def _mlflow_names(scalars: dict[str, float]) -> dict[str, float]:

@@ -89,6 +89,31 @@ def test_mlflow_tracker_logs_metrics_and_config_to_a_local_store(monkeypatch, tm
     assert run.data.params["tasks"] == "['sst', 'para']"
 
 
+def test_a_resumed_run_logs_into_the_same_mlflow_run(monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG) as trackers:
+        trackers.log(TRAIN, step=1)
+    first = json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"]
+    with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG, resume=True) as trackers:
+        trackers.log({**TRAIN, "step": 2, "loss": {"sst": 1.25, "para": 0.5}}, step=2)
+    client = mlflow.tracking.MlflowClient()
+    experiment = client.get_experiment_by_name("mtbert").experiment_id
+    (run,) = client.search_runs([experiment])
+    assert run.info.run_id == first and run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client.get_metric_history(first, "loss/sst")] == [(1, 1.5), (2, 1.25)]
+    assert run.data.params["two_step.learning_rate"] == "1e-05"  # logged once, not again on resume
+    with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG):  # a fresh run of the folder: a new run
+        pass
+    assert len(client.search_runs([experiment])) == 2
+    assert json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"] != first
+
+
 def _wandb_records(path: Path):
     """The protobuf Records of a .wandb file (a LevelDB-style log: 32 KiB blocks of checksummed chunks)."""
     from wandb.proto import wandb_internal_pb2
@@ -112,7 +137,20 @@ def _wandb_records(path: Path):
             yield record
 
 
-def test_wandb_tracker_offline_run_folder_holds_the_metrics(monkeypatch, tmp_path):
+def _finished_wandb_records(path: Path) -> list:
+    """The records of a finished offline run's file, once W&B's service has written them all (it writes after
+    `finish()` returns, up to its exit record)."""
+    import time
+
+    deadline = time.time() + 60
+    while True:
+        records = list(_wandb_records(path))
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.time() > deadline:
+            return records
+        time.sleep(0.1)
+
+
+def _offline_wandb(monkeypatch, tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path / "wb"), "WANDB_SILENT": "true",
                        "WANDB_CONSOLE": "off", "WANDB_CONFIG_DIR": str(tmp_path / "cfg"),
@@ -120,13 +158,17 @@ def test_wandb_tracker_offline_run_folder_holds_the_metrics(monkeypatch, tmp_pat
                        "WANDB_DISABLE_GIT": "true", "WANDB_X_DISABLE_STATS": "true"}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_PROJECT", raising=False)
+
+
+def test_wandb_tracker_offline_run_folder_holds_the_metrics(monkeypatch, tmp_path):
+    _offline_wandb(monkeypatch, tmp_path)
     with open_trackers(["wandb"], tmp_path / "run", "my-run", CONFIG) as trackers:
         trackers.log(TRAIN, step=1)
         trackers.log(DEV, step=2)
 
     (run_file,) = (tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb")
     history, run_info = {}, None
-    for record in _wandb_records(run_file):
+    for record in _finished_wandb_records(run_file):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             items = {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
@@ -139,3 +181,35 @@ def test_wandb_tracker_offline_run_folder_holds_the_metrics(monkeypatch, tmp_pat
     assert history[1] == {"epoch": 0.5, "lr": 1e-3, "loss/sst": 1.5, "loss/para": 0.7, "cosine/sst-para": -0.25,
                           "conflict/sst-para": 1.0}
     assert history[2] == {"dev/sst_acc": 0.4, "dev/overall": 0.6}
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(monkeypatch, tmp_path):
+    _offline_wandb(monkeypatch, tmp_path)
+    with open_trackers(["wandb"], tmp_path / "run", "my-run", CONFIG) as trackers:
+        trackers.log(TRAIN, step=1)
+    first = json.loads((tmp_path / "run" / "trackers.json").read_text())["wandb"]
+    with open_trackers(["wandb"], tmp_path / "run", "my-run", CONFIG, resume=True) as trackers:
+        trackers.log(DEV, step=2)
+    runs = list((tmp_path / "wb" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 2 and all(path.name == f"run-{first}.wandb" for path in runs)  # `wandb sync` joins them
+    for path in runs:
+        (record,) = [r.run for r in _finished_wandb_records(path) if r.WhichOneof("record_type") == "run"]
+        assert record.run_id == first
+
+
+def test_the_run_log_continues_the_tracker_run_when_its_stage_resumes(monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
+    import mlflow
+
+    from mtbert.runs.layout import RunDir
+    from mtbert.training.runlog import RunLog
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    config, run = {**CONFIG, "report_to": "mlflow"}, RunDir(tmp_path / "run")
+    client = mlflow.tracking.MlflowClient()
+    for first_step, runs in ((0, 1), (4, 1), (0, 2)):  # a fresh start, its resume at step 4, a fresh start again
+        RunLog(run, config, total_steps=8, first_step=first_step, enabled=True).close()
+        assert len(client.search_runs([client.get_experiment_by_name("mtbert").experiment_id])) == runs
