@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder (plain or two-step)")
     p.add_argument("--task", required=True, help="task name")
     p.add_argument("--output", required=True, help="a new or empty folder for the exported model")
+    p.add_argument("--push_to_hub", metavar="REPO_ID", help="then upload the folder to this Hub model repo "
+                   "(owner/name, created if missing) in one commit; token: HF_TOKEN or `hf auth login`")
+    p.add_argument("--private", action="store_true",
+                   help="with --push_to_hub: create the repo private (an existing repo keeps its visibility)")
+    p.add_argument("--revision", metavar="BRANCH",
+                   help="with --push_to_hub: the branch to commit to, created if missing (default: main)")
+    p.add_argument("--commit_message", metavar="TEXT", help="with --push_to_hub: the commit message "
+                   "(default: mtbert export of task TASK from run RUN)")
 
     p = sub.add_parser("data", help="the CS224N course files: data download")
     data = p.add_subparsers(dest="data", required=True)
@@ -170,8 +178,24 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "export":
         from mtbert.evaluation.export import export_task
 
-        out, plan = export_task(Path(args.run_dir), args.task, Path(args.output))
+        if args.push_to_hub is None:
+            for flag in ("private", "revision", "commit_message"):
+                if getattr(args, flag):
+                    raise MtbertError(f"--{flag}: only with --push_to_hub REPO_ID")
+        else:
+            from mtbert.evaluation.hub import check_push
+
+            check_push(args.push_to_hub)  # before anything is written
+        out, plan = export_task(Path(args.run_dir), args.task, Path(args.output), load_as=args.push_to_hub)
         print(f"wrote {out}: a sentence-transformers {plan.library_class}; {plan.returns}")
+        if args.push_to_hub is not None:
+            from mtbert.evaluation.hub import push_folder
+
+            run_name = Path(args.run_dir).resolve().name
+            message = args.commit_message or f"mtbert export of task {args.task} from run {run_name}"
+            repo_url, commit_url = push_folder(out, args.push_to_hub, private=args.private,
+                                               revision=args.revision or None, commit_message=message)
+            print(f"pushed {out} to {repo_url}: {commit_url}")
         return 0
     if args.command == "data":
         from mtbert.data.download import BASE_URL, download

@@ -44,8 +44,10 @@ class ExportPlan:
     returns: str  # what the library call returns, in words
 
 
-def export_task(run_dir: str | Path, task: str, output: str | Path) -> tuple[Path, ExportPlan]:
-    """Write `task`'s model of the run at `run_dir` into `output` as a sentence-transformers folder.
+def export_task(run_dir: str | Path, task: str, output: str | Path,
+                load_as: str | None = None) -> tuple[Path, ExportPlan]:
+    """Write `task`'s model of the run at `run_dir` into `output` as a sentence-transformers folder; its model
+    card loads it by `load_as` (a Hub repo id it is pushed to), else by the folder's path.
 
     Everything is checked before anything is written: the run, the task, the head (see the module docstring)
     and `output` (a new or empty folder). The folder is filled in a temporary sibling and renamed into place.
@@ -81,7 +83,7 @@ def export_task(run_dir: str | Path, task: str, output: str | Path) -> tuple[Pat
 
         def fill(tmp: Path) -> None:
             st_model.save_pretrained(str(tmp), create_model_card=False)
-            _write_card(tmp, run, cfg, spec, plan, output)
+            _write_card(tmp, run, cfg, spec, plan, load_as or output.as_posix())
 
         from mtbert.io import atomic_dir
 
@@ -200,10 +202,10 @@ def _cpu(model):
     return model.to("cpu").eval()
 
 
-def _write_card(folder: Path, run: RunDir, cfg, spec: TaskSpec, plan: ExportPlan, output: Path) -> None:
+def _write_card(folder: Path, run: RunDir, cfg, spec: TaskSpec, plan: ExportPlan, location: str) -> None:
     from mtbert.runs.model_card import export_card
 
-    (folder / "README.md").write_text(export_card(run, cfg, spec, plan, output.as_posix()), encoding="utf-8")
+    (folder / "README.md").write_text(export_card(run, cfg, spec, plan, location), encoding="utf-8")
     # the exported folder says where it came from (read by nothing; for people)
     (folder / "mtbert_export.json").write_text(json.dumps({
         "run_dir": str(run.root), "task": spec.name, "library_class": plan.library_class,

@@ -1,0 +1,89 @@
+"""`mtbert export --push_to_hub`: upload an exported folder to a Hugging Face Hub model repo in one commit.
+
+Only huggingface_hub's API is used: the token is its usual one (HF_TOKEN, else `hf auth login`'s), the Hub its
+HF_ENDPOINT, and HF_HUB_OFFLINE=1 refuses the push before anything is written.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from mtbert.errors import MtbertError
+
+
+def check_push(repo_id: str) -> None:
+    """Refuse a push that cannot happen, before the export writes anything: a bad repo id, or offline mode."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        valid = False
+    else:
+        valid = repo_id.count("/") == 1
+    if not valid:
+        raise MtbertError(f"--push_to_hub: {repo_id!r} is not a Hub repo id; give owner/name (letters, digits, "
+                          "'-', '_' and '.', at most 96 characters, no '--' or '..')")
+    if constants.is_offline_mode():
+        raise MtbertError("--push_to_hub: the push needs the Hub, but offline mode is set (HF_HUB_OFFLINE=1); "
+                          "unset it to push, or export without --push_to_hub")
+
+
+def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+                commit_message: str) -> tuple[str, str]:
+    """Create the model repo `repo_id` if missing (private if `private`; an existing repo keeps its visibility),
+    create branch `revision` if given and missing, and upload `folder` in one commit.
+
+    Returns the repo's URL and the commit's URL. A refusal or an unreachable Hub raises MtbertError saying which
+    step failed and that `folder` was written and can be uploaded later.
+    """
+    import httpx2  # huggingface_hub's HTTP client: it does not wrap a connection failure in its own errors
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    logging.getLogger("httpx2").setLevel(logging.WARNING)  # no "HTTP Request: POST ..." line per call
+    api = HfApi()
+    step = f"create the repo {repo_id}"
+    try:
+        repo_url = api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
+        if revision not in (None, "main"):
+            step = f"create the branch {revision} of {repo_id}"
+            api.create_branch(repo_id, branch=revision, repo_type="model", exist_ok=True)
+        step = f"upload {folder} to {repo_id}"
+        commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
+                                   commit_message=commit_message)
+    except HfHubHTTPError as err:
+        raise MtbertError(_refused(api.endpoint, step, err) + _written(folder, repo_id, revision)) from None
+    except (httpx2.TransportError, OfflineModeIsEnabled) as err:
+        raise MtbertError(f"--push_to_hub: could not reach the Hub at {api.endpoint} to {step} "
+                          f"({type(err).__name__}: {_one_line(err)})" + _written(folder, repo_id, revision)) from None
+    except ValueError as err:  # an answer huggingface_hub cannot use, e.g. the model card's metadata refused
+        raise MtbertError(f"--push_to_hub: the Hub at {api.endpoint} did not accept the request to {step} "
+                          f"({_one_line(err)})" + _written(folder, repo_id, revision)) from None
+    return str(repo_url), commit.commit_url
+
+
+def _refused(endpoint: str, step: str, err) -> str:
+    status = err.response.status_code
+    said = f"{status} {err.response.reason_phrase}".strip()
+    if err.server_message:
+        said += f": {_one_line(err.server_message)}"
+    advice = ""
+    if status in (401, 403):
+        advice = "; log in with `hf auth login` or set HF_TOKEN (a token with write access)"
+    elif status == 404:
+        advice = "; check the repo id and that the token may write to it"
+    return f"--push_to_hub: the Hub at {endpoint} refused to {step} ({said}){advice}"
+
+
+def _written(folder: Path, repo_id: str, revision: str | None) -> str:
+    branch = f" --revision {revision}" if revision not in (None, "main") else ""
+    return f"; the export {folder} was written and can be uploaded later with `hf upload {repo_id} {folder}{branch}`"
+
+
+def _one_line(what: object) -> str:
+    """`what`'s message on one line, without a final period (it goes inside parentheses)."""
+    return " ".join(line.strip() for line in str(what).splitlines() if line.strip()).rstrip(".")
