@@ -180,6 +180,8 @@ class Stage:
                 grad_norm = self.clip_gradients()
                 if self.scaler is not None and not math.isfinite(grad_norm.item()):
                     self.skip_overflow(step)  # optional: fp16's scaled gradients overflowed
+                    if not all(math.isfinite(v) for v in losses.values()):  # a lower scale cannot cure a loss
+                        self.skip_bad_step(step, losses)
                 elif math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
                     state["bad_steps"] = 0
                     self.optimizer_step()

@@ -110,6 +110,25 @@ def test_fp16_skips_a_step_whose_scaled_gradients_overflow_and_halves_the_scale(
     assert stage.scheduler.last_epoch == 0  # the schedule did not advance either
 
 
+def test_fp16_stops_after_max_bad_steps_of_non_finite_loss_as_float32_does(tiny_config, monkeypatch):
+    """A non-finite loss overflows the scaled gradients too, but halving the scale cannot cure it: each such step
+    counts as bad, and training stops after max_bad_steps of them in a row."""
+    from mtbert.training import stage as stage_module  # the stage's objective calls task_loss
+
+    real = stage_module.task_loss
+
+    def poisoned(spec, outputs, labels, sts_loss="mse"):
+        loss = real(spec, outputs, labels, sts_loss)
+        return loss * float("nan") if spec.name == "sts" else loss
+
+    monkeypatch.setattr(stage_module, "task_loss", poisoned)
+    stage = _fp16_stage(tiny_config, max_bad_steps=3)
+    message = r"training stopped at step 3 after 3 non-finite steps in a row \(tasks: sts\)"
+    with pytest.raises(MtbertError, match=message):
+        stage.run()
+    assert stage.scaler.get_scale() == 2.0**13  # and each of them halved the scale
+
+
 def test_fp16_checkpoints_the_gradient_scaler_and_resume_restores_it(tiny_config):
     stage = _fp16_stage(tiny_config)
     stage.scaler = torch.amp.GradScaler("cpu", init_scale=1234.0, growth_interval=7)
