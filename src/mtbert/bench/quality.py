@@ -28,6 +28,7 @@ from mtbert.config import TrainConfig, load_config, safe_load, stage2_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
 from mtbert.io import atomic_write_json, atomic_write_text
+from mtbert.runs.layout import PREDICTIONS, RunDir
 from mtbert.tasks import TaskSpec, overall_score
 
 MARKER = "bench_run.json"  # written into each run dir: what it was trained with, and how long it took
@@ -472,7 +473,7 @@ def read_row(name: str, output_dir: Path, configs_dir: Path, budget: float, ref:
             return Row(name, note=f"no config {path}")
         cfg = planned_config(path, run_dir, budget, ref.backbone)
         marker = read_json(run_dir / MARKER)
-        results = read_json(run_dir / "results.json")
+        results = read_json(RunDir(run_dir).results)
         if marker is None or results is None or marker.get("wall_seconds") is None:
             return Row(name)
         wanted = signature(cfg, budget)
@@ -502,12 +503,12 @@ def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str,
 
     wanted = signature(cfg, budget)
     marker = read_json(run_dir / MARKER)
-    results = read_json(run_dir / "results.json")
+    results = read_json(RunDir(run_dir).results)
     started = marker is not None and same_signature(marker.get("signature"), wanted)
     if started and results is not None and marker.get("wall_seconds") is not None:
         return results, marker
     resume = None
-    if started and (cfg.two_step is not None or any(run_dir.glob("checkpoint-*"))):
+    if started and (cfg.two_step is not None or RunDir(run_dir).checkpoints()):
         resume = "last"  # a two-step run also skips its finished stages
     earlier = float(marker.get("wall_seconds_before", 0.0)) if started and resume else 0.0
     marker = {"signature": wanted, "stages": stages(cfg), "wall_seconds": None, "wall_seconds_before": earlier}
@@ -599,10 +600,10 @@ def ensemble_signature(output_dir: Path, ref: Reference) -> dict[str, Any] | Non
     """The members' prediction files (hashed): the ensemble is stale when any of them changed."""
     hashes = {}
     for member in member_dirs(output_dir, ref):
-        if not (member / "results.json").is_file():
+        if not RunDir(member).results.is_file():
             return None
         digest = hashlib.sha256()
-        for path in sorted((member / "predictions").glob("*.csv")):
+        for path in sorted((member / PREDICTIONS).glob("*.csv")):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
         hashes[member.name] = digest.hexdigest()
     return {"mode": ref.ensemble_mode, "members": hashes}
@@ -610,7 +611,7 @@ def ensemble_signature(output_dir: Path, ref: Reference) -> dict[str, Any] | Non
 
 def read_ensemble(output_dir: Path, ref: Reference) -> Row:
     run_dir = output_dir / "runs" / "ensemble"
-    marker, results = read_json(run_dir / MARKER), read_json(run_dir / "results.json")
+    marker, results = read_json(run_dir / MARKER), read_json(RunDir(run_dir).results)
     wanted = ensemble_signature(output_dir, ref)
     if marker is None or results is None or wanted is None:
         return Row("ensemble")
@@ -638,7 +639,7 @@ def run_ensemble_row(output_dir: Path, ref: Reference) -> Row:
 def ensemble_row(output_dir: Path, results: dict[str, Any], marker: dict[str, Any], ref: Reference,
                  reused: bool) -> Row:
     metrics = results.get("ensemble", {})
-    member_results = [read_json(m / "results.json") or {} for m in member_dirs(output_dir, ref)]
+    member_results = [read_json(RunDir(m).results) or {} for m in member_dirs(output_dir, ref)]
     return Row(
         "ensemble", done=True, metrics={k: float(metrics[k]) for k in METRICS if k in metrics},
         overall_ci95=metrics.get("overall_ci95"),
@@ -674,7 +675,7 @@ def read_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
         return Row("floor", note=f"no config {configs_dir / 'floor.yaml'}")
     cfg = floor_config(output_dir, configs_dir, ref.backbone)
     run_dir = Path(cfg.output_dir)
-    marker, results = read_json(run_dir / MARKER), read_json(run_dir / "results.json")
+    marker, results = read_json(run_dir / MARKER), read_json(RunDir(run_dir).results)
     if marker is None or results is None:
         return Row("floor")
     wanted = floor_signature(cfg)
@@ -738,12 +739,12 @@ def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
             x_dev = np.stack([vectors[e.texts[0]] for e in dev])
             model = LogisticRegression(max_iter=2000).fit(x_train, y_train.astype(int))
             predictions = model.predict(x_dev).astype(float)
-        write_cs224n(run_dir / "predictions" / f"{spec.name}-dev-output.csv", spec, [e.id for e in dev], predictions)
+        write_cs224n(RunDir(run_dir).prediction(spec.name, "dev"), spec, [e.id for e in dev], predictions)
         results[spec.name] = (spec, predictions, np.array([e.label for e in dev]))
     metrics: dict[str, Any] = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     metrics["train_seconds"] = round(time.perf_counter() - clock, 1)
-    atomic_write_json(run_dir / "results.json", metrics)
+    atomic_write_json(RunDir(run_dir).results, metrics)
     return metrics
 
 

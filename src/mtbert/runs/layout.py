@@ -124,5 +124,5 @@ class RunDir:
     def written_by_training(self) -> list[Path]:
         """Everything `--overwrite_output_dir` removes before a new run."""
         names = (BEST, PREDICTIONS, SCORES, STAGE1, TASKS, MLM, MLM_LOG, METRICS, TRAIN_LOG, RESULTS, CONFIG,
-                 TENSORBOARD)
+                 TENSORBOARD, TRACKER_RUNS)
         return [self.root / n for n in names] + self.checkpoints()
