@@ -48,9 +48,9 @@ run: $(STAMP)
 	  *) $(BIN)/mtbert train $(RUN_CONFIG);; \
 	esac
 
-# `make test`: ruff, then pytest with one worker per core (pytest-xdist; a test file stays on one worker, so its
+# `make test`: ruff, then pytest with one worker per usable core, at most 8 (pytest-xdist; a test file stays on one worker, so its
 # module fixtures are built once). TEST_WORKERS=0 runs the suite in this one process.
-TEST_WORKERS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile

@@ -67,6 +67,10 @@ def _pair(base: dict, name: str, **extra) -> tuple[Path, Path]:
     torch.set_num_threads(1)
     try:
         train_here([str(_config(base, f"{name}-one", per_device_train_batch_size=8, **extra))])
+    except BaseException:
+        two.kill()  # its ranks would go on competing with the other tests
+        two.communicate()
+        raise
     finally:
         torch.set_num_threads(threads)
     return _finish(base, {f"{name}-two": two})[f"{name}-two"], base["folder"] / f"{name}-one"

@@ -182,6 +182,8 @@ def test_push_creates_the_repo_and_commits_the_exported_folder(run_dir, hub, tmp
     exported = folder_files(out)
     assert {"README.md", "modules.json", "model.safetensors", "mtbert_export.json"} <= exported.keys()
     assert files == exported  # every file, byte for byte
+    for name, data in files.items():  # nothing pushed names a folder of this machine
+        assert str(run_dir.parent) not in data.decode(errors="replace"), name
     card = files["README.md"].decode()
     assert "library_name: sentence-transformers" in card
     assert f'SentenceTransformer("{REPO}")' in card and str(out) not in card  # the pushed card loads the repo
@@ -257,16 +259,16 @@ def test_an_unreachable_hub_names_the_step_and_keeps_the_folder(tmp_path, monkey
 
     from mtbert.evaluation.hub import push_folder
 
-    with socket.socket() as closed:  # a port nothing listens on: connection refused
-        closed.bind(("127.0.0.1", 0))
-        port = closed.getsockname()[1]
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("HF_TOKEN", "hf_test")
     folder = tmp_path / "export"
     folder.mkdir()
     (folder / "README.md").write_text("# card\n")
-    with pytest.raises(MtbertError) as raised:
+    # a port bound but not listening (held for the whole call, so no other test can take it): connection refused
+    with socket.socket() as closed, pytest.raises(MtbertError) as raised:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
         push_folder(folder, REPO, commit_message="x")
     message = str(raised.value)
     assert message.startswith(f"--push_to_hub: could not reach the Hub at http://127.0.0.1:{port} to create the "

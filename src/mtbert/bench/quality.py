@@ -759,7 +759,7 @@ def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int
     out = np.zeros((len(texts), encoder.config.hidden_size), dtype=np.float32)
     with torch.inference_mode():
         for start in tqdm(range(0, len(order), batch_size), desc=f"floor: embedding {len(texts):,} sentences",
-                          unit="batch", leave=False):
+                          unit="batch", leave=False, mininterval=2.0):
             index = order[start:start + batch_size]
             batch = tokenizer([texts[i] for i in index], truncation=True, max_length=max_length, padding=True,
                               return_tensors="pt")

@@ -83,7 +83,7 @@ def export_task(run_dir: str | Path, task: str, output: str | Path,
 
         def fill(tmp: Path) -> None:
             st_model.save_pretrained(str(tmp), create_model_card=False)
-            _write_card(tmp, run, cfg, spec, plan, load_as or output.as_posix())
+            _write_card(tmp, run, cfg, spec, plan, load_as or output.as_posix(), public=load_as is not None)
 
         from mtbert.io import atomic_dir
 
@@ -202,12 +202,14 @@ def _cpu(model):
     return model.to("cpu").eval()
 
 
-def _write_card(folder: Path, run: RunDir, cfg, spec: TaskSpec, plan: ExportPlan, location: str) -> None:
+def _write_card(folder: Path, run: RunDir, cfg, spec: TaskSpec, plan: ExportPlan, location: str,
+                public: bool) -> None:
+    """The model card and `mtbert_export.json`; `public` (pushed to the Hub): no folder of this machine named."""
     from mtbert.runs.model_card import export_card
 
-    (folder / "README.md").write_text(export_card(run, cfg, spec, plan, location), encoding="utf-8")
+    (folder / "README.md").write_text(export_card(run, cfg, spec, plan, location, public), encoding="utf-8")
     # the exported folder says where it came from (read by nothing; for people)
     (folder / "mtbert_export.json").write_text(json.dumps({
-        "run_dir": str(run.root), "task": spec.name, "library_class": plan.library_class,
+        "run_dir": run.root.name if public else str(run.root), "task": spec.name, "library_class": plan.library_class,
         "architecture": plan.architecture, "kind": spec.kind, "max_length": cfg.max_length,
     }, indent=2) + "\n", encoding="utf-8")

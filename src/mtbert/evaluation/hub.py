@@ -6,10 +6,14 @@ HF_ENDPOINT, and HF_HUB_OFFLINE=1 refuses the push before anything is written.
 
 from __future__ import annotations
 
-import logging
+import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mtbert.errors import MtbertError
+
+if TYPE_CHECKING:
+    from huggingface_hub.errors import HfHubHTTPError
 
 
 def check_push(repo_id: str) -> None:
@@ -44,8 +48,8 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: 
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    logging.getLogger("httpx2").setLevel(logging.WARNING)  # no "HTTP Request: POST ..." line per call
     api = HfApi()
+    kept = _written(folder, repo_id, revision, private)  # the end of every failure's message
     step = f"create the repo {repo_id}"
     try:
         repo_url = api.create_repo(repo_id, repo_type="model", private=True if private else None, exist_ok=True)
@@ -56,17 +60,20 @@ def push_folder(folder: Path, repo_id: str, *, private: bool = False, revision: 
         commit = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model", revision=revision,
                                    commit_message=commit_message)
     except HfHubHTTPError as err:
-        raise MtbertError(_refused(api.endpoint, step, err) + _written(folder, repo_id, revision)) from None
+        raise MtbertError(_refused(api.endpoint, step, err) + kept) from None
     except (httpx2.TransportError, OfflineModeIsEnabled) as err:
         raise MtbertError(f"--push_to_hub: could not reach the Hub at {api.endpoint} to {step} "
-                          f"({type(err).__name__}: {_one_line(err)})" + _written(folder, repo_id, revision)) from None
+                          f"({type(err).__name__}: {_one_line(err)})" + kept) from None
     except ValueError as err:  # an answer huggingface_hub cannot use, e.g. the model card's metadata refused
         raise MtbertError(f"--push_to_hub: the Hub at {api.endpoint} did not accept the request to {step} "
-                          f"({_one_line(err)})" + _written(folder, repo_id, revision)) from None
+                          f"({_one_line(err)})" + kept) from None
+    except (OSError, RuntimeError) as err:  # the large-file (Xet) upload of the weights failed
+        raise MtbertError(f"--push_to_hub: could not {step} ({type(err).__name__}: {_one_line(err)})"
+                          + kept) from None
     return str(repo_url), commit.commit_url
 
 
-def _refused(endpoint: str, step: str, err) -> str:
+def _refused(endpoint: str, step: str, err: HfHubHTTPError) -> str:
     status = err.response.status_code
     said = f"{status} {err.response.reason_phrase}".strip()
     if err.server_message:
@@ -79,9 +86,12 @@ def _refused(endpoint: str, step: str, err) -> str:
     return f"--push_to_hub: the Hub at {endpoint} refused to {step} ({said}){advice}"
 
 
-def _written(folder: Path, repo_id: str, revision: str | None) -> str:
-    branch = f" --revision {revision}" if revision not in (None, "main") else ""
-    return f"; the export {folder} was written and can be uploaded later with `hf upload {repo_id} {folder}{branch}`"
+def _written(folder: Path, repo_id: str, revision: str | None, private: bool) -> str:
+    """The end of a failed push's message: the folder is kept, and the command that uploads it later."""
+    flags = (f" --revision {shlex.quote(revision)}" if revision not in (None, "main") else "") + (
+        " --private" if private else "")
+    return (f"; the export {folder} was written and can be uploaded later with "
+            f"`hf upload {repo_id} {shlex.quote(str(folder))}{flags}`")
 
 
 def _one_line(what: object) -> str:

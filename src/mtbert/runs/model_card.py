@@ -227,8 +227,21 @@ def _citation_section(cites: list[Citation]) -> str:
     return "\n".join(lines)
 
 
-def _config_section(cfg: TrainConfig) -> str:
-    return "## Training config\n\n```yaml\n" + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip() + "\n```"
+def _config_section(cfg: TrainConfig, public: bool = False) -> str:
+    """The run's config as YAML; `public` (a card pushed to the Hub): every absolute path cut to its last part."""
+    values = _without_local_folders(cfg.to_dict()) if public else cfg.to_dict()
+    return "## Training config\n\n```yaml\n" + yaml.safe_dump(values, sort_keys=False).strip() + "\n```"
+
+
+def _without_local_folders(value: Any) -> Any:
+    """`value` with each string that is an absolute path (or starts with ~) replaced by its last part."""
+    if isinstance(value, dict):
+        return {k: _without_local_folders(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_local_folders(v) for v in value]
+    if isinstance(value, str) and (value.startswith("~") or Path(value).is_absolute()):
+        return Path(value).name
+    return value
 
 
 # ---- run cards ----------------------------------------------------------------------------------------------
@@ -411,9 +424,10 @@ def _member_base(member: Path) -> str | None:
     return None
 
 
-def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportPlan, location: str = "PATH") -> str:
+def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportPlan, location: str = "PATH",
+                public: bool = False) -> str:
     """The card of an `mtbert export` folder at `location`: the task's dev metric, what the library call returns,
-    how to load it."""
+    how to load it; `public` (pushed to the Hub): the config names no folder of this machine."""
     import json
 
     metrics: dict[str, Any] = {}
@@ -467,7 +481,7 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
         usage,
         "```",
         "",
-        _config_section(cfg),
+        _config_section(cfg, public),
         "",
         _citation_section(citations(cfg)),
     ]

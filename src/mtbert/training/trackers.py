@@ -148,7 +148,9 @@ def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run
                     tracker.store_init_configuration(flatten_config(config))  # has config.yaml beside it
             except Exception as err:  # any failure of a tool to start is reported as one sentence
                 first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise MtbertError(f"report_to: {name} could not start ({first})") from None
+                again = (f"; to log into a new {name} run instead of run {earlier[name]}, delete {run_ids_file}"
+                         if name in earlier else "")
+                raise MtbertError(f"report_to: {name} could not start ({first}){again}") from None
         run_ids = {t.name: _run_id(t) for t in started if t.name in ("mlflow", "wandb")}
         if run_ids:
             atomic_write_json(run_ids_file, {**earlier, **run_ids})

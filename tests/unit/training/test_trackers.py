@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -100,18 +101,32 @@ def test_a_resumed_run_logs_into_the_same_mlflow_run(monkeypatch, tmp_path):
     with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG) as trackers:
         trackers.log(TRAIN, step=1)
     first = json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"]
-    with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG, resume=True) as trackers:
+    changed = {**CONFIG, "learning_rate": 2e-3}  # MLflow refuses a parameter logged again with another value
+    with open_trackers(["mlflow"], tmp_path / "run", "my-run", changed, resume=True) as trackers:
         trackers.log({**TRAIN, "step": 2, "loss": {"sst": 1.25, "para": 0.5}}, step=2)
     client = mlflow.tracking.MlflowClient()
     experiment = client.get_experiment_by_name("mtbert").experiment_id
     (run,) = client.search_runs([experiment])
     assert run.info.run_id == first and run.info.status == "FINISHED"
     assert [(m.step, m.value) for m in client.get_metric_history(first, "loss/sst")] == [(1, 1.5), (2, 1.25)]
-    assert run.data.params["two_step.learning_rate"] == "1e-05"  # logged once, not again on resume
+    assert run.data.params["learning_rate"] == "0.001"  # logged once, not again on resume
     with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG):  # a fresh run of the folder: a new run
         pass
     assert len(client.search_runs([experiment])) == 2
     assert json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"] != first
+
+
+def test_a_tracker_run_that_cannot_be_continued_names_the_file_to_delete(monkeypatch, tmp_path):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    ids = tmp_path / "run" / "trackers.json"
+    ids.parent.mkdir()
+    ids.write_text(json.dumps({"mlflow": "0123456789abcdef0123456789abcdef"}))  # a run this store never had
+    with pytest.raises(MtbertError, match=r"^report_to: mlflow could not start \(.*\); to log into a new mlflow run "
+                       rf"instead of run 0123456789abcdef0123456789abcdef, delete {re.escape(str(ids))}$"):
+        open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG, resume=True)
 
 
 def _wandb_records(path: Path):
