@@ -113,15 +113,16 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(tiny_confi
     _assert_same_run(whole, run)
 
 
-def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tiny_config, tmp_path):
+def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tiny_config, tmp_path, capsys):
+    from mtbert.cli import main
+
     config = _config(tiny_config, tmp_path, "held", num_train_epochs=1)
     run = tmp_path / "held"
-    first = _train([str(config)], env={"MTBERT_TEST_PAUSE_WRITE": "best:15"})  # held while the second starts
+    first = _train([str(config)], env={"MTBERT_TEST_PAUSE_WRITE": "best:4"})  # held while the second tries
     _wait_for(first, lambda: (run / "metrics.jsonl").is_file())
-    second = _train([str(config), "--resume_from_checkpoint", "last"])
-    _, err = second.communicate(timeout=120)
-    assert second.returncode == 2 and "Traceback" not in err
-    assert str(first.pid) in err.strip().splitlines()[-1]
+    assert main(["train", str(config), "--resume_from_checkpoint", "last"]) == 2  # the second, in this process
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and str(first.pid) in err.strip().splitlines()[-1]
     _, err = first.communicate(timeout=600)
     assert first.returncode == 0, err  # the holder was not disturbed
 
