@@ -10,6 +10,7 @@ The reference loop below is mtbert's training step written out with its parts (`
 from __future__ import annotations
 
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -213,13 +214,23 @@ def test_two_gloo_processes_equal_one_process_on_the_union_of_their_batches(tiny
     script.write_text(DISTRIBUTED_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
-    runs = {"two": launch + [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "two"), "2"],
-            "one": [sys.executable, str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "one"), "4"]}
-    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name, cmd in runs.items()}
-    for proc in procs.values():
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err[-3000:]
+    two = subprocess.Popen(launch + [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "two"), "2"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 gives each rank
+    try:  # the one process on the union of the batches: this one, while the two ranks run
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(sys, "argv", [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "one"),
+                                        "4"])
+            runpy.run_path(str(script), run_name="__main__")
+    except BaseException:
+        two.kill()
+        two.communicate()
+        raise
+    finally:
+        torch.set_num_threads(threads)
+    _, err = two.communicate(timeout=300)
+    assert two.returncode == 0, err[-3000:]
     for name in ("heads.safetensors", "encoder/model.safetensors"):
         two, one = (load_file(str(tmp_path / run / "final" / name)) for run in ("two", "one"))
         assert two.keys() == one.keys()
