@@ -185,6 +185,15 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
         raise write_error(path, err) from None
 
 
+def read_json(path: str | Path) -> dict[str, Any] | None:
+    """A JSON file's object, or None when the file is missing, unreadable or holds no JSON object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file's records (JSON objects), ignoring any other line, such as one torn by a crash."""
     path = Path(path)

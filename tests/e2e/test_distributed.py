@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers.runs import train_here
+from helpers.runs import beside, train_here
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.e2e
@@ -63,16 +63,8 @@ def _pair(base: dict, name: str, **extra) -> tuple[Path, Path]:
     """Train 2 processes with batch 4 per task and, meanwhile, 1 process with batch 8 (this one, with one thread as
     each rank has): their run dirs."""
     two = _start(base, f"{name}-two", 2, **extra)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with beside(two):
         train_here([str(_config(base, f"{name}-one", per_device_train_batch_size=8, **extra))])
-    except BaseException:
-        two.kill()  # its ranks would go on competing with the other tests
-        two.communicate()
-        raise
-    finally:
-        torch.set_num_threads(threads)
     return _finish(base, {f"{name}-two": two})[f"{name}-two"], base["folder"] / f"{name}-one"
 
 

@@ -1,9 +1,12 @@
 """Comparing two finished runs: results, weights and dev-metric history equal (to 1e-6); training a reference run
-in the test's own process."""
+in the test's own process, beside the ranks of a launcher."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,20 @@ def train_here(args: list[str]) -> None:
     from mtbert.cli import main
 
     assert main(["train", *args]) == 0
+
+
+@contextmanager
+def beside(ranks: subprocess.Popen) -> Iterator[None]:
+    """Run the block in this process with one torch thread, as OMP_NUM_THREADS=1 gives each rank of `ranks` (a
+    launcher started before it); if the block fails, `ranks` is killed so that it does not go on competing with
+    the other tests."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    except BaseException:
+        ranks.kill()
+        ranks.communicate()
+        raise
+    finally:
+        torch.set_num_threads(threads)

@@ -27,7 +27,7 @@ import yaml
 from mtbert.config import TrainConfig, load_config, safe_load, stage2_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
-from mtbert.io import atomic_write_json, atomic_write_text
+from mtbert.io import atomic_write_json, atomic_write_text, read_json
 from mtbert.runs.layout import PREDICTIONS, RunDir
 from mtbert.tasks import TaskSpec, overall_score
 
@@ -441,14 +441,6 @@ def stale_note(stored: Any, wanted: dict[str, Any]) -> str:
         if before != now:
             return f"stale (trained with backbone {before or BUNDLED}, not {now or BUNDLED})"
     return "stale (config, data or budget changed)"
-
-
-def read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # ---- training rows -----------------------------------------------------------------------------------------------

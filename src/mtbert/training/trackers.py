@@ -20,18 +20,19 @@ on the main process only; they do not synchronise between processes.
 from __future__ import annotations
 
 import importlib
-import json
+import logging
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 from mtbert.errors import ConfigError, MtbertError
-from mtbert.io import atomic_write_json
+from mtbert.io import atomic_write_json, read_json
 from mtbert.runs.layout import TENSORBOARD, RunDir
 
 KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
 _MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
+logger = logging.getLogger(__name__)
 DEFAULT_PROJECT = "mtbert"  # MLflow experiment and W&B project when the environment names none
 
 
@@ -161,12 +162,15 @@ def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run
 
 
 def _read_run_ids(path: Path) -> dict[str, str]:
-    """The tracker run ids a run folder kept ({} when it has none, or the file is unreadable: then new runs)."""
-    try:
-        ids = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The tracker run ids a run folder kept: {} when it has none; a file that cannot be read is said, and new
+    tracker runs are started."""
+    if not path.exists():
         return {}
-    return {k: v for k, v in ids.items() if isinstance(v, str)} if isinstance(ids, dict) else {}
+    ids = read_json(path)
+    if ids is None:
+        logger.warning("%s: not readable as JSON; the trackers start new runs instead of continuing", path)
+        return {}
+    return {k: v for k, v in ids.items() if isinstance(v, str)}
 
 
 def _run_id(tracker: Any) -> str:

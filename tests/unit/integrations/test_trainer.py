@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.runs import beside
 from safetensors.torch import load_file
 from torch import nn
 from transformers import TrainingArguments, default_data_collator
@@ -216,19 +217,10 @@ def test_two_gloo_processes_equal_one_process_on_the_union_of_their_batches(tiny
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     two = subprocess.Popen(launch + [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "two"), "2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 gives each rank
-    try:  # the one process on the union of the batches: this one, while the two ranks run
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(sys, "argv", [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "one"),
-                                        "4"])
-            runpy.run_path(str(script), run_name="__main__")
-    except BaseException:
-        two.kill()
-        two.communicate()
-        raise
-    finally:
-        torch.set_num_threads(threads)
+    # the one process on the union of the batches: this one, while the two ranks run
+    with beside(two), pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(script), str(tiny_model_dir), str(tiny_data_dir), str(tmp_path / "one"), "4"])
+        runpy.run_path(str(script), run_name="__main__")
     _, err = two.communicate(timeout=300)
     assert two.returncode == 0, err[-3000:]
     for name in ("heads.safetensors", "encoder/model.safetensors"):

@@ -65,14 +65,19 @@ def test_tensorboard_tracker_writes_scalars_under_the_run_folder(tmp_path):
     assert [(e.step, round(e.value, 6)) for e in events.Scalars("dev/overall")] == [(2, 0.6)]
 
 
-def test_mlflow_tracker_logs_metrics_and_config_to_a_local_store(monkeypatch, tmp_path):
+@pytest.fixture()
+def mlflow_store(monkeypatch, tmp_path) -> None:
+    """MLflow logs to a file store in tmp_path, its default experiment, no run named by the environment."""
     pytest.importorskip("mlflow")
-    import mlflow
-
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+
+
+def test_mlflow_tracker_logs_metrics_and_config_to_a_local_store(mlflow_store, tmp_path):
+    import mlflow
+
     trackers = open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG)
     trackers.log(TRAIN, step=1)
     trackers.log({**TRAIN, "step": 2, "loss": {"sst": 1.25, "para": 0.5}}, step=2)
@@ -90,14 +95,9 @@ def test_mlflow_tracker_logs_metrics_and_config_to_a_local_store(monkeypatch, tm
     assert run.data.params["tasks"] == "['sst', 'para']"
 
 
-def test_a_resumed_run_logs_into_the_same_mlflow_run(monkeypatch, tmp_path):
-    pytest.importorskip("mlflow")
+def test_a_resumed_run_logs_into_the_same_mlflow_run(mlflow_store, tmp_path):
     import mlflow
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     with open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG) as trackers:
         trackers.log(TRAIN, step=1)
     first = json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"]
@@ -116,11 +116,7 @@ def test_a_resumed_run_logs_into_the_same_mlflow_run(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "run" / "trackers.json").read_text())["mlflow"] != first
 
 
-def test_a_tracker_run_that_cannot_be_continued_names_the_file_to_delete(monkeypatch, tmp_path):
-    pytest.importorskip("mlflow")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+def test_a_tracker_run_that_cannot_be_continued_names_the_file_to_delete(mlflow_store, tmp_path):
     ids = tmp_path / "run" / "trackers.json"
     ids.parent.mkdir()
     ids.write_text(json.dumps({"mlflow": "0123456789abcdef0123456789abcdef"}))  # a run this store never had
@@ -212,19 +208,28 @@ def test_a_resumed_run_continues_the_same_wandb_run(monkeypatch, tmp_path):
         assert record.run_id == first
 
 
-def test_the_run_log_continues_the_tracker_run_when_its_stage_resumes(monkeypatch, tmp_path):
-    pytest.importorskip("mlflow")
+def test_the_run_log_continues_the_tracker_run_when_its_stage_resumes(mlflow_store, tmp_path):
     import mlflow
 
     from mtbert.runs.layout import RunDir
     from mtbert.training.runlog import RunLog
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
-    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
-    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     config, run = {**CONFIG, "report_to": "mlflow"}, RunDir(tmp_path / "run")
     client = mlflow.tracking.MlflowClient()
     for first_step, runs in ((0, 1), (4, 1), (0, 2)):  # a fresh start, its resume at step 4, a fresh start again
         RunLog(run, config, total_steps=8, first_step=first_step, enabled=True).close()
         assert len(client.search_runs([client.get_experiment_by_name("mtbert").experiment_id])) == runs
+
+
+def test_an_unreadable_run_ids_file_is_said_and_new_tracker_runs_start(mlflow_store, tmp_path, caplog):
+    import mlflow
+
+    ids = tmp_path / "run" / "trackers.json"
+    ids.parent.mkdir()
+    ids.write_text('{"mlflow": ')  # torn
+    with caplog.at_level("WARNING"), open_trackers(["mlflow"], tmp_path / "run", "my-run", CONFIG, resume=True):
+        pass
+    assert f"{ids}: not readable as JSON" in caplog.text
+    client = mlflow.tracking.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mtbert").experiment_id])
+    assert json.loads(ids.read_text())["mlflow"] == run.info.run_id  # rewritten with the new run's id
