@@ -81,16 +81,17 @@ def collate(encoded: EncodedSet, indices: list[int], pad_token_id: int) -> dict:
     return {"inputs": inputs, "labels": labels}
 
 
-def collate_packed(encoded: EncodedSet, indices: list[int], pad_token_id: int) -> dict:
+def collate_packed(encoded: EncodedSet, indices: list[int], pad_token_id: int, row_width: int = 0) -> dict:
     """The batch of `collate` (same examples, same order, same labels) with each encoder input packed.
 
     Each input is laid out by `mtbert.model.packing.pack_sequences`: rows of concatenated examples with
-    restarting position ids, so almost no padding; `MultiTaskModel.embed` runs it with a block-diagonal
-    attention mask (or, for an encoder that cannot, as the padded batch).
+    restarting position ids (rows as wide as the longest example, or `row_width` tokens when that is more), so
+    almost no padding; `MultiTaskModel.embed` runs it with a block-diagonal attention mask (or, for an encoder
+    that cannot, as the padded batch).
     """
     n_inputs = len(encoded.features[indices[0]])
     inputs = [pack_sequences([encoded.features[i][k] for i in indices], [encoded.token_types[i][k] for i in indices],
-                             pad_token_id) for k in range(n_inputs)]
+                             pad_token_id, row_width) for k in range(n_inputs)]
     labels = None
     if encoded.labels and encoded.labels[indices[0]] is not None:
         labels = torch.tensor([encoded.labels[i] for i in indices], dtype=torch.float)

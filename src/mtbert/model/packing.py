@@ -44,17 +44,21 @@ def pack_rows(lengths: list[int], width: int | None = None) -> list[list[int]]:
     return rows
 
 
-def pack_sequences(seqs: list[list[int]], types: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+def pack_sequences(seqs: list[list[int]], types: list[list[int]], pad_token_id: int,
+                   row_width: int = 0) -> dict[str, torch.Tensor]:
     """One encoder input of a batch, packed: a dict of tensors that `packed_hidden` (and `.to(device)`) takes.
 
-    `input_ids`, `token_type_ids`, `position_ids` (from 0 in each example) and `example_ids` (the example of each
-    token, -1 on padding) are `(rows, width)`; `unpack_index` `(examples, longest)` holds each example's token
-    positions in the flattened rows and `attention_mask` `(examples, longest)` the padded batch's mask.
+    Rows are as wide as the longest example, or up to `row_width` tokens when that is more (then cut to the
+    fullest row): wider rows let examples of similar lengths share a row. `input_ids`, `token_type_ids`,
+    `position_ids` (from 0 in each example) and `example_ids` (the example of each token, -1 on padding) are
+    `(rows, width)`; `unpack_index` `(examples, longest)` holds each example's token positions in the flattened
+    rows and `attention_mask` `(examples, longest)` the padded batch's mask.
     """
     lengths = [len(s) for s in seqs]
     longest = max(lengths)
-    rows = pack_rows(lengths)
-    shape = (len(rows), longest)
+    rows = pack_rows(lengths, max(longest, row_width))
+    width = max(sum(lengths[i] for i in members) for members in rows)  # the fullest row
+    shape = (len(rows), width)
     input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
     type_ids = torch.zeros(shape, dtype=torch.long)
     position_ids = torch.zeros(shape, dtype=torch.long)
@@ -69,7 +73,7 @@ def pack_sequences(seqs: list[list[int]], types: list[list[int]], pad_token_id: 
             type_ids[r, start : start + n] = torch.tensor(types[i])
             position_ids[r, start : start + n] = torch.arange(n)
             example_ids[r, start : start + n] = i
-            unpack_index[i, :n] = torch.arange(r * longest + start, r * longest + start + n)
+            unpack_index[i, :n] = torch.arange(r * width + start, r * width + start + n)
             attention[i, :n] = 1
             start += n
     return {"input_ids": input_ids, "token_type_ids": type_ids, "position_ids": position_ids,

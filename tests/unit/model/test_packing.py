@@ -70,6 +70,22 @@ def test_layout_rows_positions_and_unpacking_match_collate():
         assert torch.equal(unpacked[key], padded[key]), key
 
 
+def test_wider_rows_share_more_and_are_cut_to_the_fullest_row():
+    encoded = random_set("sst", "cross", pad_id=0)
+    indices = list(range(len(LENGTHS)))  # 60 tokens, longest 12
+    narrow = collate_packed(encoded, indices, 0)["inputs"][0]
+    wide = collate_packed(encoded, indices, 0, row_width=31)["inputs"][0]
+    assert narrow["input_ids"].shape == (5, 12)
+    assert wide["input_ids"].shape == (2, 31)  # first-fit decreasing: [12, 12, 7] and [9, 6, 5, 4, 3, 2]
+    assert packed_tokens(wide) == (60, 62)
+    over = collate_packed(encoded, indices, 0, row_width=200)["inputs"][0]
+    assert over["input_ids"].shape == (1, 60)  # one row, no wider than its examples
+    for packed in (wide, over):
+        unpacked = unpack_inputs(packed, 0)
+        padded = collate(encoded, indices, 0)["inputs"][0]
+        assert all(torch.equal(unpacked[k], padded[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
+
+
 def test_a_row_too_narrow_is_refused():
     with pytest.raises(ValueError, match="does not fit"):
         pack_rows([5, 3], width=4)
@@ -95,7 +111,8 @@ def _outputs_and_grads(model: MultiTaskModel, task: str, batch: dict) -> tuple[t
 @pytest.mark.parametrize(("task", "architecture"), [("sst", "cross"), ("sts", "cross"), ("para", "bi-concat"),
                                                     ("sts", "bi-cosine")])
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_packed_forward_and_backward_equal_padded(kind, task, architecture, pooling):
+@pytest.mark.parametrize("row_width", [0, 24])  # rows as wide as the longest (12), or up to 24 tokens
+def test_packed_forward_and_backward_equal_padded(kind, task, architecture, pooling, row_width):
     encoder = tiny_encoder(kind)
     pad_id = encoder.config.pad_token_id or 0
     spec = BUILTIN_TASKS[task]
@@ -103,9 +120,10 @@ def test_packed_forward_and_backward_equal_padded(kind, task, architecture, pool
     encoded = random_set(task, architecture, pad_id)
     indices = [4, 0, 8, 3, 1, 6, 2]
     out_padded, grads_padded = _outputs_and_grads(model, task, collate(encoded, indices, pad_id))
-    packed = collate_packed(encoded, indices, pad_id)
+    packed = collate_packed(encoded, indices, pad_id, row_width)
     assert len(packed["inputs"]) == (2 if architecture != "cross" else 1)
     assert packed["inputs"][0]["input_ids"].shape[0] < len(indices)  # really packed, and run packed
+    assert packed["inputs"][0]["input_ids"].shape[1] == (12 if row_width == 0 else 24)
     assert packing_support(encoder) is not None
     out_packed, grads_packed = _outputs_and_grads(model, task, packed)
     torch.testing.assert_close(out_packed, out_padded, atol=1e-5, rtol=1e-4)
