@@ -16,6 +16,7 @@ from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.errors import MtbertError
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.model import MultiTaskModel, decide
+from mtbert.model.packing import packing_support
 
 QUANTIZATIONS = ("int8",)
 PACKED_PREDICTION = True  # packed length-sorted batches (measured faster than padded ones on this CPU)
@@ -50,11 +51,17 @@ def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad
 
 
 def quantized(model: MultiTaskModel, kind: str) -> MultiTaskModel:
-    """A CPU copy of the model with every nn.Linear dynamically quantized to int8 (torch.ao, fbgemm kernels)."""
+    """A CPU copy of the model with every nn.Linear dynamically quantized to int8 (torch.ao, fbgemm kernels).
+
+    The copy runs packed batches whenever the model does.
+    """
     if kind not in QUANTIZATIONS:
         raise MtbertError(f"--quantize: unknown quantization '{kind}' (choices: {', '.join(QUANTIZATIONS)})")
     on_cpu = all(p.device.type == "cpu" for p in model.parameters())
     source = model if on_cpu else copy.deepcopy(model).cpu()
+    # Probe packing in fp32, and the copy keeps the answer: int8 activations are quantized with each batch's
+    # range, so a packed int8 batch never matches a padded one to the probe's tolerance.
+    packing_support(source.encoder)
     with warnings.catch_warnings():  # torch.ao's eager-mode quantization warns that it moves to torchao
         warnings.simplefilter("ignore")
         return torch.ao.quantization.quantize_dynamic(source, {nn.Linear}, dtype=torch.qint8)  # copies

@@ -10,7 +10,10 @@ from mtbert.data import encode_examples, read_task_file
 from mtbert.errors import MtbertError
 from mtbert.evaluation.evaluate import predict_set, quantized
 from mtbert.model import MultiTaskModel, load_encoder
+from mtbert.model.packing import packing_support
 from mtbert.tasks import BUILTIN_TASKS
+
+INT8_LINEAR = torch.ao.nn.quantized.dynamic.Linear
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +48,19 @@ def test_int8_prediction_is_close_and_leaves_the_model_as_it_was(model_and_sets)
     np.testing.assert_allclose(scores_int8, scores, atol=0.2)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert not any(type(m).__name__.startswith("DynamicQuantized") for m in model.modules())
+    assert not any(isinstance(m, INT8_LINEAR) for m in model.modules())
     with pytest.raises(MtbertError, match="--quantize: unknown quantization 'int4'"):
         quantized(model, "int4")
+
+
+def test_the_int8_copy_runs_packed_batches_as_probed_in_fp32(tiny_model_dir, monkeypatch):
+    from mtbert.model import packing
+
+    probed = []
+    real_probe = packing._probe
+    monkeypatch.setattr(packing, "_probe", lambda encoder, kind: probed.append(encoder) or real_probe(encoder, kind))
+    model = MultiTaskModel(load_encoder(str(tiny_model_dir), 0.1)[0], [BUILTIN_TASKS["sts"]])
+    copy = quantized(model, "int8")
+    assert any(isinstance(m, INT8_LINEAR) for m in copy.modules())
+    assert packing_support(copy.encoder) == packing_support(model.encoder) is not None
+    assert probed == [model.encoder]  # once, in fp32: int8 activations take each batch's range
