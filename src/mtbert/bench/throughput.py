@@ -5,9 +5,9 @@
   with `train_sampling_strategy="group_by_length"` (`ratio_grouped`), on SST and STS;
 - prediction examples/s: `mtbert predict`'s path (tokenize, then `predict_set`: length-sorted batches packed
   into rows of up to 128 tokens, inference_mode) vs `sentence_transformers.CrossEncoder.predict` and vs a
-  plain batched loop in file order, on the Quora and STS dev pairs; on the CPU also `mtbert predict --quantize int8` (`int8_to_cross_encoder`; the
-  quantized copy is made once, outside the timing, as each model is loaded), with how far its predictions are
-  from fp32's (`int8_same_class` or `int8_max_abs_difference`);
+  plain batched loop in file order, on the Quora and STS dev pairs; on the CPU also `mtbert predict --quantize
+  int8` (`int8_to_cross_encoder`; the quantized copy is made once, outside the timing, as each model is
+  loaded), with how far its predictions are from fp32's (`int8_same_class` or `int8_max_abs_difference`);
 - peak resident memory of a three-task `sum` and `pcgrad` training run, each in its own subprocess;
 - the machine's measured peak: an fp32 GEMM of the model's FFN shape (`gemm`), timed before and after the rest.
   Each training and prediction figure also gets its useful FLOP/s (`useful_gflops_per_second`: the FLOPs of the
