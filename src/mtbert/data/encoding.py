@@ -85,9 +85,9 @@ def collate_packed(encoded: EncodedSet, indices: list[int], pad_token_id: int, r
     """The batch of `collate` (same examples, same order, same labels) with each encoder input packed.
 
     Each input is laid out by `mtbert.model.packing.pack_sequences`: rows of concatenated examples with
-    restarting position ids (rows as wide as the longest example, or `row_width` tokens when that is more), so
-    almost no padding; `MultiTaskModel.embed` runs it with a block-diagonal attention mask (or, for an encoder
-    that cannot, as the padded batch).
+    restarting position ids (rows as wide as the longest example, or up to `row_width` tokens when that is
+    more, cut to the fullest row), so almost no padding; `MultiTaskModel.embed` runs it with a block-diagonal
+    attention mask (or, for an encoder that cannot, as the padded batch).
     """
     n_inputs = len(encoded.features[indices[0]])
     inputs = [pack_sequences([encoded.features[i][k] for i in indices], [encoded.token_types[i][k] for i in indices],

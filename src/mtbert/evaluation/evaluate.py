@@ -21,8 +21,8 @@ from mtbert.model.packing import packing_support
 QUANTIZATIONS = ("int8",)
 PACKED_PREDICTION = True  # packed length-sorted batches (measured faster than padded ones on this CPU)
 # Prediction rows hold up to this many tokens, so that the similar lengths of a length-sorted batch share rows
-# (1.2x faster than rows as wide as the longest example on the STS and Quora dev pairs; benchmarks/RESULTS.md).
-# Training keeps rows as wide as the longest: its random batches already pack tightly, and wider rows were slower.
+# (against rows as wide as the longest example: 1.1-1.2x the pairs/s on STS dev pairs, 1.0-1.1x on Quora;
+# benchmarks/RESULTS.md). Training keeps rows as wide as the longest: its random batches already pack to 89%.
 PREDICTION_ROW_WIDTH = 128
 
 

@@ -50,6 +50,15 @@ def random_set(task: str, architecture: str, pad_id: int) -> EncodedSet:
                       labels=labels)
 
 
+def assert_examples_laid_out(packed: dict) -> None:
+    """Each example's tokens are contiguous, with positions 0..n-1 and its own example id."""
+    for i, n in enumerate(LENGTHS):
+        flat = packed["unpack_index"][i, :n]
+        assert torch.equal(flat, torch.arange(int(flat[0]), int(flat[0]) + n))
+        assert packed["position_ids"].view(-1)[flat].tolist() == list(range(n))
+        assert (packed["example_ids"].view(-1)[flat] == i).all()
+
+
 def test_layout_rows_positions_and_unpacking_match_collate():
     assert pack_rows([6, 4, 2, 3]) == [[0], [1, 2], [3]]
     encoded = random_set("sst", "cross", pad_id=0)
@@ -59,11 +68,7 @@ def test_layout_rows_positions_and_unpacking_match_collate():
     assert width == max(LENGTHS) and rows < len(LENGTHS)
     real, processed = packed_tokens(packed)
     assert real == sum(LENGTHS) and processed == rows * width
-    for i, n in enumerate(LENGTHS):  # each example's tokens are contiguous with positions 0..n-1
-        flat = packed["unpack_index"][i, :n]
-        assert torch.equal(flat, torch.arange(int(flat[0]), int(flat[0]) + n))
-        assert packed["position_ids"].view(-1)[flat].tolist() == list(range(n))
-        assert (packed["example_ids"].view(-1)[flat] == i).all()
+    assert_examples_laid_out(packed)
     padded = collate(encoded, indices, 0)["inputs"][0]
     unpacked = unpack_inputs(packed, 0)
     for key in ("input_ids", "attention_mask", "token_type_ids"):
@@ -81,6 +86,7 @@ def test_wider_rows_share_more_and_are_cut_to_the_fullest_row():
     over = collate_packed(encoded, indices, 0, row_width=200)["inputs"][0]
     assert over["input_ids"].shape == (1, 60)  # one row, no wider than its examples
     for packed in (wide, over):
+        assert_examples_laid_out(packed)
         unpacked = unpack_inputs(packed, 0)
         padded = collate(encoded, indices, 0)["inputs"][0]
         assert all(torch.equal(unpacked[k], padded[k]) for k in ("input_ids", "attention_mask", "token_type_ids"))
