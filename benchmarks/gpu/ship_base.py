@@ -2,13 +2,13 @@
 
 `pack` (here) writes `.gpu-base/` (git-ignored): folders `.gpu-base/carry-1` ... `carry-K` of at most 62 MiB
 each, every one holding a safetensors shard of the weights rounded to fp16 (219 MB in all, four carries; fp32
-would take eight), the first also the model's config and tokenizer files, the data and the wheels of `.gpu/`
+would take eight), the first also the model folder's other files (config, tokenizer), the data and the wheels of `.gpu/`
 (benchmarks/gpu/prepare.sh, run first) and `checksums.json` (the SHA-256 of every shipped file). Each carry
 folder goes in its own `run` call, back to back (the machine keeps what earlier calls carried while it stays
 warm); the last call runs benchmarks/gpu/run_base_table.sh, which unpacks and trains.
 
 `unpack DIR` (there) checks every shipped file against checksums.json, refuses a missing or changed one, and
-writes DIR: the config and tokenizer files and `model.safetensors` in fp32 (the fp16 values widened).
+writes DIR: the model folder's other files and `model.safetensors` in fp32 (the fp16 values widened).
 
     python benchmarks/gpu/ship_base.py pack [--model DIR]   # default: prepare_mpnet.py's folder
     python benchmarks/gpu/ship_base.py unpack /tmp/mpnet      # on the GPU machine, from the repository root
@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(".gpu-base")
 CARRY_BYTES = 62 << 20  # a run call carries at most 64 MiB in all
-MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack", ".onnx")  # the fp16 shards replace them
 CHECKSUMS = "checksums.json"
 
 
@@ -50,8 +50,11 @@ def pack(model: Path) -> None:
     shutil.rmtree(ROOT, ignore_errors=True)
     first = ROOT / "carry-1"
     (first / "model").mkdir(parents=True)
-    for name in MODEL_FILES:
-        shutil.copy2(model / name, first / "model" / name)
+    if not (model / "config.json").is_file() or not (model / "model.safetensors").is_file():
+        sys.exit(f"ship_base.py: {model} has no config.json and model.safetensors")
+    for path in sorted(model.iterdir()):  # config, tokenizer and the rest of the top level, but no weights
+        if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
+            shutil.copy2(path, first / "model" / path.name)
     shutil.copytree(common / "data", first / "data")
     shutil.copytree(common / "whl", first / "whl")
     carries, shard, size = [first], {}, 0
@@ -92,8 +95,8 @@ def unpack(target: Path) -> None:
         if sha256_of(path) != expected:
             sys.exit(f"ship_base.py: {path} differs from the file that was sent (SHA-256 mismatch)")
     target.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        shutil.copy2(ROOT / "carry-1" / "model" / name, target / name)
+    for path in sorted((ROOT / "carry-1" / "model").iterdir()):
+        shutil.copy2(path, target / path.name)
     weights: dict[str, torch.Tensor] = {}
     for name in sorted(n for n in checksums if Path(n).name.startswith("model16-")):
         weights.update(load_file(str(ROOT / name)))
