@@ -47,11 +47,11 @@ def pack(model: Path) -> None:
     common = Path(".gpu")
     if not (common / "data").is_dir() or not (common / "whl").is_dir():
         sys.exit("ship_base.py: .gpu/data and .gpu/whl are missing; run benchmarks/gpu/prepare.sh first")
+    if not (model / "config.json").is_file() or not (model / "model.safetensors").is_file():
+        sys.exit(f"ship_base.py: {model} lacks config.json or model.safetensors")
     shutil.rmtree(ROOT, ignore_errors=True)
     first = ROOT / "carry-1"
     (first / "model").mkdir(parents=True)
-    if not (model / "config.json").is_file() or not (model / "model.safetensors").is_file():
-        sys.exit(f"ship_base.py: {model} has no config.json and model.safetensors")
     for path in sorted(model.iterdir()):  # config, tokenizer and the rest of the top level, but no weights
         if path.is_file() and path.suffix not in WEIGHT_SUFFIXES:
             shutil.copy2(path, first / "model" / path.name)
