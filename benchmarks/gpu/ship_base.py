@@ -2,7 +2,7 @@
 
 `pack` (here) writes `.gpu-base/` (git-ignored): folders `.gpu-base/carry-1` ... `carry-K` of at most 62 MiB
 each, every one holding a safetensors shard of the weights rounded to fp16 (219 MB in all, four carries; fp32
-would take eight), the first also the model folder's other files (config, tokenizer), the data and the wheels of `.gpu/`
+would take seven), the first also the model folder's other files (config, tokenizer), the data and the wheels of `.gpu/`
 (benchmarks/gpu/prepare.sh, run first) and `checksums.json` (the SHA-256 of every shipped file). Each carry
 folder goes in its own `run` call, back to back (the machine keeps what earlier calls carried while it stays
 warm); the last call runs benchmarks/gpu/run_base_table.sh, which unpacks and trains.
