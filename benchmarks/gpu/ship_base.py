@@ -17,24 +17,18 @@ writes DIR: the model folder's other files and `model.safetensors` in fp32 (the 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "base"))
+from prepare_mpnet import default_target, sha256_of  # noqa: E402  (benchmarks/base, beside this folder)
+
 ROOT = Path(".gpu-base")
 CARRY_BYTES = 62 << 20  # a run call carries at most 64 MiB in all
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".h5", ".msgpack", ".onnx")  # the fp16 shards replace them
 CHECKSUMS = "checksums.json"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def folder_bytes(folder: Path) -> int:
@@ -114,12 +108,7 @@ def main() -> None:
     unpacking.add_argument("target", type=Path)
     args = parser.parse_args()
     if args.command == "pack":
-        if args.model is None:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "base"))
-            from prepare_mpnet import default_target
-
-            args.model = default_target()
-        pack(args.model)
+        pack(args.model or default_target())
     else:
         unpack(args.target)
 

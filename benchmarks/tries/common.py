@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from mtbert.bench.throughput import sample_examples
+from mtbert.bench.throughput import interleaved, paired_ratio, rates, sample_examples
 from mtbert.data import EncodedSet, encode_examples
 from mtbert.model import MultiTaskModel, load_encoder
 from mtbert.tasks import BUILTIN_TASKS
@@ -31,15 +28,8 @@ def dev_model(task: str) -> tuple[MultiTaskModel, EncodedSet, int]:
 
 
 def side_by_side(contenders: dict[str, Callable[[], object]], rounds: int, items: int) -> None:
-    """Run each contender once per round (order reversed every other round); print items/s and x the first."""
-    names = list(contenders)
-    times: dict[str, list[float]] = {k: [] for k in names}
-    for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
-            contenders[name]()
-            times[name].append(time.perf_counter() - start)
-    first = np.array(times[names[0]])
-    for name in names:
-        ratio = float(np.median(first / np.array(times[name])))
-        print(f"{name}: {items / np.median(times[name]):.1f}/s, {ratio:.3f}x {names[0]}")
+    """Time the contenders in turn as `bench throughput` does; print items/s and how many times the first."""
+    times = interleaved(contenders, rounds, warmup={})  # each script has run its contenders once already
+    first = next(iter(contenders))
+    for name, figures in rates(times, items).items():
+        print(f"{name}: {figures['per_second']:.1f}/s, {paired_ratio(times, name, first):.3f}x {first}")
