@@ -183,13 +183,18 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, sampler, generator,
     return state
 
 
-def truncate_logs(output_dir: Path, step: int) -> None:
-    """Drop log lines written after the checkpoint's step (the resumed run writes them again)."""
+def truncate_logs(output_dir: Path, step: int) -> int:
+    """Drop log lines written after the checkpoint's step (the resumed run writes them again); return the last
+    step the logs held before (`step` when none was after it): the trackers were sent every line up to it."""
+    last = step
     for name in (METRICS, TRAIN_LOG):
         path = output_dir / name
         if path.is_file():
-            kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+            records = read_jsonl(path)
+            last = max([last, *(r.get("step", 0) for r in records)])
+            kept = [r for r in records if r.get("step", 0) <= step]
             atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return last
 
 
 def remove_checkpoints(output_dir: Path) -> None:

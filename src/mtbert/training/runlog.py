@@ -18,11 +18,15 @@ from mtbert.training.trackers import Trackers, open_trackers
 class RunLog:
     """Everything a stage reports while it trains."""
 
-    def __init__(self, run: RunDir, config: dict[str, Any], total_steps: int, first_step: int, enabled: bool) -> None:
+    def __init__(self, run: RunDir, config: dict[str, Any], total_steps: int, first_step: int, enabled: bool,
+                 logged_until: int = 0) -> None:
+        """`first_step`: the step the stage resumes after (0: a fresh start); `logged_until`: the last step the
+        trackers were sent before the interruption, not sent again (the resumed run repeats those steps)."""
         self.run = run
         self.enabled = enabled
         self.trackers = (open_trackers(config["report_to"], run.root, str(run.root), config, resume=first_step > 0)
                          if enabled else Trackers([]))
+        self.trackers.logged_until = logged_until
         self.progress = tqdm(total=total_steps, initial=first_step, desc=f"train {run.root.name}",
                              dynamic_ncols=True, mininterval=2.0, disable=not enabled)
         self.since_eval: list[dict] = []  # training records since the last evaluation, for its summary line
@@ -33,16 +37,16 @@ class RunLog:
 
     def train(self, record: dict[str, Any]) -> None:
         """One `train_log.jsonl` line (step, epoch, lr, losses, gradient statistics)."""
-        if self.enabled:
-            append_jsonl(self.run.train_log, record)
+        if self.enabled:  # the trackers first: a kill between the two repeats a tracker point, never loses one
             self.trackers.log(record, record["step"])
+            append_jsonl(self.run.train_log, record)
             self.since_eval.append(record)
 
     def evaluation(self, record: dict[str, Any], metrics: dict[str, float], losses: dict[str, float]) -> None:
         """One `metrics.jsonl` line and the summary line of the evaluation."""
         if self.enabled:
-            append_jsonl(self.run.metrics, record)
             self.trackers.log({"dev": metrics}, record["step"])
+            append_jsonl(self.run.metrics, record)
             self.progress.write(epoch_summary(record["epoch"], losses, metrics, self.since_eval))
         self.since_eval = []
 

@@ -101,9 +101,10 @@ class Stage:
         self._build_optimisation()
         self.smoothness = Smoothness(cfg.smart_weight, cfg.smart_step_size, cfg.smart_noise) \
             if cfg.smart_weight else None
+        self.logged_until = 0  # the last step the trackers were sent before a resume
         self.state = self._initial_state(resume_from_checkpoint)
         self.log = RunLog(self.run_dir, cfg.to_dict(), self.total_steps, self.state["global_step"],
-                          enabled=self.ranks.is_main)
+                          enabled=self.ranks.is_main, logged_until=self.logged_until)
         self.best_outputs = None  # the dev outputs of the model saved as best/ (unknown after a resume)
 
     # ---- building ----------------------------------------------------------------------------------
@@ -157,8 +158,8 @@ class Stage:
         scaler_state = state.pop("grad_scaler", None)
         if self.scaler is not None and scaler_state is not None:
             self.scaler.load_state_dict(scaler_state)
-        if self.ranks.is_main:
-            ckpt.truncate_logs(self.run_dir.root, state["global_step"])
+        if self.ranks.is_main:  # the trackers skip the steps they were sent before the interruption
+            self.logged_until = ckpt.truncate_logs(self.run_dir.root, state["global_step"])
         logger.info("resumed from %s at step %d", path, state["global_step"])
         return state
 

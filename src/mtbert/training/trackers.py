@@ -11,7 +11,9 @@ tracker as a scalar named by its keys (`loss/<task>`, `lr`, `cosine/<pair>`, `de
   `$WANDB_DIR` (default `<output_dir>/wandb/`); `WANDB_MODE=offline` keeps it on disk for `wandb sync`.
 
 A resumed run (`--resume_from_checkpoint`) logs into the same MLflow and W&B runs: their ids are kept in the run
-folder's `trackers.json`; TensorBoard reads the event files of one folder as one run anyway.
+folder's `trackers.json`; TensorBoard reads the event files of one folder as one run anyway. The steps a resumed
+run repeats (those after its checkpoint that were logged before the interruption) are not sent again, so each
+step has one point.
 
 Each needs its extra: `pip install "mtbert[tensorboard]"`, `"mtbert[mlflow]"`, `"mtbert[wandb]"`. Open the trackers
 on the main process only; they do not synchronise between processes.
@@ -90,13 +92,15 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str | 
 class Trackers:
     """The open trackers of a run: `log(record, step)` mirrors a log record to each, `close()` ends them."""
 
-    def __init__(self, trackers: list[Any]) -> None:
+    def __init__(self, trackers: list[Any], logged_until: int = 0) -> None:
         self.trackers = trackers  # accelerate.tracking.GeneralTracker instances, started
         self.names = [t.name for t in trackers]
+        self.logged_until = logged_until  # steps up to this one were logged before a resume: not sent again
 
     def log(self, record: dict[str, Any], step: int) -> None:
-        """Log every number of `record` (nested dicts flattened to `a/b`) at `step`."""
-        if not self.trackers:
+        """Log every number of `record` (nested dicts flattened to `a/b`) at `step`, unless the step was logged
+        before the run resumed (`logged_until`)."""
+        if not self.trackers or step <= self.logged_until:
             return
         scalars = flatten_scalars(record)
         if not scalars:

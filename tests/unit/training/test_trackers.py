@@ -233,3 +233,33 @@ def test_an_unreadable_run_ids_file_is_said_and_new_tracker_runs_start(mlflow_st
     client = mlflow.tracking.MlflowClient()
     (run,) = client.search_runs([client.get_experiment_by_name("mtbert").experiment_id])
     assert json.loads(ids.read_text())["mlflow"] == run.info.run_id  # rewritten with the new run's id
+
+
+def test_a_resumed_run_sends_each_step_to_the_tracker_once(mlflow_store, tiny_config, tmp_path):
+    import mlflow
+    import yaml
+    from helpers.runs import train_here
+
+    from mtbert.io import read_jsonl
+
+    config = tmp_path / "run.yaml"  # 3 steps an epoch, 2 epochs, every step logged, checkpoints 2, 3, 4, 6 kept
+    config.write_text(yaml.safe_dump({**tiny_config, "samples_per_task_per_epoch": 12, "save_steps": 2,
+                                      "save_total_limit": 4, "report_to": "mlflow"}))
+    train_here([str(config)])
+    train_here([str(config), "--resume_from_checkpoint", str(tmp_path / "run" / "checkpoint-2")])  # repeats 3-6
+    client = mlflow.tracking.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("mtbert").experiment_id])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/sst")] == [1, 2, 3, 4, 5, 6]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "dev/overall")] == [3, 6]
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "train_log.jsonl")] == [1, 2, 3, 4, 5, 6]
+
+
+def test_truncating_the_logs_returns_the_last_step_they_held(tmp_path):
+    from mtbert.training.checkpoint import truncate_logs
+
+    (tmp_path / "train_log.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (1, 2, 3, 4)))
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 5}) + "\n")
+    assert truncate_logs(tmp_path, 2) == 5
+    assert (tmp_path / "train_log.jsonl").read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert (tmp_path / "metrics.jsonl").read_text() == ""
+    assert truncate_logs(tmp_path, 2) == 2  # nothing after the step: the step itself
