@@ -10,6 +10,7 @@ the process at once, as it would without the handler. The old handlers are back 
 from __future__ import annotations
 
 import logging
+import shlex
 import signal
 import threading
 from pathlib import Path
@@ -94,9 +95,21 @@ class Preemption:
         """128 + the signal's number: 143 for SIGTERM, 130 for SIGINT (0 when none was received)."""
         return 128 + int(self.received) if self.received is not None else 0
 
-    def exit(self, step: int, checkpoint: Path, resume_hint: str = "the same command") -> Preempted:
-        """The exception that ends the run after its checkpoint is written (log its message on rank 0)."""
+    def exit(self, step: int, checkpoint: Path, how_to_resume: str) -> Preempted:
+        """The exception that ends the run after its checkpoint is written (log its message on rank 0);
+        `how_to_resume`: the message's last part (see `resume_advice`)."""
         name = signal.Signals(self.received).name if self.received is not None else "a signal"
-        message = (f"stopped by {name} after step {step}; the checkpoint is {checkpoint}; resume with "
-                   f"{resume_hint} plus --resume_from_checkpoint last")
+        message = f"stopped by {name} after step {step}; the checkpoint is {checkpoint}; {how_to_resume}"
         return Preempted(self.exit_code, message)
+
+
+def resume_advice(argv: list[str]) -> str:
+    """How to resume the process whose command line is `argv`: `mtbert train` takes --resume_from_checkpoint last,
+    `mtbert bench quality` resumes an unfinished row by itself, and from Python train() takes
+    resume_from_checkpoint='last'."""
+    command = argv[1:]
+    if command[:1] == ["train"] and "--resume_from_checkpoint" not in command:
+        return f"resume with {shlex.join(['mtbert', *command])} plus --resume_from_checkpoint last"
+    if command[:1] == ["train"] or command[:2] == ["bench", "quality"]:
+        return f"resume with {shlex.join(['mtbert', *command])} again"
+    return "resume with resume_from_checkpoint='last' (on the command line: --resume_from_checkpoint last)"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import shlex
 import sys
 import time
 from dataclasses import dataclass
@@ -48,7 +47,7 @@ from mtbert.runs.layout import RunDir
 from mtbert.runs.model_card import write_model_card
 from mtbert.training import checkpoint as ckpt
 from mtbert.training.optim import make_optimizer
-from mtbert.training.preemption import Preemption
+from mtbert.training.preemption import Preemption, resume_advice
 from mtbert.training.runlog import RunLog
 from mtbert.training.smart import Smoothness, smart_penalty
 
@@ -216,7 +215,7 @@ class Stage:
         if not saved:
             self.save_checkpoint(step)
         self.log.close()
-        error = stop.exit(step, self.run_dir.checkpoint(step), shlex.join(["mtbert", *sys.argv[1:]]))
+        error = stop.exit(step, self.run_dir.checkpoint(step), resume_advice(sys.argv))
         if self.ranks.is_main:
             logger.warning("%s", error)
             print(f"mtbert: {error}", file=sys.stderr)

@@ -14,7 +14,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from mtbert.distributed import ONE_PROCESS
-from mtbert.training.preemption import Preempted, Preemption
+from mtbert.training.preemption import Preempted, Preemption, resume_advice
 
 
 def _wait_for(condition, seconds: float = 5.0) -> None:
@@ -32,7 +32,7 @@ def test_a_signal_is_recorded_and_gives_the_exit_code(signum, code):
         os.kill(os.getpid(), signum)
         _wait_for(lambda: stop.requested)
         assert stop.should_stop(ONE_PROCESS) and stop.received == signum and stop.exit_code == code
-        error = stop.exit(12, Path("runs/x/checkpoint-12"), "mtbert train cfg.yaml")
+        error = stop.exit(12, Path("runs/x/checkpoint-12"), resume_advice(["mtbert", "train", "cfg.yaml"]))
     assert signal.getsignal(signum) is before
     assert isinstance(error, Preempted) and isinstance(error, SystemExit) and error.code == code
     assert str(error) == (f"stopped by {signal.Signals(signum).name} after step 12; the checkpoint is "
@@ -97,3 +97,16 @@ def test_every_rank_stops_at_the_same_step(tmp_path):
     results = mp.get_context("fork").Manager().dict()
     mp.start_processes(_rank, args=(str(tmp_path / "store"), results), nprocs=2, join=True, start_method="fork")
     assert dict(results) == {0: (3, 143), 1: (3, 143)}
+
+
+@pytest.mark.parametrize(("argv", "advice"), [
+    (["mtbert", "train", "my run.yaml"], "resume with mtbert train 'my run.yaml' plus --resume_from_checkpoint last"),
+    (["mtbert", "train", "c.yaml", "--resume_from_checkpoint", "last"],
+     "resume with mtbert train c.yaml --resume_from_checkpoint last again"),
+    (["/x/mtbert/__main__.py", "bench", "quality", "--output_dir", "t"],  # bench resumes its unfinished row itself
+     "resume with mtbert bench quality --output_dir t again"),
+    (["my_script.py"],
+     "resume with resume_from_checkpoint='last' (on the command line: --resume_from_checkpoint last)"),
+])
+def test_the_stop_message_says_how_the_command_that_ran_resumes(argv, advice):
+    assert resume_advice(argv) == advice
