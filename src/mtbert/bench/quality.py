@@ -15,6 +15,7 @@ import hashlib
 import json
 import math
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +33,7 @@ from mtbert.runs.layout import PREDICTIONS, RunDir
 from mtbert.tasks import TaskSpec, overall_score
 
 MARKER = "bench_run.json"  # written into each run dir: what it was trained with, and how long it took
+CLOCK_SECONDS = 30.0  # how often a training run's marker takes its wall time so far
 TABLE_FILE = "table.yaml"  # in the configs folder: the table's rows, reference numbers, ensemble and notes
 METRICS = ("sst_acc", "para_acc", "sts_corr", "overall")
 BUNDLED = "the bundled all-MiniLM-L6-v2"  # what a config without model_name_or_path trains
@@ -508,15 +510,42 @@ def train_run(cfg: TrainConfig, run_dir: Path, budget: float) -> tuple[dict[str,
     atomic_write_json(run_dir / MARKER, marker)
     plan = ", ".join(f"{s['stage']}: {s['steps']} steps" for s in marker["stages"])
     progress(f"  training {run_dir} ({plan})" + (" (resumed)" if resume else ""))
-    clock = time.perf_counter()
-    try:
+    with SittingClock(run_dir / MARKER, marker):
         results = mtbert.training.run.train(cfg, resume_from_checkpoint=resume, overwrite_output_dir=True)
-    finally:
-        marker["wall_seconds_before"] = round(earlier + time.perf_counter() - clock, 1)
-        atomic_write_json(run_dir / MARKER, marker)
     marker["wall_seconds"] = marker["wall_seconds_before"]
     atomic_write_json(run_dir / MARKER, marker)
     return results, marker
+
+
+class SittingClock:
+    """Adds this sitting's wall seconds to `marker["wall_seconds_before"]` in the marker file, every
+    `CLOCK_SECONDS` while the block runs and once at its end, so that a sitting ended by SIGKILL or a lost machine
+    still counts (to within `CLOCK_SECONDS`)."""
+
+    def __init__(self, path: Path, marker: dict[str, Any]) -> None:
+        self.path, self.marker = path, marker
+        self.earlier = float(marker.get("wall_seconds_before", 0.0))
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+
+    def write(self) -> None:
+        with self.lock:
+            self.marker["wall_seconds_before"] = round(self.earlier + time.perf_counter() - self.started, 1)
+            atomic_write_json(self.path, self.marker)
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(CLOCK_SECONDS):
+            self.write()
+
+    def __enter__(self) -> SittingClock:
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(target=self._tick, name="bench-wall-clock", daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopped.set()
+        self.thread.join()
+        self.write()
 
 
 def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -> Row:

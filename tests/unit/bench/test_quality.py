@@ -16,3 +16,34 @@ def test_two_step_variants_are_compared_with_two_step_pcgrad_and_mlm_steps_scale
     assert scaled({"samples_per_task_per_epoch": 1792, "mlm_steps": 672}, 16, 2.5) == {
         "samples_per_task_per_epoch": 4480, "mlm_steps": 1680}
 
+
+
+def test_a_sitting_keeps_its_wall_time_in_the_marker_while_it_trains(tmp_path, monkeypatch):
+    """A sitting killed mid-run (SIGKILL runs no `finally`) still adds its time: the marker takes it as it goes."""
+    import json
+    import time
+
+    import mtbert.training.run
+    from mtbert.bench import quality
+    from mtbert.config import TrainConfig
+
+    monkeypatch.setattr(quality, "CLOCK_SECONDS", 0.05)
+    marker_file = tmp_path / quality.MARKER
+    seen = []
+
+    def training(cfg, resume_from_checkpoint=None, overwrite_output_dir=False):
+        time.sleep(0.5)
+        seen.append(json.loads(marker_file.read_text())["wall_seconds_before"])  # what a kill now would keep
+        return {"overall": 0.5}
+
+    monkeypatch.setattr(mtbert.training.run, "train", training)
+    monkeypatch.setattr(quality, "signature", lambda cfg, budget: {"config": "c"})
+    monkeypatch.setattr(quality, "stages", lambda cfg: [])
+    marker_file.write_text(json.dumps({"signature": {"config": "c"}, "wall_seconds": None,
+                                       "wall_seconds_before": 100.0}))  # an earlier sitting, killed
+    monkeypatch.setattr(quality.RunDir, "checkpoints", lambda self: [tmp_path / "checkpoint-4"])  # left to resume
+    cfg = TrainConfig(output_dir=str(tmp_path))
+    results, marker = quality.train_run(cfg, tmp_path, budget=1.0)
+    assert 100.3 <= seen[0] < 100.5 + 0.2  # written during the sitting, the earlier sitting's 100 s kept
+    assert 100.5 <= marker["wall_seconds"] < 101.5 and results == {"overall": 0.5}
+    assert json.loads(marker_file.read_text())["wall_seconds"] == marker["wall_seconds"]
