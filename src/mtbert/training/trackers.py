@@ -92,10 +92,10 @@ def flatten_config(config: dict[str, Any], prefix: str = "") -> dict[str, str | 
 class Trackers:
     """The open trackers of a run: `log(record, step)` mirrors a log record to each, `close()` ends them."""
 
-    def __init__(self, trackers: list[Any], logged_until: int = 0) -> None:
+    def __init__(self, trackers: list[Any]) -> None:
         self.trackers = trackers  # accelerate.tracking.GeneralTracker instances, started
         self.names = [t.name for t in trackers]
-        self.logged_until = logged_until  # steps up to this one were logged before a resume: not sent again
+        self.logged_until = 0  # steps up to this one were logged before a resume (set by RunLog): not sent again
 
     def log(self, record: dict[str, Any], step: int) -> None:
         """Log every number of `record` (nested dicts flattened to `a/b`) at `step`, unless the step was logged
