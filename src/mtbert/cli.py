@@ -109,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--backbone", metavar="PATH_OR_NAME",
                    help="train every row (and embed the floor) with this encoder in place of the configs' "
                    "model_name_or_path; rows trained with another backbone are trained again")
+    b.add_argument("--from_table", metavar="TABLE_JSON",
+                   help="take the finished rows of an earlier table.json (another machine's or session's) that this "
+                   "call would train alike: same config, data and budget; their dev predictions come with them")
     return parser
 
 

@@ -217,6 +217,83 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     assert main([*bench_args[:4], "--rows", "ensemble", *bench_args[6:]]) == 0
     assert "row ensemble: done" in capsys.readouterr().err
 
+    # another folder (another machine or session) takes the finished rows from table.json, trains none of them,
+    # and shows the same numbers and paired comparisons; the ensemble is voted again from the restored predictions
+    table = json.loads((out / "table.json").read_text(encoding="utf-8"))
+    assert set(table["dev_ids_sha256"]) == {"sst", "para", "sts"}
+    monkeypatch.setattr(mtbert.training.run, "train", boom)
+    monkeypatch.setattr(mtbert.bench.quality, "floor_results", boom)
+    elsewhere = tmp_path / "elsewhere"
+    assert main([*bench_args[:2], "--output_dir", str(elsewhere), *bench_args[4:], "--from_table",
+                 str(out / "table.json")]) == 0
+    err = capsys.readouterr().err
+    assert f"row pcgrad: taken from {out / 'table.json'}" in err and "row ensemble: done" in err
+    taken = {r["row"]: r for r in json.loads((elsewhere / "table.json").read_text(encoding="utf-8"))["rows"]}
+    before = {r["row"]: r for r in table["rows"]}
+    for name in ROWS.split(","):
+        for key in ("sst_acc", "para_acc", "sts_corr", "overall", "overall_ci95", "train_seconds"):
+            assert taken[name][key] == before[name][key], (name, key)
+        for key in ("versus", "versus_floor"):
+            assert (taken[name][key] or {}).get("difference") == (before[name][key] or {}).get("difference")
+        assert Path(taken[name]["run_dir"]).is_relative_to(elsewhere)
+        assert (taken[name]["restored_from"] or {}).get("file") == (None if name == "ensemble"
+                                                                    else str(out / "table.json"))
+    assert "(taken from `" in (elsewhere / "table.md").read_text(encoding="utf-8")
+    # a second call finds them finished; a row whose folder exists is not overwritten
+    assert main([*bench_args[:2], "--output_dir", str(elsewhere), *bench_args[4:], "--from_table",
+                 str(out / "table.json")]) == 0
+    assert f"row pcgrad: finished in {elsewhere}; not taken" in capsys.readouterr().err
+    # at another budget the trained rows are not this call's (they are trained, not taken); the floor has no budget
+    assert mtbert.bench.quality.restore_rows(out / "table.json", tmp_path / "other", Path(config), 0.016,
+                                             mtbert.bench.quality.load_reference(Path(config))) == ["floor"]
+    assert "row pcgrad: not taken from" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "other" / "runs").iterdir()) == ["floor"]
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t: t.pop("dev_ids_sha256"), "carries no dev predictions"),
+    (lambda t: t.update(benchmark="step"), "is not a table.json of `mtbert bench quality`"),
+    (lambda t: t["rows"][0]["carried"][0].pop("dev_predictions"), "has a carried run without its config"),
+    (lambda t: t["dev_ids_sha256"].update(sst="0" * 64), "its sst predictions follow other dev ids"),
+    (lambda t: t["rows"][0]["carried"][0]["dev_predictions"]["sst"].pop(), "dev predictions for"),
+])
+def test_a_bad_from_table_is_one_sentence_and_writes_nothing(change, message, tmp_path, tiny_model_dir,
+                                                              tiny_data_dir, monkeypatch, capsys):
+    configs = tiny_configs(tmp_path / "configs", tiny_model_dir, tiny_data_dir)
+    monkeypatch.setattr(mtbert.bench.quality, "floor_results", fake_floor_with_predictions)
+    assert main(["bench", "quality", "--output_dir", str(tmp_path / "first"), "--rows", "floor",
+                 "--configs", str(configs)]) == 0
+    table = json.loads((tmp_path / "first" / "table.json").read_text(encoding="utf-8"))
+    change(table)
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["bench", "quality", "--output_dir", str(tmp_path / "second"), "--rows", "floor", "--configs",
+                 str(configs), "--from_table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --from_table: ") and message in err and "Traceback" not in err
+    assert not (tmp_path / "second").exists()
+
+
+def test_a_missing_from_table_is_one_sentence(tmp_path, capsys):
+    assert main(["bench", "quality", "--output_dir", str(tmp_path / "out"), "--configs", str(SHIPPED),
+                 "--from_table", str(tmp_path / "nope.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --from_table: {tmp_path / 'nope.json'} not found")
+
+
+def fake_floor_with_predictions(cfg, run_dir):
+    """A stand-in for the floor: predicts every dev label's first class (or value), with FAKE's metrics."""
+    from mtbert.evaluation.ensemble import dev_labels
+    from mtbert.evaluation.predict import write_cs224n
+    from mtbert.runs.layout import RunDir
+
+    for spec in cfg.task_specs():
+        ids = list(dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples))
+        RunDir(run_dir).prediction(spec.name, "dev").parent.mkdir(parents=True, exist_ok=True)
+        write_cs224n(RunDir(run_dir).prediction(spec.name, "dev"), spec, ids, np.zeros(len(ids)))
+    (run_dir / "results.json").write_text(json.dumps(FAKE), encoding="utf-8")
+    return dict(FAKE)
+
 
 def test_shipped_rows_share_one_budget_per_stage(tmp_path):
     """Every training stage of every shipped row processes 3,584 samples per task of its run; --budget scales it.

@@ -260,6 +260,8 @@ class Row:
     note: str = ""
     versus: dict[str, Any] | None = None  # the paired comparison with its reference row (`reference_row`)
     versus_floor: dict[str, Any] | None = None  # the same with the frozen-embedding floor, which every row must beat
+    carried: list[dict[str, Any]] = field(default_factory=list)  # what restores its runs elsewhere (bench.carried)
+    restored_from: dict[str, Any] | None = None  # the earlier table the row was taken from (`--from_table`)
 
     def to_dict(self, ref: Reference) -> dict[str, Any]:
         row = ref.row(self.name)
@@ -270,7 +272,8 @@ class Row:
             "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "run_dir": self.run_dir,
             "reused": self.reused, "members": self.members or None, "runs": self.runs, "stages": self.stages,
             "reference": {k: numbers.get(k) for k in METRICS} if numbers else None, "versus": self.versus,
-            "versus_floor": self.versus_floor,
+            "versus_floor": self.versus_floor, "restored_from": self.restored_from,
+            "carried": [run for run in self.carried if run["dev_predictions"] is not None] or None,
         }
 
 
@@ -278,9 +281,10 @@ class Row:
 
 
 def bench_quality(output_dir: Path, rows: list[str] | None, budget: float, configs_dir: Path,
-                  backbone: str | None = None) -> dict:
+                  backbone: str | None = None, from_table: Path | None = None) -> dict:
     """Train the asked rows (default: every row of table.yaml), reusing finished ones, and write table.md and
-    table.json; `backbone` replaces every row config's model_name_or_path."""
+    table.json; `backbone` replaces every row config's model_name_or_path; `from_table`: an earlier table.json
+    whose finished rows are taken in when this call would train them alike (`restore_rows`)."""
     if not (math.isfinite(budget) and budget > 0):
         raise MtbertError(f"--budget: must be a positive number, not {budget:g}")
     configs_dir = Path(configs_dir)
@@ -290,8 +294,11 @@ def bench_quality(output_dir: Path, rows: list[str] | None, budget: float, confi
     output_dir = Path(output_dir)
     asked = resolve_rows(rows, configs_dir, ref)
     command = (f"mtbert bench quality --output_dir {output_dir}" + (f" --rows {','.join(rows)}" if rows else "")
-               + f" --budget {budget:g} --configs {configs_dir}" + (f" --backbone {backbone}" if backbone else ""))
+               + f" --budget {budget:g} --configs {configs_dir}" + (f" --backbone {backbone}" if backbone else "")
+               + (f" --from_table {from_table}" if from_table else ""))
     started = time.perf_counter()
+    if from_table is not None:
+        restore_rows(Path(from_table), output_dir, configs_dir, budget, ref)
     shown = table_rows(asked, output_dir, configs_dir, ref)
     table: dict[str, Row] = {}
     for name in shown:
@@ -312,6 +319,72 @@ def bench_quality(output_dir: Path, rows: list[str] | None, budget: float, confi
         if name not in asked:  # an ensemble not asked goes stale when a member was trained again
             table[name] = read_row(name, output_dir, configs_dir, budget, ref)
     return write_table(output_dir, table, budget, configs_dir, command, time.perf_counter() - started, ref)
+
+
+def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float, ref: Reference) -> list[str]:
+    """Take the finished rows of an earlier table.json (`bench.carried`) into `output_dir` when this call would train
+    them alike (same signature) and their run folders do not exist yet; the ensemble is rebuilt, not taken. Every
+    check runs before anything is written. Returns the rows taken."""
+    from mtbert.bench import carried
+
+    data = carried.read_carried_table(path)
+    source = {"file": str(path), "time": data.get("time"), "command": data.get("command"),
+              "machine": data.get("machine"), "cpus": data.get("cpus"), "device": data.get("device")}
+    known = set(known_rows(configs_dir, ref))
+    plans: list[tuple[str, list[tuple[dict[str, Any], TrainConfig, Path]]]] = []
+    for row in data["rows"]:
+        name = row["row"]
+        if name == "ensemble" or row.get("status") != "done" or not row.get("carried") or name not in known:
+            continue
+        if read_row(name, output_dir, configs_dir, budget, ref).done:
+            progress(f"row {name}: finished in {output_dir}; not taken from {path}")
+            continue
+        runs, why = [], ""
+        for run in row["carried"]:
+            if name == "floor":
+                cfg = floor_config(output_dir, configs_dir, ref.backbone)
+                run_dir, wanted = Path(cfg.output_dir), floor_signature(cfg)
+                matches = same(run["signature"], wanted)
+            elif run["config"] in ref.config_names(name) and (configs_dir / f"{run['config']}.yaml").is_file():
+                run_dir = run_dir_of(output_dir, name, run["config"], ref)
+                cfg = planned_config(configs_dir / f"{run['config']}.yaml", run_dir, budget, ref.backbone)
+                wanted = signature(cfg, budget)
+                matches = same_signature(run["signature"], wanted)
+            else:
+                why = f"its run {run['config']} is not a config of the row here"
+                break
+            if not matches:
+                why = stale_note(run["signature"], wanted).replace("stale", "trained otherwise")
+                break
+            if run_dir.exists():
+                why = f"{run_dir} exists (not overwritten)"
+                break
+            runs.append((run, cfg, run_dir))
+        wanted_configs = {"floor"} if name == "floor" else set(ref.config_names(name))
+        if not why and {run["config"] for run, _, _ in runs} != wanted_configs:
+            why = "it carries not every run of the row"
+        if why:
+            progress(f"row {name}: not taken from {path}: {why}")
+            continue
+        plans.append((name, runs))
+    if not plans:
+        return []
+    labels: dict[str, dict[str, float] | None] = {}
+    specs: dict[str, TaskSpec] = {}
+    for _, runs in plans:
+        for _, cfg, _ in runs:  # every run's tasks, from the data folder its signature matched
+            labels.update({t: v for t, v in data_labels(cfg).items() if t not in labels})
+            specs.update({spec.name: spec for spec in cfg.task_specs()})
+    carried.check_dev_order(path, data, labels)
+    for _, runs in plans:
+        for run, _, _ in runs:
+            carried.check_run(path, run, labels, specs)
+    for name, runs in plans:
+        for run, cfg, run_dir in runs:
+            carried.restore_run(run, cfg, run_dir, MARKER, source, labels, specs)
+        progress(f"row {name}: taken from {path} (trained {source['time']}, {source['machine']}, "
+                 f"{source['cpus']} CPUs, device {source['device']})")
+    return [name for name, _ in plans]
 
 
 def progress(message: str) -> None:
@@ -553,6 +626,8 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
     specs: list[TaskSpec] = []
     metrics: dict[str, float] = {}
     infos = []
+    from mtbert.bench.carried import carried_run
+
     for config, cfg, run_dir, results, marker in runs:
         for spec in cfg.task_specs():
             if spec.metric_key in results:
@@ -574,6 +649,8 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
         wall_seconds=round(sum(float(r[4].get("wall_seconds") or 0.0) for r in runs), 1),
         run_dir=str(output_dir / "runs" / name), runs=infos,
         stages=[{"config": r[0], **s} for r in runs for s in r[4].get("stages", [])], reused=reused,
+        carried=[carried_run(r[0], r[2], r[3], r[4]) for r in runs],
+        restored_from=next((r[4]["restored_from"] for r in runs if r[4].get("restored_from")), None),
     )
 
 
@@ -717,9 +794,12 @@ def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
 
 
 def floor_row(run_dir: Path, results: dict[str, Any], marker: dict[str, Any], reused: bool) -> Row:
+    from mtbert.bench.carried import carried_run
+
     return Row("floor", done=True, metrics={k: float(results[k]) for k in METRICS if k in results},
                overall_ci95=results.get("overall_ci95"), train_seconds=results.get("train_seconds"),
-               wall_seconds=marker.get("wall_seconds"), run_dir=str(run_dir), reused=reused)
+               wall_seconds=marker.get("wall_seconds"), run_dir=str(run_dir), reused=reused,
+               carried=[carried_run("floor", run_dir, results, marker)], restored_from=marker.get("restored_from"))
 
 
 def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -825,14 +905,16 @@ def reference_row(name: str, ref: Reference) -> str | None:
     return "multitask"
 
 
-def compare_rows(table: dict[str, Row], data_cfg: TrainConfig, ref: Reference) -> None:
-    """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
-    the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
-    A row whose dev prediction files are incomplete gets no comparison."""
-    from mtbert.evaluation.metrics import bootstrap_difference
+def data_labels(data_cfg: TrainConfig) -> dict[str, dict[str, float] | None]:
+    """{task: {dev id: label}} of the data every row is scored on."""
+    return {s.name: dev_labels(s, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples)
+            for s in data_cfg.task_specs()}
 
+
+def row_predictions(table: dict[str, Row], data_cfg: TrainConfig, labels: dict[str, dict[str, float] | None]
+                    ) -> dict[str, dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]]:
+    """{row: dev_triples} of each finished row whose dev prediction files are complete."""
     specs = data_cfg.task_specs()
-    labels = {s.name: dev_labels(s, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples) for s in specs}
     predictions = {}
     for name, row in table.items():
         # a training row's runs (the single-task row has three); the floor and the ensemble write their own files
@@ -842,6 +924,15 @@ def compare_rows(table: dict[str, Row], data_cfg: TrainConfig, ref: Reference) -
                 predictions[name] = dev_triples(folders, specs, labels)
             except MtbertError as err:
                 progress(f"  no paired comparison for row {name}: {err}")
+    return predictions
+
+
+def compare_rows(table: dict[str, Row], predictions: dict[str, dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]],
+                 ref: Reference) -> None:
+    """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
+    the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
+    A row without complete dev predictions gets no comparison."""
+    from mtbert.evaluation.metrics import bootstrap_difference
 
     def versus(name: str, reference: str | None) -> dict[str, Any] | None:
         if name not in predictions or reference not in predictions:
@@ -862,8 +953,17 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
     unit = budget_unit(configs_dir, budget)
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
+    from mtbert.bench.carried import attach_predictions, ids_digest
+
+    digests = None
     if (configs_dir / "floor.yaml").is_file():  # the data every row was scored on
-        compare_rows(table, floor_config(output_dir, configs_dir, ref.backbone), ref)
+        data_cfg = floor_config(output_dir, configs_dir, ref.backbone)
+        labels = data_labels(data_cfg)
+        predictions = row_predictions(table, data_cfg, labels)
+        compare_rows(table, predictions, ref)
+        for name, triples in predictions.items():
+            attach_predictions(table[name].carried, triples)
+        digests = {task: ids_digest(list(ids)) for task, ids in labels.items() if ids is not None}
     data = {
         "benchmark": "quality", "command": command, **machine(), "time": datetime.now().isoformat(timespec="seconds"),
         "budget": budget, "samples_per_task_per_stage": unit, "budget_definition": BUDGET_NOTE.format(
@@ -873,7 +973,8 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
         "reference": {"name": ref.name, "table": ref.table, "about": ref.about, "file": str(ref.path)},
         "wall_seconds": round(wall_seconds, 1),
         "rows_wall_seconds": round(sum(r.wall_seconds or 0.0 for r in done), 1),
-        "ensemble_members": list(ref.ensemble_members), "rows": [r.to_dict(ref) for r in rows],
+        "ensemble_members": list(ref.ensemble_members), "dev_ids_sha256": digests,
+        "rows": [r.to_dict(ref) for r in rows],
         "row_notes": {name: ref.note(name) for name in table},
     }
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -914,6 +1015,15 @@ def fmt(value: float | None, digits: int = 3) -> str:
 def hms(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def run_dir_text(row: dict[str, Any]) -> str:
+    """A row's run folder, and the table it was taken from when restored."""
+    source = row.get("restored_from")
+    if not source:
+        return f"`{row['run_dir']}`"
+    return (f"`{row['run_dir']}` (taken from `{source['file']}`: trained {source['time']}, {source['machine']}, "
+            f"{source['cpus']} CPUs, device {source['device']})")
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -961,7 +1071,7 @@ def markdown(data: dict[str, Any]) -> str:
             versus += f" vs `{row['versus']['row']}`"
         lines.append(f"| {name} | {fmt(row['sst_acc'])} | {fmt(row['para_acc'])} | {fmt(row['sts_corr'])} | "
                      f"**{fmt(row['overall'])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | "
-                     f"{reference_text} | `{row['run_dir']}` |")
+                     f"{reference_text} | {run_dir_text(row)} |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:
         lines.append(f"- `{row['row']}`: {data['row_notes'][row['row']]}")
