@@ -230,15 +230,29 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     assert f"row pcgrad: taken from {out / 'table.json'}" in err and "row ensemble: done" in err
     taken = {r["row"]: r for r in json.loads((elsewhere / "table.json").read_text(encoding="utf-8"))["rows"]}
     before = {r["row"]: r for r in table["rows"]}
-    for name in ROWS.split(","):
-        for key in ("sst_acc", "para_acc", "sts_corr", "overall", "overall_ci95", "train_seconds"):
+    for name in (*ROWS.split(","), "sw-pcgrad-0-3-1-two-step"):
+        assert taken[name]["status"] == "done"
+        for key in ("sst_acc", "para_acc", "sts_corr", "overall", "overall_ci95", "train_seconds", "wall_seconds",
+                    "versus", "versus_floor"):
             assert taken[name][key] == before[name][key], (name, key)
-        for key in ("versus", "versus_floor"):
-            assert (taken[name][key] or {}).get("difference") == (before[name][key] or {}).get("difference")
         assert Path(taken[name]["run_dir"]).is_relative_to(elsewhere)
         assert (taken[name]["restored_from"] or {}).get("file") == (None if name == "ensemble"
                                                                     else str(out / "table.json"))
-    assert "(taken from `" in (elsewhere / "table.md").read_text(encoding="utf-8")
+    assert taken["two-step-pcgrad"]["versus"]["row"] == "pcgrad" and taken["ensemble"]["versus"] is not None
+    for task in ("sst", "para", "sts"):  # the restored files predict what the trained ones did, id for id
+        spec = BUILTIN_TASKS[task]
+        run = Path("runs") / "single-task" / f"single-{task}" / "predictions" / f"{task}-dev-output.csv"
+        trained, restored = (read_cs224n(folder / run, spec)[1] for folder in (out, elsewhere))
+        assert restored == {i: v for i, v in trained.items() if i in restored} and len(restored) > 0
+    assert "(taken: first written to `" in (elsewhere / "table.md").read_text(encoding="utf-8")
+    # a row taken twice still names the table it was first written to
+    third = tmp_path / "third"
+    assert main([*bench_args[:2], "--output_dir", str(third), *bench_args[4:], "--from_table",
+                 str(elsewhere / "table.json")]) == 0
+    again = {r["row"]: r for r in json.loads((third / "table.json").read_text(encoding="utf-8"))["rows"]}
+    assert again["pcgrad"]["restored_from"]["file"] == str(out / "table.json")
+    assert again["ensemble"]["overall"] == before["ensemble"]["overall"]
+    assert f"first written to `{out / 'table.json'}`" in capsys.readouterr().err
     # a second call finds them finished; a row whose folder exists is not overwritten
     assert main([*bench_args[:2], "--output_dir", str(elsewhere), *bench_args[4:], "--from_table",
                  str(out / "table.json")]) == 0
@@ -248,14 +262,34 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
                                              mtbert.bench.quality.load_reference(Path(config))) == ["floor"]
     assert "row pcgrad: not taken from" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "other" / "runs").iterdir()) == ["floor"]
+    # an unfinished run folder is left as it is, its row not taken
+    kept = tmp_path / "partial" / "runs" / "pcgrad" / "checkpoint-1"
+    kept.mkdir(parents=True)
+    taken_rows = mtbert.bench.quality.restore_rows(out / "table.json", tmp_path / "partial", Path(config), 0.008,
+                                                   mtbert.bench.quality.load_reference(Path(config)))
+    assert "pcgrad" not in taken_rows and "two-step-pcgrad" in taken_rows
+    assert [p.name for p in kept.parent.iterdir()] == ["checkpoint-1"]
+    assert "row pcgrad: not taken from" in capsys.readouterr().err
+
+
+def carried_floor(table: dict) -> dict:
+    return table["rows"][0]["carried"][0]
 
 
 @pytest.mark.parametrize(("change", "message"), [
     (lambda t: t.pop("dev_ids_sha256"), "carries no dev predictions"),
     (lambda t: t.update(benchmark="step"), "is not a table.json of `mtbert bench quality`"),
-    (lambda t: t["rows"][0]["carried"][0].pop("dev_predictions"), "has a carried run without its config"),
+    (lambda t: t["rows"].append(t["rows"][0]), "repeats row floor"),
+    (lambda t: carried_floor(t).pop("dev_predictions"), "rows[0].carried[0] (row floor): dev_predictions is missing"),
+    (lambda t: carried_floor(t).pop("signature"), "rows[0].carried[0] (row floor): signature is missing"),
+    (lambda t: carried_floor(t)["results"].pop("overall"), "results has no overall score"),
+    (lambda t: carried_floor(t)["results"].update(sst_acc="high"), "results.sst_acc is not a number"),
+    (lambda t: carried_floor(t)["dev_predictions"].pop("sts"), "dev_predictions holds tasks ['para', 'sst']"),
+    (lambda t: carried_floor(t)["dev_predictions"]["sts"].__setitem__(0, None), "dev_predictions.sts is not a list"),
     (lambda t: t["dev_ids_sha256"].update(sst="0" * 64), "its sst predictions follow other dev ids"),
-    (lambda t: t["rows"][0]["carried"][0]["dev_predictions"]["sst"].pop(), "dev predictions for"),
+    (lambda t: t["dev_ids_sha256"].pop("para"), "its para predictions follow other dev ids"),
+    (lambda t: carried_floor(t)["dev_predictions"]["sst"].pop(), "sst dev predictions for"),
+    (lambda t: carried_floor(t)["dev_predictions"]["sst"].__setitem__(0, 0.5), "is not a class index below 5"),
 ])
 def test_a_bad_from_table_is_one_sentence_and_writes_nothing(change, message, tmp_path, tiny_model_dir,
                                                               tiny_data_dir, monkeypatch, capsys):
@@ -279,6 +313,7 @@ def test_a_missing_from_table_is_one_sentence(tmp_path, capsys):
     assert main(["bench", "quality", "--output_dir", str(tmp_path / "out"), "--configs", str(SHIPPED),
                  "--from_table", str(tmp_path / "nope.json")]) == 2
     assert capsys.readouterr().err.startswith(f"error: --from_table: {tmp_path / 'nope.json'} not found")
+    assert not (tmp_path / "out").exists()
 
 
 def fake_floor_with_predictions(cfg, run_dir):

@@ -25,7 +25,7 @@ def main(args: argparse.Namespace) -> int:
 
         results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
                                 Path(args.configs), getattr(args, "backbone", None),
-                                Path(args.from_table) if getattr(args, "from_table", None) else None)
+                                Path(args.from_table) if getattr(args, "from_table", None) is not None else None)
     print(json.dumps(results, indent=2))
     if getattr(args, "json", None):
         atomic_write_json(args.json, results)

@@ -334,7 +334,13 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
     plans: list[tuple[str, list[tuple[dict[str, Any], TrainConfig, Path]]]] = []
     for row in data["rows"]:
         name = row["row"]
-        if name == "ensemble" or row.get("status") != "done" or not row.get("carried") or name not in known:
+        if name == "ensemble" or row.get("status") != "done":
+            continue  # the ensemble is voted again from its members; an unfinished row has nothing to take
+        if name not in known or (name == "floor" and not (configs_dir / "floor.yaml").is_file()):
+            progress(f"row {name}: not taken from {path}: no such row in {configs_dir}")
+            continue
+        if not row.get("carried"):
+            progress(f"row {name}: not taken from {path}: it carries no dev predictions")
             continue
         if read_row(name, output_dir, configs_dir, budget, ref).done:
             progress(f"row {name}: finished in {output_dir}; not taken from {path}")
@@ -355,6 +361,7 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
                 break
             if not matches:
                 why = stale_note(run["signature"], wanted).replace("stale", "trained otherwise")
+                why = why.replace("config, data or budget", "config or data") if name == "floor" else why
                 break
             if run_dir.exists():
                 why = f"{run_dir} exists (not overwritten)"
@@ -375,15 +382,15 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
         for _, cfg, _ in runs:  # every run's tasks, from the data folder its signature matched
             labels.update({t: v for t, v in data_labels(cfg).items() if t not in labels})
             specs.update({spec.name: spec for spec in cfg.task_specs()})
-    carried.check_dev_order(path, data, labels)
     for _, runs in plans:
         for run, _, _ in runs:
-            carried.check_run(path, run, labels, specs)
+            carried.check_run(path, data, run, labels, specs)
+    if ref.ensemble_mode == "soft" and {name for name, _ in plans} & set(ref.ensemble_members):
+        progress("the soft ensemble cannot combine taken rows: their scores/ are not carried")
     for name, runs in plans:
         for run, cfg, run_dir in runs:
             carried.restore_run(run, cfg, run_dir, MARKER, source, labels, specs)
-        progress(f"row {name}: taken from {path} (trained {source['time']}, {source['machine']}, "
-                 f"{source['cpus']} CPUs, device {source['device']})")
+        progress(f"row {name}: taken from {path} ({source_text(runs[0][0]['restored_from'] or source)})")
     return [name for name, _ in plans]
 
 
@@ -649,7 +656,7 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
         wall_seconds=round(sum(float(r[4].get("wall_seconds") or 0.0) for r in runs), 1),
         run_dir=str(output_dir / "runs" / name), runs=infos,
         stages=[{"config": r[0], **s} for r in runs for s in r[4].get("stages", [])], reused=reused,
-        carried=[carried_run(r[0], r[2], r[3], r[4]) for r in runs],
+        carried=[carried_run(r[0], r[2], r[1].task_specs(), r[3], r[4]) for r in runs],
         restored_from=next((r[4]["restored_from"] for r in runs if r[4].get("restored_from")), None),
     )
 
@@ -780,7 +787,7 @@ def read_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
     if not same(marker.get("signature"), wanted):
         note = stale_note(marker.get("signature"), wanted)
         return Row("floor", note=note.replace("config, data or budget", "config or data"))
-    return floor_row(run_dir, results, marker, reused=True)
+    return floor_row(run_dir, cfg.task_specs(), results, marker, reused=True)
 
 
 def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
@@ -790,16 +797,18 @@ def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
     results = floor_results(cfg, run_dir)
     marker = {"signature": floor_signature(cfg), "wall_seconds": round(time.perf_counter() - clock, 1)}
     atomic_write_json(run_dir / MARKER, marker)
-    return floor_row(run_dir, results, marker, reused=False)
+    return floor_row(run_dir, cfg.task_specs(), results, marker, reused=False)
 
 
-def floor_row(run_dir: Path, results: dict[str, Any], marker: dict[str, Any], reused: bool) -> Row:
+def floor_row(run_dir: Path, specs: list[TaskSpec], results: dict[str, Any], marker: dict[str, Any],
+              reused: bool) -> Row:
     from mtbert.bench.carried import carried_run
 
     return Row("floor", done=True, metrics={k: float(results[k]) for k in METRICS if k in results},
                overall_ci95=results.get("overall_ci95"), train_seconds=results.get("train_seconds"),
                wall_seconds=marker.get("wall_seconds"), run_dir=str(run_dir), reused=reused,
-               carried=[carried_run("floor", run_dir, results, marker)], restored_from=marker.get("restored_from"))
+               carried=[carried_run("floor", run_dir, specs, results, marker)],
+               restored_from=marker.get("restored_from"))
 
 
 def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
@@ -1017,13 +1026,16 @@ def hms(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def source_text(source: dict[str, Any]) -> str:
+    """Where a taken row was first written: the table file, its time and machine."""
+    return (f"first written to `{source.get('file')}` at {source.get('time')} on {source.get('machine')}, "
+            f"{source.get('cpus')} CPUs, device {source.get('device')}")
+
+
 def run_dir_text(row: dict[str, Any]) -> str:
-    """A row's run folder, and the table it was taken from when restored."""
+    """A row's run folder, and where it was first written when taken from an earlier table."""
     source = row.get("restored_from")
-    if not source:
-        return f"`{row['run_dir']}`"
-    return (f"`{row['run_dir']}` (taken from `{source['file']}`: trained {source['time']}, {source['machine']}, "
-            f"{source['cpus']} CPUs, device {source['device']})")
+    return f"`{row['run_dir']}`" + (f" (taken: {source_text(source)})" if source else "")
 
 
 def markdown(data: dict[str, Any]) -> str:
