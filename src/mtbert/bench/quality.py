@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from mtbert.bench import carried
 from mtbert.config import TrainConfig, load_config, safe_load, stage2_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
@@ -325,63 +326,37 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
     """Take the finished rows of an earlier table.json (`bench.carried`) into `output_dir` when this call would train
     them alike (same signature) and their run folders do not exist yet; the ensemble is rebuilt, not taken. Every
     check runs before anything is written. Returns the rows taken."""
-    from mtbert.bench import carried
-
     data = carried.read_carried_table(path)
     source = {"file": str(path), "time": data.get("time"), "command": data.get("command"),
               "machine": data.get("machine"), "cpus": data.get("cpus"), "device": data.get("device")}
     known = set(known_rows(configs_dir, ref))
-    plans: list[tuple[str, list[tuple[dict[str, Any], TrainConfig, Path]]]] = []
+    plans: list[tuple[str, list[RestoredRun]]] = []
     for row in data["rows"]:
         name = row["row"]
         if name == "ensemble" or row.get("status") != "done":
             continue  # the ensemble is voted again from its members; an unfinished row has nothing to take
         if name not in known or (name == "floor" and not (configs_dir / "floor.yaml").is_file()):
-            progress(f"row {name}: not taken from {path}: no such row in {configs_dir}")
-            continue
-        if not row.get("carried"):
-            progress(f"row {name}: not taken from {path}: it carries no dev predictions")
-            continue
-        if read_row(name, output_dir, configs_dir, budget, ref).done:
+            why = f"no such row in {configs_dir}"
+        elif not row.get("carried"):
+            why = "it carries no dev predictions"
+        elif read_row(name, output_dir, configs_dir, budget, ref).done:
             progress(f"row {name}: finished in {output_dir}; not taken from {path}")
             continue
-        runs, why = [], ""
-        for run in row["carried"]:
-            if name == "floor":
-                cfg = floor_config(output_dir, configs_dir, ref.backbone)
-                run_dir, wanted = Path(cfg.output_dir), floor_signature(cfg)
-                matches = same(run["signature"], wanted)
-            elif run["config"] in ref.config_names(name) and (configs_dir / f"{run['config']}.yaml").is_file():
-                run_dir = run_dir_of(output_dir, name, run["config"], ref)
-                cfg = planned_config(configs_dir / f"{run['config']}.yaml", run_dir, budget, ref.backbone)
-                wanted = signature(cfg, budget)
-                matches = same_signature(run["signature"], wanted)
-            else:
-                why = f"its run {run['config']} is not a config of the row here"
-                break
-            if not matches:
-                why = stale_note(run["signature"], wanted).replace("stale", "trained otherwise")
-                why = why.replace("config, data or budget", "config or data") if name == "floor" else why
-                break
-            if run_dir.exists():
-                why = f"{run_dir} exists (not overwritten)"
-                break
-            runs.append((run, cfg, run_dir))
-        wanted_configs = {"floor"} if name == "floor" else set(ref.config_names(name))
-        if not why and {run["config"] for run, _, _ in runs} != wanted_configs:
-            why = "it carries not every run of the row"
-        if why:
-            progress(f"row {name}: not taken from {path}: {why}")
-            continue
-        plans.append((name, runs))
+        else:
+            runs, why = restore_plan(name, row["carried"], output_dir, configs_dir, budget, ref)
+            if not why:
+                plans.append((name, runs))
+                continue
+        progress(f"row {name}: not taken from {path}: {why}")
     if not plans:
         return []
     labels: dict[str, dict[str, float] | None] = {}
     specs: dict[str, TaskSpec] = {}
     for _, runs in plans:
-        for _, cfg, _ in runs:  # every run's tasks, from the data folder its signature matched
-            labels.update({t: v for t, v in data_labels(cfg).items() if t not in labels})
+        for _, cfg, _ in runs:  # every task's dev labels, read once, from the data folder its run's signature matched
             specs.update({spec.name: spec for spec in cfg.task_specs()})
+            if not {spec.name for spec in cfg.task_specs()} <= labels.keys():
+                labels.update({t: v for t, v in data_labels(cfg).items() if t not in labels})
     for _, runs in plans:
         for run, _, _ in runs:
             carried.check_run(path, data, run, labels, specs)
@@ -392,6 +367,38 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
             carried.restore_run(run, cfg, run_dir, MARKER, source, labels, specs)
         progress(f"row {name}: taken from {path} ({source_text(runs[0][0]['restored_from'] or source)})")
     return [name for name, _ in plans]
+
+
+RestoredRun = tuple[dict[str, Any], TrainConfig, Path]  # a carried run, the config it matched, where it goes
+
+
+def restore_plan(name: str, runs: list[dict[str, Any]], output_dir: Path, configs_dir: Path, budget: float,
+                 ref: Reference) -> tuple[list[RestoredRun], str]:
+    """Where each carried run of row `name` would be restored, or why the row cannot be taken (one phrase):
+    a run trained otherwise than this call would train it, a run folder that exists, a run missing."""
+    plan: list[RestoredRun] = []
+    for run in runs:
+        if name == "floor":
+            cfg = floor_config(output_dir, configs_dir, ref.backbone)
+            run_dir, wanted = Path(cfg.output_dir), floor_signature(cfg)
+            matches = same(run["signature"], wanted)
+        elif run["config"] in ref.config_names(name) and (configs_dir / f"{run['config']}.yaml").is_file():
+            run_dir = run_dir_of(output_dir, name, run["config"], ref)
+            cfg = planned_config(configs_dir / f"{run['config']}.yaml", run_dir, budget, ref.backbone)
+            wanted = signature(cfg, budget)
+            matches = same_signature(run["signature"], wanted)
+        else:
+            return [], f"its run {run['config']} is not a config of the row here"
+        if not matches:
+            why = stale_note(run["signature"], wanted).replace("stale", "trained otherwise")
+            return [], why.replace("config, data or budget", "config or data") if name == "floor" else why
+        if run_dir.exists():
+            return [], f"{run_dir} exists (not overwritten)"
+        plan.append((run, cfg, run_dir))
+    wanted_configs = {"floor"} if name == "floor" else set(ref.config_names(name))
+    if {run["config"] for run, _, _ in plan} != wanted_configs:
+        return [], "it carries not every run of the row"
+    return plan, ""
 
 
 def progress(message: str) -> None:
@@ -633,8 +640,6 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
     specs: list[TaskSpec] = []
     metrics: dict[str, float] = {}
     infos = []
-    from mtbert.bench.carried import carried_run
-
     for config, cfg, run_dir, results, marker in runs:
         for spec in cfg.task_specs():
             if spec.metric_key in results:
@@ -656,7 +661,7 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
         wall_seconds=round(sum(float(r[4].get("wall_seconds") or 0.0) for r in runs), 1),
         run_dir=str(output_dir / "runs" / name), runs=infos,
         stages=[{"config": r[0], **s} for r in runs for s in r[4].get("stages", [])], reused=reused,
-        carried=[carried_run(r[0], r[2], r[1].task_specs(), r[3], r[4]) for r in runs],
+        carried=[carried.carried_run(r[0], r[2], r[1].task_specs(), r[3], r[4]) for r in runs],
         restored_from=next((r[4]["restored_from"] for r in runs if r[4].get("restored_from")), None),
     )
 
@@ -802,12 +807,10 @@ def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
 
 def floor_row(run_dir: Path, specs: list[TaskSpec], results: dict[str, Any], marker: dict[str, Any],
               reused: bool) -> Row:
-    from mtbert.bench.carried import carried_run
-
     return Row("floor", done=True, metrics={k: float(results[k]) for k in METRICS if k in results},
                overall_ci95=results.get("overall_ci95"), train_seconds=results.get("train_seconds"),
                wall_seconds=marker.get("wall_seconds"), run_dir=str(run_dir), reused=reused,
-               carried=[carried_run("floor", run_dir, specs, results, marker)],
+               carried=[carried.carried_run("floor", run_dir, specs, results, marker)],
                restored_from=marker.get("restored_from"))
 
 
@@ -962,8 +965,6 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
     unit = budget_unit(configs_dir, budget)
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
-    from mtbert.bench.carried import attach_predictions, ids_digest
-
     digests = None
     if (configs_dir / "floor.yaml").is_file():  # the data every row was scored on
         data_cfg = floor_config(output_dir, configs_dir, ref.backbone)
@@ -971,8 +972,8 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
         predictions = row_predictions(table, data_cfg, labels)
         compare_rows(table, predictions, ref)
         for name, triples in predictions.items():
-            attach_predictions(table[name].carried, triples)
-        digests = {task: ids_digest(list(ids)) for task, ids in labels.items() if ids is not None}
+            carried.attach_predictions(table[name].carried, triples)
+        digests = {task: carried.ids_digest(list(ids)) for task, ids in labels.items() if ids is not None}
     data = {
         "benchmark": "quality", "command": command, **machine(), "time": datetime.now().isoformat(timespec="seconds"),
         "budget": budget, "samples_per_task_per_stage": unit, "budget_definition": BUDGET_NOTE.format(
