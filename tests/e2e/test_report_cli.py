@@ -67,6 +67,15 @@ def test_report_of_a_sum_run_and_a_two_step_pcgrad_run(tiny_config, tmp_path, ca
         "sum", "1:1:1", "no", "no"]
     assert [rows["pcgrad-2step"][k] for k in ("method", "task ratio", "sample weighting", "two-step")] == [
         "pcgrad", "1:2:1", "yes", "yes"]
+    # the paired Δ is read from the runs' dev prediction files: the difference of the overall scores of results.json
+    # (up to the rounding of STS values in the files), inside its own interval
+    first, second = (json.loads((r / "results.json").read_text(encoding="utf-8"))["overall"]
+                     for r in (sum_run, two_step))
+    assert rows["sum"]["Δ vs first run [95% CI]"] == "reference"
+    cell = re.fullmatch(r"([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]", rows["pcgrad-2step"]["Δ vs first run [95% CI]"])
+    assert cell is not None
+    difference, low, high = (float(v) for v in cell.groups())
+    assert abs(difference - (second - first)) <= 0.0015 and low <= difference <= high
 
     # without a two-step run there is no stage-2 plot (and the earlier one is not left behind)
     assert main(["report", str(sum_run), "--output_dir", str(out)]) == 0

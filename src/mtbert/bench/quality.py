@@ -29,6 +29,7 @@ from mtbert.bench import carried
 from mtbert.config import TrainConfig, load_config, safe_load, stage2_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
+from mtbert.evaluation.paired import dev_triples
 from mtbert.io import atomic_write_json, atomic_write_text, read_json
 from mtbert.runs.layout import PREDICTIONS, RunDir
 from mtbert.tasks import TaskSpec, overall_score
@@ -674,29 +675,6 @@ def combined_interval(runs: list[tuple[TrainConfig, Path]]) -> tuple[float, floa
     labels = {spec.name: dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
               for cfg, _ in runs for spec in cfg.task_specs()}
     return bootstrap_overall(dev_triples([run_dir for _, run_dir in runs], specs, labels))
-
-
-def dev_triples(folders: list[Path], specs: list[TaskSpec],
-                labels: dict[str, dict[str, float] | None]) -> dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]:
-    """{task: (spec, dev predictions, labels)} from the CS224N dev files in `folders` (in a run's `predictions/`
-    or, for an ensemble, the folder itself); MtbertError when a task has no labels, no file or missing ids."""
-    from mtbert.evaluation.predict import read_cs224n
-
-    triples = {}
-    for spec in specs:
-        files = [f / sub / f"{spec.name}-dev-output.csv" for f in folders for sub in ("predictions", ".")]
-        found = [f for f in files if f.is_file()]
-        task_labels = labels.get(spec.name)
-        if task_labels is None:
-            raise MtbertError(f"{folders[0]}: no dev labels for task {spec.name}")
-        if not found:
-            raise MtbertError(f"{folders[0]}: no {spec.name}-dev-output.csv")
-        _, values = read_cs224n(found[0])
-        missing = [i for i in task_labels if i not in values]
-        if missing:
-            raise MtbertError(f"{found[0]}: {len(missing)} dev ids of task {spec.name} have no prediction")
-        triples[spec.name] = (spec, np.array([values[i] for i in task_labels]), np.array(list(task_labels.values())))
-    return triples
 
 
 # ---- the ensemble ------------------------------------------------------------------------------------------------

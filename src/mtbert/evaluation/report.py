@@ -81,9 +81,10 @@ def build_report(run_dirs: list[Path], output_dir: Path) -> Path:
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in PLOTS:  # never leave a plot of an earlier report that this one does not link
         (output_dir / name).unlink(missing_ok=True)
+    versus = versus_first(runs)
 
     sections = ["# mtbert report\n\n" + "\n".join(f"- `{r.name}`: {r.path}" for r in runs) + "\n",
-                "## Dev results\n\n" + results_table(runs) + "\n\n" + table_notes(runs) + "\n"]
+                "## Dev results\n\n" + results_table(runs, versus) + "\n\n" + table_notes(runs, versus) + "\n"]
     skipped = plot_overall(runs, output_dir / "overall.png")
     sections.append(figure_md("Overall dev score", "overall.png",
                               "Overall dev score per epoch; for two-step runs stage 1 (solid) continues into "
@@ -196,17 +197,57 @@ def unique_names(paths: list[Path]) -> list[str]:
 TABLE_NOTE = ("Dev metrics of each run's best model (`results.json`; two-step runs: each task's specialised "
               "model). Overall = mean of the task scores, a correlation r counting as (1 + r) / 2; "
               "95% CI: bootstrap interval of the overall score; train time as h:mm:ss.")
+VERSUS_NOTE = ("Δ vs first run: the run's overall minus the first run's, both scored from their dev prediction files "
+               "(`predictions/`) on the same dev examples, with the paired 95% bootstrap interval of that difference "
+               "(1,000 resamples of the dev examples, each scoring both runs): an interval that leaves out 0 is a "
+               "difference beyond the dev set's noise.")
 
 
-def table_notes(runs: list[Run]) -> str:
-    """The table's note, plus a line for each run whose overall score leaves out some of the table's tasks."""
-    lines = [TABLE_NOTE]
+@dataclass
+class Versus:
+    """A run's paired comparison with the first run: the difference and its interval, or why there is none."""
+
+    difference: float | None = None
+    ci95: tuple[float, float] | None = None
+    missing: str = ""  # why there is no comparison (one phrase)
+
+    def cell(self) -> str:
+        if self.difference is None or self.ci95 is None:
+            return "–"
+        return f"{self.difference:+.3f} [{self.ci95[0]:+.3f}, {self.ci95[1]:+.3f}]"
+
+
+def versus_first(runs: list[Run]) -> dict[str, Versus]:
+    """{run name: Versus} of every run after the first, when there are several (`evaluation.paired`)."""
+    from mtbert.evaluation.paired import paired_difference, run_dev_results
+
+    if len(runs) < 2:
+        return {}
+    try:
+        first = run_dev_results(runs[0].path, runs[0].cfg)
+    except MtbertError as err:
+        return {run.name: Versus(missing=f"the first run has no complete dev predictions ({err})") for run in runs[1:]}
+    versus = {}
+    for run in runs[1:]:
+        try:
+            difference, low, high = paired_difference(run_dev_results(run.path, run.cfg), first)
+            versus[run.name] = Versus(difference, (low, high))
+        except MtbertError as err:
+            versus[run.name] = Versus(missing=str(err))
+    return versus
+
+
+def table_notes(runs: list[Run], versus: dict[str, Versus]) -> str:
+    """The table's notes: what its columns are, a line for each run whose overall score leaves out some of the
+    table's tasks, and one for each run without a paired comparison."""
+    lines = [TABLE_NOTE, VERSUS_NOTE] if versus else [TABLE_NOTE]
     specs = all_tasks(runs)
     for run in runs:
         missing = [s.name for s in specs if fmt(run.results.get(s.metric_key)) == "–"]
         if missing:
             lines.append(f"`{run.name}`: no {', '.join(missing)} result, so its overall score leaves "
                          f"{'it' if len(missing) == 1 else 'them'} out.")
+    lines.extend(f"`{name}`: no Δ vs first run: {v.missing}." for name, v in versus.items() if v.missing)
     return "\n\n".join(lines)
 
 
@@ -219,21 +260,24 @@ def all_tasks(runs: list[Run]) -> list[TaskSpec]:
     return list(seen.values())
 
 
-def results_table(runs: list[Run]) -> str:
-    """The markdown table: one row per run, numbers from results.json to 3 decimals ('–' where absent)."""
+def results_table(runs: list[Run], versus: dict[str, Versus]) -> str:
+    """The markdown table: one row per run, numbers from results.json to 3 decimals ('–' where absent), and with
+    several runs each one's paired Δ vs the first (`versus_first`)."""
     keys = [s.metric_key for s in all_tasks(runs)]
+    paired = ["Δ vs first run [95% CI]"] if versus else []
     header = ["run", "method", "task ratio", "sample weighting", "two-step", *keys, "overall", "overall 95% CI",
-              "train time"]
-    align = ["---"] * 5 + ["---:"] * (len(keys) + 3)
+              *paired, "train time"]
+    align = ["---"] * 5 + ["---:"] * (len(keys) + 3 + len(paired))
     rows = [header, align]
-    for run in runs:
+    for index, run in enumerate(runs):
         r = run.results
         ci = r.get("overall_ci95")
         ci_text = f"[{fmt(ci[0])}, {fmt(ci[1])}]" if isinstance(ci, list | tuple) and len(ci) == 2 else "–"
         ratios = ":".join(str(v) for v in run.cfg.ratios().values())
+        paired_cell = ([] if not versus else ["reference" if index == 0 else versus[run.name].cell()])
         rows.append([escape(run.name), run.cfg.method, ratios, "yes" if run.cfg.sample_weighting else "no",
                      "yes" if run.two_step else "no", *(fmt(r.get(k)) for k in keys), fmt(r.get("overall")),
-                     ci_text, fmt_duration(r.get("train_seconds"))])
+                     ci_text, *paired_cell, fmt_duration(r.get("train_seconds"))])
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 

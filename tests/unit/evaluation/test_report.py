@@ -199,3 +199,58 @@ def test_pipe_in_run_name_is_escaped(tmp_path):
     assert "| a\\|b |" in text
     results = json.loads((tmp_path / "a|b" / "results.json").read_text())
     assert table_rows(text)["a|b"]["overall"] == fmt(results["overall"])
+
+
+def write_dev_predictions(run: Path, data_dir: Path, wrong: int, tasks: list[str] = TASKS3) -> dict[str, np.ndarray]:
+    """Dev prediction files for `run`: the labels of `data_dir`, with the first `wrong` of each task made wrong
+    (SST and Quora: another class; STS: the label mirrored). Returns {task: (predictions, labels)}."""
+    from mtbert.data import read_task_file
+    from mtbert.evaluation.predict import write_cs224n
+    from mtbert.tasks import BUILTIN_TASKS
+
+    written = {}
+    for task in tasks:
+        spec = BUILTIN_TASKS[task]
+        examples = read_task_file(data_dir / spec.dev_file, spec).examples
+        labels = np.array([float(e.label) for e in examples])
+        predictions = labels.copy()
+        if spec.is_regression:
+            predictions[:wrong] = 5.0 - predictions[:wrong]
+        else:
+            predictions[:wrong] = (predictions[:wrong] + 1) % spec.num_labels
+        write_cs224n(run / "predictions" / f"{task}-dev-output.csv", spec, [e.id for e in examples], predictions)
+        written[task] = (predictions, labels)
+    return written
+
+
+def test_paired_difference_against_the_first_run(tiny_data_dir, tmp_path):
+    runs = {name: tmp_path / name for name in ("exact", "worse", "same", "sts-only", "no-files")}
+    for name, run in runs.items():
+        tasks = ["sts"] if name == "sts-only" else TASKS3
+        write_stage(run, {"method": "sum", "data_dir": str(tiny_data_dir)}, tasks)
+        if name != "no-files":
+            written = write_dev_predictions(run, tiny_data_dir, {"worse": 12}.get(name, 0), tasks)
+            if name == "worse":
+                worse = written
+    text = build_report(list(runs.values()), tmp_path / "out").read_text(encoding="utf-8")
+    rows = table_rows(text)
+    column = "Δ vs first run [95% CI]"
+    assert rows["exact"][column] == "reference" and rows["same"][column] == "+0.000 [+0.000, +0.000]"
+    # the exact run scores 1 on every task; the worse one, by hand: accuracy and (1 + Pearson r) / 2
+    scores = [np.mean(worse[t][0] == worse[t][1]) for t in ("sst", "para")]
+    scores.append((1 + np.corrcoef(*worse["sts"])[0, 1]) / 2)
+    cell = re.fullmatch(r"([+-]\d\.\d{3}) \[([+-]\d\.\d{3}), ([+-]\d\.\d{3})\]", rows["worse"][column])
+    assert cell is not None, rows["worse"][column]
+    difference, low, high = (float(v) for v in cell.groups())
+    assert difference == round(float(np.mean(scores)) - 1.0, 3) < 0
+    assert low <= difference <= high < 0  # 12 of 40 wrong on each task is beyond the noise
+    assert rows["sts-only"][column] == "–" and rows["no-files"][column] == "–"
+    assert "`sts-only`: no Δ vs first run: its tasks (sts) are not the first run's (sst, para, sts)." in text
+    assert f"`no-files`: no Δ vs first run: {runs['no-files']}: no sst-dev-output.csv." in text
+    assert "Δ vs first run: the run's overall minus the first run's" in text
+
+    # one run alone has no such column; a first run without prediction files gives every other run a reason
+    assert column not in build_report([runs["worse"]], tmp_path / "one").read_text(encoding="utf-8")
+    text = build_report([runs["no-files"], runs["exact"]], tmp_path / "none").read_text(encoding="utf-8")
+    assert table_rows(text)["exact"][column] == "–"
+    assert "`exact`: no Δ vs first run: the first run has no complete dev predictions" in text
