@@ -141,6 +141,9 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
             assert f"**{row['overall']:.3f}**" in line and f"{row['sst_acc']:.3f}" in line
     assert "0.530 / 0.904 / 0.889 / 0.793" in md and "| `multitask` | not run |" in md
     assert "CPUs" in md and "torch threads" in md and "Wall time" in md and "## Budget" in md
+    # the CPU is named with the vector instructions torch's kernels use (results differ with them in the last digits)
+    assert table["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and "cpu_model" in table
+    assert f"{table['cpu_capability']})" in md.split("- Date: ")[1].splitlines()[0]
     assert "[bench quality] row ensemble: done" in capsys.readouterr().err
 
     # a second call trains nothing: every asked row is read back from the output folder
@@ -245,6 +248,7 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
         trained, restored = (read_cs224n(folder / run, spec)[1] for folder in (out, elsewhere))
         assert restored == {i: v for i, v in trained.items() if i in restored} and len(restored) > 0
     assert "(taken: first written to `" in (elsewhere / "table.md").read_text(encoding="utf-8")
+    assert f"{table['cpu_capability']}), {table['cpus']} CPUs" in (elsewhere / "table.md").read_text(encoding="utf-8")
     # a row taken twice still names the table it was first written to
     third = tmp_path / "third"
     assert main([*bench_args[:2], "--output_dir", str(third), *bench_args[4:], "--from_table",

@@ -329,7 +329,8 @@ def restore_rows(path: Path, output_dir: Path, configs_dir: Path, budget: float,
     check runs before anything is written. Returns the rows taken."""
     data = carried.read_carried_table(path)
     source = {"file": str(path), "time": data.get("time"), "command": data.get("command"),
-              "machine": data.get("machine"), "cpus": data.get("cpus"), "device": data.get("device")}
+              "machine": data.get("machine"), "cpu_model": data.get("cpu_model"),
+              "cpu_capability": data.get("cpu_capability"), "cpus": data.get("cpus"), "device": data.get("device")}
     known = set(known_rows(configs_dir, ref))
     plans: list[tuple[str, list[RestoredRun]]] = []
     for row in data["rows"]:
@@ -1007,8 +1008,14 @@ def hms(seconds: float) -> str:
 
 def source_text(source: dict[str, Any]) -> str:
     """Where a taken row was first written: the table file, its time and machine."""
-    return (f"first written to `{source.get('file')}` at {source.get('time')} on {source.get('machine')}, "
-            f"{source.get('cpus')} CPUs, device {source.get('device')}")
+    return (f"first written to `{source.get('file')}` at {source.get('time')} on {source.get('machine')}"
+            f"{cpu_text(source)}, {source.get('cpus')} CPUs, device {source.get('device')}")
+
+
+def cpu_text(data: dict[str, Any]) -> str:
+    """The CPU's model and vector instructions in parentheses, as far as recorded (older tables have neither)."""
+    known = [str(data[k]) for k in ("cpu_model", "cpu_capability") if data.get(k)]
+    return f" ({', '.join(known)})" if known else ""
 
 
 def run_dir_text(row: dict[str, Any]) -> str:
@@ -1028,8 +1035,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"# The quality table: {reference['name']}'s {reference['table']}, trained here on {data['backbone']}", "",
         f"- Command: `{data['command']}`",
         f"- Backbone: {backbone}",
-        f"- Date: {data['time']}; machine: {data['machine']}, {data['cpus']} CPUs, {data['torch_threads']} torch "
-        f"threads, device {data['device']}, torch {data['torch']}",
+        f"- Date: {data['time']}; machine: {data['machine']}{cpu_text(data)}, {data['cpus']} CPUs, "
+        f"{data['torch_threads']} torch threads, device {data['device']}, torch {data['torch']}",
         f"- Budget: `--budget {data['budget']:g}`: {data['samples_per_task_per_stage'] or 0:,} training samples "
         "per task of the run in every training stage (details below)",
         f"- Wall time: {hms(data['wall_seconds'])} this call; {hms(data['rows_wall_seconds'])} for all rows "
