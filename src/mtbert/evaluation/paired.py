@@ -48,8 +48,8 @@ def paired_difference(run: Results, reference: Results) -> tuple[float, float, f
     """Overall(run) - overall(reference) and its paired 95% bootstrap interval; MtbertError, in one phrase, when
     the two were not scored on the same tasks and dev examples."""
     if set(run) != set(reference):
-        raise MtbertError(f"its tasks ({', '.join(run)}) are not the first run's ({', '.join(reference)})")
+        raise MtbertError(f"its tasks ({', '.join(run)}) are not the reference run's ({', '.join(reference)})")
     try:
         return bootstrap_difference(run, reference)
     except ValueError as err:
-        raise MtbertError(f"not scored on the first run's dev examples ({err})") from None
+        raise MtbertError(f"not scored on the reference run's dev examples ({err})") from None

@@ -245,7 +245,7 @@ def test_paired_difference_against_the_first_run(tiny_data_dir, tmp_path):
     assert difference == round(float(np.mean(scores)) - 1.0, 3) < 0
     assert low <= difference <= high < 0  # 12 of 40 wrong on each task is beyond the noise
     assert rows["sts-only"][column] == "–" and rows["no-files"][column] == "–"
-    assert "`sts-only`: no Δ vs first run: its tasks (sts) are not the first run's (sst, para, sts)." in text
+    assert "`sts-only`: no Δ vs first run: its tasks (sts) are not the reference run's (sst, para, sts)." in text
     assert f"`no-files`: no Δ vs first run: {runs['no-files']}: no sst-dev-output.csv." in text
     assert "Δ vs first run: the run's overall minus the first run's" in text
 
