@@ -31,10 +31,10 @@ from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import dev_labels
 from mtbert.evaluation.paired import dev_triples
 from mtbert.io import atomic_write_json, atomic_write_text, read_json
-from mtbert.runs.layout import PREDICTIONS, RunDir
+from mtbert.runs.layout import BENCH_RUN, PREDICTIONS, RunDir
 from mtbert.tasks import TaskSpec, overall_score
 
-MARKER = "bench_run.json"  # written into each run dir: what it was trained with, and how long it took
+MARKER = BENCH_RUN  # written into each run dir: what it was trained with, and how long it took
 CLOCK_SECONDS = 30.0  # how often a training run's marker takes its wall time so far
 TABLE_FILE = "table.yaml"  # in the configs folder: the table's rows, reference numbers, ensemble and notes
 METRICS = ("sst_acc", "para_acc", "sts_corr", "overall")

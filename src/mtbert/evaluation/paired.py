@@ -4,6 +4,7 @@ difference of two overall scores with its paired bootstrap interval (`metrics.bo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,11 +37,18 @@ def dev_triples(folders: list[Path], specs: list[TaskSpec], labels: dict[str, di
     return triples
 
 
-def run_dev_results(run_dir: Path, cfg: TrainConfig) -> Results:
+def run_dev_results(run_dir: Path, cfg: TrainConfig, label_cache: dict[Any, Any] | None = None) -> Results:
     """A finished run's dev predictions (`predictions/<task>-dev-output.csv`) against the dev labels of the data
-    folder its config reads (`dev_triples`)."""
+    folder its config reads (`dev_triples`); `label_cache` keeps those labels for the next run of the same
+    data folder, task and max_eval_samples."""
+    cache: dict[Any, Any] = {} if label_cache is None else label_cache
     specs = cfg.task_specs()
-    labels = {s.name: dev_labels(s, cfg.resolved_data_dir(), cfg.max_eval_samples) for s in specs}
+    labels = {}
+    for spec in specs:
+        key = (spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
+        if key not in cache:
+            cache[key] = dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
+        labels[spec.name] = cache[key]
     return dev_triples([run_dir], specs, labels)
 
 

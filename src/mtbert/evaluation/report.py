@@ -22,7 +22,7 @@ from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import load_run_config
 from mtbert.io import atomic_write_text, read_jsonl
-from mtbert.runs.layout import METRICS, RESULTS, STAGE1, RunDir
+from mtbert.runs.layout import BENCH_RUN, METRICS, RESULTS, STAGE1, RunDir
 from mtbert.tasks import TaskSpec
 
 DPI = 150
@@ -47,6 +47,7 @@ class Run:
     stage2_tasks: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # tasks/<task>/metrics.jsonl
     stage1_results: dict[str, Any] = field(default_factory=dict)  # stage1/results.json, when there is one
     train_log: list[dict[str, Any]] = field(default_factory=list)
+    taken_from: str = ""  # the table a `bench quality --from_table` run was taken from (no curves, no logs)
     color: str = PALETTE[0]
     marker: str = MARKERS[0]
 
@@ -116,6 +117,9 @@ def load_run(run_dir: Path) -> Run:
         raise MtbertError(f"{run_dir}: not a run folder (no such folder)")
     cfg = load_run_config(run_dir)
     results = read_json(run_dir, RESULTS)
+    taken = taken_from(run_dir)
+    if taken:
+        return Run(name=run_dir.name, path=run_dir, cfg=cfg, results=results, history=[], taken_from=taken)
     history = read_required_jsonl(run_dir, METRICS)
     run = Run(name=run_dir.name, path=run_dir, cfg=cfg, results=results, history=dev_lines(history))
     if cfg.two_step is None:
@@ -133,6 +137,19 @@ def load_run(run_dir: Path) -> Run:
         lines = read_required_jsonl(run_dir, f"tasks/{spec.name}/metrics.jsonl", "a finished two-step run")
         run.stage2_tasks[spec.name] = dev_lines(lines)
     return run
+
+
+def taken_from(run_dir: Path) -> str:
+    """The table file a run was taken from by `mtbert bench quality --from_table` (a folder with results and dev
+    predictions but no metrics.jsonl), or "" for a run trained in its folder."""
+    marker = run_dir / BENCH_RUN
+    if (run_dir / METRICS).is_file() or not marker.is_file():
+        return ""
+    try:
+        source = json.loads(marker.read_text(encoding="utf-8")).get("restored_from")
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
+        raise MtbertError(f"{marker}: not valid JSON") from None
+    return str(source.get("file") or "an earlier table") if isinstance(source, dict) else ""
 
 
 def read_json(run_dir: Path, name: str) -> dict[str, Any]:
@@ -223,14 +240,15 @@ def versus_first(runs: list[Run]) -> dict[str, Versus]:
 
     if len(runs) < 2:
         return {}
+    labels: dict = {}  # dev labels shared by runs of the same data folder and tasks
     try:
-        first = run_dev_results(runs[0].path, runs[0].cfg)
+        first = run_dev_results(runs[0].path, runs[0].cfg, labels)
     except MtbertError as err:
         return {run.name: Versus(missing=f"the first run has no complete dev predictions ({err})") for run in runs[1:]}
     versus = {}
     for run in runs[1:]:
         try:
-            difference, low, high = paired_difference(run_dev_results(run.path, run.cfg), first)
+            difference, low, high = paired_difference(run_dev_results(run.path, run.cfg, labels), first)
             versus[run.name] = Versus(difference, (low, high))
         except MtbertError as err:
             versus[run.name] = Versus(missing=str(err))
@@ -247,6 +265,8 @@ def table_notes(runs: list[Run], versus: dict[str, Versus]) -> str:
         if missing:
             lines.append(f"`{run.name}`: no {', '.join(missing)} result, so its overall score leaves "
                          f"{'it' if len(missing) == 1 else 'them'} out.")
+    lines.extend(f"`{run.name}`: taken from `{run.taken_from}` by `mtbert bench quality --from_table`, which "
+                 "carries its dev results and predictions but no curves or logs." for run in runs if run.taken_from)
     lines.extend(f"`{name}`: no Δ vs first run: {v.missing}." for name, v in versus.items() if v.missing)
     return "\n\n".join(lines)
 

@@ -9,6 +9,8 @@ output_dir/
   tensorboard/  mlm/  mlm_log.jsonl
   trackers.json              the MLflow and W&B run ids (report_to), which a resumed run logs into again
   stage1/  tasks/<task>/     a two-step run: stage 1 and each task's stage 2, each a run folder itself
+  bench_run.json             a run of `mtbert bench quality` (one taken from a table holds only config, results,
+                             dev predictions and this)
 ```
 """
 
@@ -33,6 +35,7 @@ TRACKER_RUNS = "trackers.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 LOCK = ".mtbert.lock"
 MODEL_CONFIG = "mtbert_config.json"  # marks a saved MultiTaskModel folder
+BENCH_RUN = "bench_run.json"  # a `mtbert bench quality` run: what it trained with, or the table it was taken from
 
 
 @dataclass(frozen=True)

@@ -254,3 +254,42 @@ def test_paired_difference_against_the_first_run(tiny_data_dir, tmp_path):
     text = build_report([runs["no-files"], runs["exact"]], tmp_path / "none").read_text(encoding="utf-8")
     assert table_rows(text)["exact"][column] == "–"
     assert "`exact`: no Δ vs first run: the first run has no complete dev predictions" in text
+
+
+def test_a_run_taken_from_a_table_is_reported_without_curves(tiny_data_dir, tmp_path, monkeypatch):
+    from mtbert.bench import carried
+    from mtbert.evaluation import paired
+    from mtbert.tasks import BUILTIN_TASKS
+
+    trained = tmp_path / "trained"
+    write_stage(trained, {"method": "sum", "data_dir": str(tiny_data_dir)}, TASKS3)
+    exact = write_dev_predictions(trained, tiny_data_dir, 0)
+    worse = write_dev_predictions(tmp_path / "scratch", tiny_data_dir, 12)
+    results = {"overall": 0.7, "overall_ci95": [0.6, 0.8], "train_seconds": 61.0, "sst_acc": 0.6, "para_acc": 0.7,
+               "sts_corr": 0.6}
+    cfg = build_config({"tasks": TASKS3, "method": "pcgrad", "data_dir": str(tiny_data_dir)})
+    labels = {t: dict(zip(paired.dev_labels(BUILTIN_TASKS[t], tiny_data_dir, None), exact[t][1], strict=True))
+              for t in TASKS3}
+    record = {"dev_predictions": {t: list(worse[t][0]) for t in TASKS3}, "results": results, "signature": {},
+              "stages": [], "wall_seconds": 61.0, "restored_from": None}
+    taken = tmp_path / "taken"
+    carried.restore_run(record, cfg, taken, "bench_run.json", {"file": "benchmarks/table.json"}, labels,
+                        dict(BUILTIN_TASKS))
+    assert not (taken / "metrics.jsonl").exists()
+
+    calls = []
+    real = paired.dev_labels
+    monkeypatch.setattr(paired, "dev_labels", lambda *a: calls.append(a[0].name) or real(*a))
+    text = build_report([trained, taken], tmp_path / "out").read_text(encoding="utf-8")
+    assert sorted(calls) == sorted(TASKS3)  # the second run of the same data folder reads no labels again
+    row = table_rows(text)["taken"]
+    assert row["overall"] == "0.700" and row["method"] == "pcgrad" and row["train time"] == "0:01:01"
+    assert row["Δ vs first run [95% CI]"].startswith("-")  # 12 of each task's dev examples made wrong
+    assert ("`taken`: taken from `benchmarks/table.json` by `mtbert bench quality --from_table`, which carries its "
+            "dev results and predictions but no curves or logs.") in text
+
+    # a bench run trained in its folder still needs its metrics.jsonl
+    (trained / "bench_run.json").write_text(json.dumps({"signature": {}}), encoding="utf-8")
+    (trained / "metrics.jsonl").unlink()
+    with pytest.raises(MtbertError, match=r"metrics\.jsonl is missing"):
+        build_report([trained], tmp_path / "out2")
