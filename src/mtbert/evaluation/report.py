@@ -22,6 +22,7 @@ from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import load_run_config
 from mtbert.io import atomic_write_text, read_jsonl
+from mtbert.io import read_json as json_object
 from mtbert.runs.layout import BENCH_RUN, METRICS, RESULTS, STAGE1, RunDir
 from mtbert.tasks import TaskSpec
 
@@ -142,13 +143,9 @@ def load_run(run_dir: Path) -> Run:
 def taken_from(run_dir: Path) -> str:
     """The table file a run was taken from by `mtbert bench quality --from_table` (a folder with results and dev
     predictions but no metrics.jsonl), or "" for a run trained in its folder."""
-    marker = run_dir / BENCH_RUN
-    if (run_dir / METRICS).is_file() or not marker.is_file():
+    if (run_dir / METRICS).is_file():
         return ""
-    try:
-        source = json.loads(marker.read_text(encoding="utf-8")).get("restored_from")
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
-        raise MtbertError(f"{marker}: not valid JSON") from None
+    source = (json_object(run_dir / BENCH_RUN) or {}).get("restored_from")
     return str(source.get("file") or "an earlier table") if isinstance(source, dict) else ""
 
 
