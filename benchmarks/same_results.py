@@ -6,8 +6,9 @@
     python benchmarks/same_results.py compare /tmp/before /tmp/after
 
 `run` trains each run below with the `mtbert` found on PYTHONPATH (the 2-process run under torchrun, gloo);
-`compare` reads each run's `results.json` and the tensors of `best/` (safetensors) in both folders and prints the
-largest absolute difference per run; it exits 1 when one exceeds the tolerance (1e-6) or a file or key differs.
+`compare` reads each run's `results.json` and every saved tensor (safetensors: `best/`, two-step's
+`tasks/<task>/best/` and `stage1/`) in both folders and prints the largest absolute difference per run; it exits
+1 when one exceeds the tolerance (1e-6) or a file or key differs.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ TIMED = ("runtime", "per_second", "seconds", "wall")
 
 
 def compare_run(a: Path, b: Path) -> tuple[float, list[str]]:
-    """The largest absolute difference between two runs' results.json and best/ tensors, and what differs."""
+    """The largest absolute difference between two runs' results.json and saved tensors, and what differs."""
     problems: list[str] = []
     largest = 0.0
     ra = _numbers(json.loads((a / "results.json").read_text()), "results")
@@ -80,10 +81,10 @@ def compare_run(a: Path, b: Path) -> tuple[float, list[str]]:
             largest = max(largest, abs(x - y))
         elif x != y and "output_dir" not in key and "/" not in str(x):
             problems.append(f"{key}: {x!r} != {y!r}")
-    files_a = sorted(p.relative_to(a) for p in (a / "best").rglob("*.safetensors"))
-    files_b = sorted(p.relative_to(b) for p in (b / "best").rglob("*.safetensors"))
-    if files_a != files_b:
-        problems.append(f"best/ tensor files differ: {files_a} != {files_b}")
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*.safetensors"))  # best/, two-step's tasks/<t>/best/, ...
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*.safetensors"))
+    if files_a != files_b or not files_a:
+        problems.append(f"the tensor files differ or there are none: {files_a} != {files_b}")
     for rel in files_a:
         if rel not in files_b:
             continue

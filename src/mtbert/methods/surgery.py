@@ -179,7 +179,7 @@ def check_options(method: str, target: Any, options: Mapping[str, Any], skip: tu
         default = parameters[key].default
         number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
         if isinstance(default, int) and not isinstance(default, bool) and not (number and isinstance(value, int)):
-            raise ConfigError(f"gradient method {method!r}: option {key!r} must be a whole number, not {value!r}")
+            raise ConfigError(f"gradient method {method!r}: option {key!r} must be an integer, not {value!r}")
         if isinstance(default, float) and not number:
             raise ConfigError(f"gradient method {method!r}: option {key!r} must be a number, not {value!r}")
 
