@@ -41,13 +41,7 @@ def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad
         model, device = quantized(model, quantize), "cpu"
     batches = ranks.shard(list(length_sorted_batches(encoded, batch_size)))
     done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress, packed))
-    n = len(encoded)
-    predictions = np.zeros(n)
-    scores = np.zeros((n, done[0][2].shape[-1])) if done else np.zeros((0, 1))
-    for indices, pred, score in done:
-        predictions[indices] = pred
-        scores[indices] = score
-    return predictions, scores
+    return encoded.spec.task_kind.gather(len(encoded), done)
 
 
 def quantized(model: MultiTaskModel, kind: str) -> MultiTaskModel:
@@ -82,7 +76,7 @@ def _predict_batches(model: MultiTaskModel, encoded: EncodedSet, batches: list[l
             batch = collate(encoded, indices, pad_token_id)
         inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
         outputs = model(encoded.spec.name, inputs).float()
-        pred, score = decide(encoded.spec, outputs)
+        pred, score = decide(encoded.spec, outputs, batch)
         done.append((indices, pred.cpu().numpy(), score.cpu().numpy()))
     model.train(was_training)
     return done
@@ -104,7 +98,7 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
 def score_outputs(dev_sets: dict[str, EncodedSet], raw: dict[str, tuple[np.ndarray, np.ndarray]],
                   with_interval: bool = False, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
     """The metrics `evaluate_sets` computes, from outputs it returned earlier (no prediction)."""
-    results = {name: (encoded.spec, raw[name][0], np.asarray(encoded.labels, dtype=float))
+    results = {name: (encoded.spec, raw[name][0], encoded.spec.task_kind.label_array(encoded.labels))
                for name, encoded in dev_sets.items()}
     return ranks.main_only(_metrics, results, with_interval)
 

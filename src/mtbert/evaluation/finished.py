@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
@@ -77,7 +76,7 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
         encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
         predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0,
                                      device, progress=True, quantize=quantize)
-        results[name] = (spec, predictions, np.array([e.label for e in examples]))
+        results[name] = (spec, predictions, spec.task_kind.label_array([e.label for e in examples]))
     metrics = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     return metrics

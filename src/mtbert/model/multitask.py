@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mtbert.errors import MtbertError
+from mtbert.kinds.base import pool
 from mtbert.kinds.sentence import cosent_loss  # noqa: F401 - importable from here as before
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
 from mtbert.model.packing import is_packed, packed_hidden
@@ -136,8 +137,8 @@ class MultiTaskModel(nn.Module):
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({s.name: TaskHead(s, hidden, pair_architecture, dropout) for s in specs})
 
-    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`).
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's last hidden states in the padded layout (examples, tokens, hidden).
 
         `inputs` is a padded batch (`collate`) or a packed one (`collate_packed`; see model/packing.py).
         """
@@ -145,16 +146,18 @@ class MultiTaskModel(nn.Module):
         if "token_type_ids" in kwargs and getattr(self.encoder.config, "type_vocab_size", 0) < 2:
             kwargs.pop("token_type_ids")
         if is_packed(inputs):
-            hidden = packed_hidden(self.encoder, kwargs)  # padded layout; falls back to a padded batch
-        else:
-            hidden = self.encoder(**kwargs).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return packed_hidden(self.encoder, kwargs)  # padded layout; falls back to a padded batch
+        return self.encoder(**kwargs).last_hidden_state
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`)."""
+        return pool(self.hidden_states(inputs), inputs["attention_mask"], self.pooling)
 
     def forward(self, task: str, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return self.heads[task]([self.embed(x) for x in inputs])
+        """The task's raw outputs: its head on what its kind reads of the encoder (pooled, or per token)."""
+        kind = self.specs[task].task_kind
+        return self.heads[task]([kind.features(self.hidden_states(x), x["attention_mask"], self.pooling)
+                                 for x in inputs])
 
     def reset_head(self, task: str) -> None:
         """Re-initialise one task's head (stage 2 of two-step fine-tuning)."""
@@ -235,7 +238,7 @@ def task_loss(spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, sts_l
     return spec.task_kind.loss(spec, outputs, labels, sts_loss)
 
 
-def decide(spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions, scores) as the task's kind decides them: class / 0-1 / value, and probabilities or values
-    for soft ensembles."""
-    return spec.task_kind.decide(spec, outputs)
+def decide(spec: TaskSpec, outputs: torch.Tensor, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, scores) as the task's kind decides them from a batch's outputs (the batch as collated, for
+    kinds that need more than the outputs): class / 0-1 / value, and probabilities or values for soft ensembles."""
+    return spec.task_kind.decide(spec, outputs, batch)
