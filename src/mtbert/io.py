@@ -183,6 +183,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
     Raises WriteError naming `path` when the write fails (the old file, if any, is untouched).
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes (a PNG, ...)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -194,9 +199,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise write_error(path, err) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") as handle:
             _test_fail(path)
-            handle.write(text)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         _test_pause(path)

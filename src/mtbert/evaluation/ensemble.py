@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from mtbert.errors import DataError, MtbertError
-from mtbert.io import atomic_write_json
+from mtbert.io import atomic_write_json, read_json
 from mtbert.runs.layout import PREDICTIONS, SCORES, RunDir
+from mtbert.runs.output import claim_output_dir
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -248,7 +249,24 @@ def check_members(members: list[Path], output_dir: Path, mode: str) -> list[Memb
             )
         if output_dir.resolve() in (member.predictions.resolve(), member.path.resolve()):
             raise MtbertError(f"--output_dir: {output_dir} is a member's folder; choose a new folder")
+    seen: dict[Path, Member] = {}
+    for member in resolved:
+        first = seen.setdefault(member.predictions.resolve(), member)
+        if first is not member:
+            logger.warning("ensemble: %s is listed again (as %s): its predictions count once more in the vote; list "
+                           "each run once unless you mean to weigh it more", first.path, member.path)
+    if len(seen) == 1:
+        logger.warning("ensemble: one distinct member (%s), so the ensemble repeats its predictions; give two or more "
+                       "runs", resolved[0].path)
+    claim_output_dir(output_dir, "ensemble", "--output_dir", is_ensemble_output)
     return resolved
+
+
+def is_ensemble_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier ensemble's output (its results.json names a mode and members; no run)."""
+    results = read_json(RunDir(folder).results)
+    return (results is not None and results.get("mode") in MODES and isinstance(results.get("members"), list)
+            and not RunDir(folder).config.is_file())
 
 
 def combine_split(members: list[Member], spec: TaskSpec, split: str,
