@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from mtbert.config import TrainConfig, save_config
+from mtbert.config import TrainConfig, check_model_limits, encoder_positions, save_config, stage2_config
 from mtbert.data.loading import DATA_HELP, read_split, resolve_labels
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.finished import usable_examples
-from mtbert.model.multitask import check_backbone
+from mtbert.model.multitask import ENCODER_DIR, check_backbone, default_backbone
 from mtbert.runs.layout import LOCK, RunDir
 from mtbert.runs.lock import RunLock
 from mtbert.training.mlm import pretrain_mlm
@@ -62,9 +62,14 @@ def check_inputs(cfg: TrainConfig) -> None:
                 usable_examples(result)  # one sentence when no row is usable or a quote never closes
     settings = cfg.two_step_settings
     if settings is not None and settings.init_from:
-        resolve_best(Path(settings.init_from))
+        encoder = str(resolve_best(Path(settings.init_from)) / ENCODER_DIR)
     else:
         check_backbone(cfg.model_name_or_path, cfg.trust_remote_code)
+        encoder = cfg.model_name_or_path or default_backbone()
+    positions = encoder_positions(encoder, cfg.trust_remote_code)  # max_length within the encoder's positions
+    check_model_limits(cfg, positions, encoder)
+    if settings is not None:
+        check_model_limits(stage2_config(cfg), positions, encoder, prefix="two_step.")
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:
