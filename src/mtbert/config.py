@@ -410,9 +410,10 @@ def check_sizes(cfg: TrainConfig, prefix: str = "") -> None:
                   f"{cfg.per_device_train_batch_size * top:,} samples are more than {MAX_STEP_SAMPLES:,} samples of "
                   "one task per step")
     if cfg.max_steps <= 0:
-        steps = math.ceil(cfg.samples_per_task_per_epoch / unit) * cfg.num_train_epochs
+        per_epoch = math.ceil(cfg.samples_per_task_per_epoch / unit)
+        steps = per_epoch * cfg.num_train_epochs
         if steps > MAX_STEPS:
-            raise bad("num_train_epochs" if cfg.num_train_epochs > 1 else "samples_per_task_per_epoch",
+            raise bad("samples_per_task_per_epoch" if per_epoch > MAX_STEPS else "num_train_epochs",
                       f"{cfg.num_train_epochs:g} epochs of {cfg.samples_per_task_per_epoch:,} samples per task make "
                       f"about {steps:.3g} steps, more than {MAX_STEPS:,}; set max_steps or lower them")
 

@@ -115,7 +115,7 @@ def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
     """A member's CS224N file as {id: prediction}, checking that classes are classes of the task."""
     from mtbert.evaluation.predict import read_cs224n
 
-    _, values = read_cs224n(path)
+    _, values = read_cs224n(path, spec)  # class names (label_names) back to class indices
     if not spec.is_regression:
         for example_id, value in values.items():
             if value != int(value) or not 0 <= value < spec.num_labels:
@@ -172,10 +172,12 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
     """Task specs, data folder and max_eval_samples from the first member with a config, else the built-ins."""
     for member in members:
         if member.run_dir is not None:
-            from mtbert.evaluation.finished import load_run_config
+            from mtbert.evaluation.finished import load_run_config, with_saved_labels
 
             cfg = load_run_config(member.run_dir)
-            return {s.name: s for s in cfg.task_specs()}, cfg.resolved_data_dir(), cfg.max_eval_samples
+            run = RunDir(member.run_dir)  # with the class names its model saved (labels that are names)
+            specs = [with_saved_labels(s, run.model_for(s.name)) for s in cfg.task_specs()]
+            return {s.name: s for s in specs}, cfg.resolved_data_dir(), cfg.max_eval_samples
     return dict(BUILTIN_TASKS), Path(os.environ.get("MTBERT_DATA") or "data"), None
 
 
