@@ -9,7 +9,9 @@ checks that both end alike.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import stat
@@ -23,6 +25,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
+from hypothesis import given as hypothesis_given
+from hypothesis import strategies as st
 
 from mtbert.cli import main
 
@@ -79,8 +84,11 @@ def finished(base, tmp_path_factory) -> Path:
 
 
 def last_line(err: str) -> str:
+    """The command's one error sentence (progress bars may be drawn after it)."""
     assert "Traceback" not in err, err
-    return err.strip().splitlines()[-1]
+    errors = [line[line.index("error: "):] for line in re.split(r"[\r\n]+", err) if "error: " in line]
+    assert len(errors) == 1, err
+    return errors[0]
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
@@ -100,6 +108,7 @@ def test_ensemble_refuses_a_folder_that_is_not_its_own_and_updates_its_own(finis
     shutil.copytree(finished, other)
     before = snapshot(other)
     assert main(["ensemble", str(finished), str(other), "--output_dir", str(other)]) == 2
+    assert "is a member's folder" in last_line(capsys.readouterr().err)
     third = tmp_path / "third"  # a run that is no member
     shutil.copytree(finished, third, ignore=shutil.ignore_patterns("best"))
     third_before = snapshot(third)
@@ -114,18 +123,22 @@ def test_ensemble_refuses_a_folder_that_is_not_its_own_and_updates_its_own(finis
     assert json.loads((out / "results.json").read_text())["mode"] == "vote"
 
 
-def test_ensemble_of_a_run_with_itself_or_alone_warns(finished, tmp_path, capsys):
-    assert main(["ensemble", str(finished), str(finished / "predictions"), "--output_dir", str(tmp_path / "a")]) == 0
-    err = capsys.readouterr().err
-    assert f"is listed again (as {finished / 'predictions'})" in err and "one distinct member" in err
-    assert main(["ensemble", str(finished), "--output_dir", str(tmp_path / "b")]) == 0
-    assert "one distinct member" in capsys.readouterr().err
+def test_ensemble_of_a_run_with_itself_or_alone_warns(finished, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="mtbert.evaluation.ensemble"):
+        twice = [str(finished), str(finished / "predictions")]
+        assert main(["ensemble", *twice, "--output_dir", str(tmp_path / "a")]) == 0
+    assert f"is listed again (as {finished / 'predictions'})" in caplog.text and "one distinct member" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="mtbert.evaluation.ensemble"):
+        assert main(["ensemble", str(finished), "--output_dir", str(tmp_path / "b")]) == 0
+    assert "one distinct member" in caplog.text
 
 
 def test_report_refuses_a_folder_that_is_not_its_own(finished, tmp_path, capsys):
     target = tmp_path / "notes"
     target.mkdir()
     (target / "overall.png").write_bytes(b"the user's own picture")
+    (target / "notes.md").write_text("the user's notes")
     assert main(["report", str(finished), "--output_dir", str(target)]) == 2
     assert "is not an earlier output of mtbert report" in last_line(capsys.readouterr().err)
     assert (target / "overall.png").read_bytes() == b"the user's own picture"
@@ -149,7 +162,7 @@ def small_disk(folder: Path, size: str) -> Iterator[bool]:
             subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
-FULL_AT = {"best": {}, "checkpoint": {"save_steps": 1, "max_steps": 2}}
+FULL_AT = {"best": {}, "checkpoint": {"save_steps": 1, "max_steps": 2, "eval_strategy": "no"}}
 
 
 def full_disk_run(base: dict, folder: Path, where: str, real: bool, monkeypatch, capsys) -> tuple[str, list[str]]:
@@ -228,7 +241,8 @@ def test_a_size_beyond_any_run_is_refused_before_anything_is_written(base, tmp_p
 
 
 def test_a_diverged_run_stops_in_one_sentence_naming_the_last_good_checkpoint(base, tmp_path, capsys):
-    config = write_config(tmp_path, "run", base, learning_rate=1e6, save_steps=1, num_train_epochs=3)
+    config = write_config(tmp_path, "run", base, tasks=["sst", "sts"], learning_rate=1e6, save_steps=1,
+                          samples_per_task_per_epoch=8, num_train_epochs=3)
     assert main(["train", str(config)]) == 2
     message = last_line(capsys.readouterr().err)
     assert message.startswith("error: training stopped at step ") and "lower learning_rate" in message
@@ -266,7 +280,7 @@ def test_predict_writes_the_class_names_the_run_was_trained_with(finished):
 # ---- 7: killed before the first checkpoint -----------------------------------------------------------------------
 
 
-def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(base, tmp_path, capsys):
+def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(base, tmp_path, capsys, caplog):
     config = write_config(tmp_path, "run", base, save_steps=1, max_steps=2)
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "mtbert", "train", str(config)], stdout=subprocess.DEVNULL,
@@ -280,8 +294,9 @@ def test_a_run_killed_before_its_first_checkpoint_resumes_from_the_start(base, t
     assert (run / "config.yaml").is_file() and not list(run.glob("checkpoint-*"))
     assert main(["train", str(config)]) == 2  # not empty: the sentence names both ways on
     assert "--overwrite_output_dir" in last_line(capsys.readouterr().err)
-    assert main(["train", str(config), "--resume_from_checkpoint", "last"]) == 0
-    assert "no checkpoint yet" in capsys.readouterr().err and (run / "results.json").is_file()
+    with caplog.at_level(logging.WARNING, logger="mtbert.training.run"):
+        assert main(["train", str(config), "--resume_from_checkpoint", "last"]) == 0
+    assert "no checkpoint yet" in caplog.text and (run / "results.json").is_file()
 
 
 def test_resuming_a_finished_run_without_checkpoints_names_the_way_on(finished, tmp_path, capsys):
@@ -334,3 +349,117 @@ def test_report_refuses_a_garbage_metrics_log(finished, tmp_path, capsys):
     (run / "metrics.jsonl").write_bytes(os.urandom(4096).replace(b"\n", b" ") + b"\n")
     assert main(["report", str(run), "--output_dir", str(tmp_path / "out")]) == 2
     assert "metrics.jsonl, line 1:" in last_line(capsys.readouterr().err)
+
+
+# ---- properties: whatever the inputs, each command ends in exit 0 or 2, without a traceback, and changes no file
+# outside its output ----------------------------------------------------------------------------------------------
+
+EXTREME_NUMBERS = [0, -1, 1, 3, 2**31, 2**63 - 1, 2**63, 10**30, 1e-300, 0.5, 1e300, "nan", "-inf", "1e309"]
+SIZE_KEYS = ["per_device_train_batch_size", "per_device_eval_batch_size", "samples_per_task_per_epoch",
+             "num_train_epochs", "max_steps", "learning_rate", "head_learning_rate", "max_length", "warmup_steps",
+             "warmup_ratio", "logging_steps", "save_steps", "save_total_limit", "max_bad_steps", "seed",
+             "gradient_accumulation_steps", "max_grad_norm", "dropout", "sampling_temperature", "layerwise_lr_decay",
+             "weight_decay", "max_train_samples", "max_eval_samples", "early_stopping_patience", "eval_steps",
+             "freeze_layers", "smart_weight", "mlm_steps"]
+
+
+def ends_cleanly(argv: list[str], outside: list[Path], capsys) -> int:
+    """Run the command in this process: it exits 0 or 2 (any other exception fails the test with its traceback),
+    says no traceback, and leaves every file under `outside` as it was."""
+    before = [snapshot(folder) for folder in outside]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code in (0, 2) and "Traceback" not in err, err
+    assert [snapshot(folder) for folder in outside] == before
+    return code
+
+
+def given(max_examples: int = 6, **strategies):
+    """hypothesis.given with few examples (each runs a command) and no deadline."""
+    checks = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+    return lambda test: settings(max_examples=max_examples, deadline=None, suppress_health_check=checks)(
+        hypothesis_given(**strategies)(test))
+
+
+def fresh(tmp_path: Path, name: str) -> Path:
+    return tmp_path / f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+@given(max_examples=8, values=st.dictionaries(st.sampled_from(SIZE_KEYS), st.sampled_from(EXTREME_NUMBERS),
+                                              min_size=1, max_size=2))
+def test_property_train_with_extreme_numbers(base, data_dir, tmp_path, capsys, values):
+    config = write_config(tmp_path, "cfg", {**base, "max_steps": 1, "per_device_eval_batch_size": 64})
+    out = fresh(tmp_path, "run")
+    overrides = [part for key, value in values.items() for part in (f"--{key}", str(value))]
+    ends_cleanly(["train", str(config), "--output_dir", str(out), *overrides], [data_dir], capsys)
+
+
+LINE = st.text(st.sampled_from("ab \t,\"'é\x00\\"), max_size=12)
+TASK_FILE = st.one_of(st.binary(max_size=200),
+                      st.lists(LINE, max_size=5).map(lambda lines: "\n".join(["\tid\tsentence\tsentiment", *lines])
+                                                     .encode("utf-8", "surrogatepass")))
+
+
+@given(content=TASK_FILE)
+def test_property_evaluate_any_labeled_file(finished, tmp_path, capsys, content):
+    path = fresh(tmp_path, "dev")
+    path.write_bytes(content)
+    ends_cleanly(["evaluate", str(finished), "--task_file", "sst", str(path)], [finished], capsys)
+
+
+@given(task=st.sampled_from(["sst", "intent", "nope"]), content=st.one_of(st.binary(max_size=120),
+                                                                         st.lists(LINE, max_size=4).map(
+                                                                             lambda x: "\n".join(x).encode())))
+def test_property_predict_any_standard_input(finished, tmp_path, capsys, monkeypatch, task, content):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(content), encoding="utf-8"))
+    out = fresh(tmp_path, "out")
+    ends_cleanly(["predict", str(finished), "--task", task, "--input", "-", "--output", str(out / "p.csv")],
+                 [finished], capsys)
+
+
+@given(content=TASK_FILE, target=st.sampled_from(["new", "empty", "file", "member", "run"]))
+def test_property_ensemble_any_member_file_and_output(finished, tmp_path, capsys, content, target):
+    member = fresh(tmp_path, "member")
+    shutil.copytree(finished / "predictions", member)
+    (member / "sst-dev-output.csv").write_bytes(content)
+    out = {"new": fresh(tmp_path, "ens"), "empty": fresh(tmp_path, "empty"), "file": fresh(tmp_path, "file"),
+           "member": member, "run": finished}[target]
+    if target == "empty":
+        out.mkdir()
+    if target == "file":
+        out.write_text("a user's file")
+    outside = [finished, member] if target not in ("member", "run") else []
+    before = snapshot(out.parent) if target in ("member", "run", "file") else None
+    ends_cleanly(["ensemble", str(finished), str(member), "--output_dir", str(out)], outside, capsys)
+    if before is not None:
+        assert snapshot(out.parent) == before  # refused: nothing of the folder (or file) was replaced
+
+
+@given(metrics=st.one_of(st.binary(max_size=200), st.lists(st.sampled_from(
+    ['{"epoch": 1.0, "split": "dev", "overall": 0.5}', '{"epoch": "x"}', '{"epoch": 1e999}', "[1, 2]", "null",
+     '{"epoch": 2, "sst_acc": "high"}', "{", ""]), max_size=4).map(lambda x: "\n".join(x).encode())),
+       results=st.sampled_from([None, b"{}", b'{"overall": NaN}', b'{"overall": "x", "sst_acc": []}', b"\xff"]))
+def test_property_report_any_logs(finished, tmp_path, capsys, metrics, results):
+    run = fresh(tmp_path, "run")
+    shutil.copytree(finished, run, ignore=shutil.ignore_patterns("best"))
+    (run / "metrics.jsonl").write_bytes(metrics)
+    if results is not None:
+        (run / "results.json").write_bytes(results)
+    ends_cleanly(["report", str(run), "--output_dir", str(fresh(tmp_path, "out"))], [run], capsys)
+
+
+@given(max_examples=5, task=st.sampled_from(["sst", "intent", "nope"]),
+       target=st.sampled_from(["new", "non-empty", "file", "best", "run"]))
+def test_property_export_any_task_and_output(finished, tmp_path, capsys, task, target):
+    pytest.importorskip("sentence_transformers")
+    out = {"new": fresh(tmp_path, "exp"), "non-empty": fresh(tmp_path, "full"), "file": fresh(tmp_path, "file"),
+           "best": finished / "best" / "exported", "run": finished}[target]
+    if target == "non-empty":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    if target == "file":
+        out.write_text("mine")
+    outside = [finished] + ([out] if target in ("non-empty",) else [])
+    ends_cleanly(["export", str(finished), "--task", task, "--output", str(out)], outside, capsys)

@@ -201,7 +201,7 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, f
 
 def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
     """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
-    from mtbert.evaluation.predict import format_value, write_cs224n
+    from mtbert.evaluation.predict import format_value, parse_value, write_cs224n
 
     output_dir = Path(output_dir)
     resolved = check_members([Path(m) for m in members], output_dir, mode)
@@ -221,7 +221,7 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
             written.append(name)
             if split == "dev":
                 # score the predictions as written (regression values are rounded in the file)
-                as_written = np.array([float(format_value(spec, v)) for v in predictions])
+                as_written = np.array([parse_value(spec, format_value(spec, v)) for v in predictions])
                 dev[spec.name] = (spec, ids, as_written, per_member)
     if not written:
         pattern = "predictions/{task}-{split}-output.csv" if mode == "vote" else "scores/{task}-{split}.tsv"
