@@ -425,6 +425,18 @@ def check_model_limits(cfg: TrainConfig, positions: int | None, model: str, pref
                           f"the encoder {model}; give at most {positions}")
 
 
+def config_positions(config: Any) -> int | None:
+    """The positions of a transformers model config: max_position_embeddings, less the padding offset of
+    RoBERTa-style models (their position ids start after the padding index); None when it has none."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer",
+                                                "data2vec-text"):
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions if positions > 0 else None
+
+
 def encoder_positions(name_or_path: str, trust_remote_code: bool = False) -> int | None:
     """The longest sequence the encoder at `name_or_path` takes: its position embeddings (less the padding offset
     of RoBERTa-style models), or its tokenizer's model_max_length when smaller; None when neither is known."""
@@ -434,11 +446,9 @@ def encoder_positions(name_or_path: str, trust_remote_code: bool = False) -> int
         config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
         return None  # the backbone check says why it cannot be loaded
-    positions = getattr(config, "max_position_embeddings", None)
-    if not isinstance(positions, int) or positions <= 0:
+    positions = config_positions(config)
+    if positions is None:
         return None
-    if config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text"):
-        positions -= (config.pad_token_id or 0) + 1  # their position ids start after the padding index
     tokenizer_config = Path(name_or_path) / "tokenizer_config.json"
     if tokenizer_config.is_file():
         import json

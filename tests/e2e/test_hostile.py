@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, settings
 from hypothesis import given as hypothesis_given
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 from mtbert.cli import main
 
@@ -249,7 +251,9 @@ def test_a_diverged_run_stops_in_one_sentence_naming_the_last_good_checkpoint(ba
     run = tmp_path / "run"
     good = sorted(run.glob("checkpoint-*"))
     assert good and message.endswith(f"the last good checkpoint is {good[-1]}")
-    assert not (run / "best").exists() and not (run / "results.json").exists()
+    assert not (run / "results.json").exists()
+    for weights in (run / "best").rglob("*.safetensors"):  # a best/ from an evaluation before: finite weights
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(str(weights)).values())
     for line in (run / "metrics.jsonl").read_text().splitlines():  # valid JSON: undefined metrics are null
         json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} in metrics.jsonl"))
 

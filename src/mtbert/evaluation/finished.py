@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from mtbert.config import TrainConfig, load_config
+from mtbert.config import TrainConfig, config_positions, load_config
 from mtbert.data import Example, ReadResult, encode_examples, read_task_file
 from mtbert.data.quotes import runaway_quote_line
 from mtbert.errors import DataError, MtbertError
@@ -49,6 +49,13 @@ def load_model(path: Path, device: torch.device) -> tuple[MultiTaskModel, Any]:
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as err:
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MtbertError(f"{path}: the saved model cannot be loaded (damaged or incomplete: {reason[:200]})") from None
+
+
+def usable_length(cfg: TrainConfig, model: MultiTaskModel) -> int:
+    """The run's max_length, within the encoder's position embeddings (a run trained before max_length was
+    checked against them would fail on a long input)."""
+    positions = config_positions(model.encoder.config)
+    return cfg.max_length if positions is None else min(cfg.max_length, positions)
 
 
 def trained_tasks(run_dir: Path, cfg: TrainConfig) -> list[TaskSpec]:
@@ -91,7 +98,7 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
         path = Path(files[name]) if name in files else cfg.resolved_data_dir() / spec.dev_file
         examples = usable_examples(read_task_file(path, spec, labeled=True))
         model, tokenizer = load_model(dirs[name], device)
-        encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
+        encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
         predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0,
                                      device, progress=True, quantize=quantize)
         results[name] = (spec, predictions, np.array([e.label for e in examples]))
@@ -114,7 +121,7 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
     path = model_dirs(run_dir, cfg)[task]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(path, device)
-    encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
+    encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
     predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
                                  progress=output != "-", quantize=quantize)
     ids = [e.id for e in examples]
