@@ -379,6 +379,7 @@ MAX_STEP_SAMPLES = 1 << 24  # samples of one task in one optimizer step (with gr
 MAX_STEPS = 1_000_000_000  # optimizer steps of a stage (max_steps, or the epochs' steps), masked-LM steps
 MAX_LENGTH = 1 << 16  # tokens per sequence, whatever the encoder (its own limit: check_model_limits)
 MAX_SEED = 2**32 - 1  # the seeds every RNG here accepts (numpy's range)
+MAX_LORA_RANK = 4096  # a LoRA rank beyond the hidden size adds nothing
 
 
 def check_sizes(cfg: TrainConfig, prefix: str = "") -> None:
@@ -399,6 +400,9 @@ def check_sizes(cfg: TrainConfig, prefix: str = "") -> None:
     for key in ("max_steps", "mlm_steps"):
         if getattr(cfg, key) > MAX_STEPS:
             raise bad(key, f"{getattr(cfg, key)} is more than {MAX_STEPS:,} steps")
+    rank = cfg.lora.get("r") if isinstance(cfg.lora, dict) else None
+    if isinstance(rank, int) and not isinstance(rank, bool) and rank > MAX_LORA_RANK:
+        raise bad("lora.r", f"{rank} is more than {MAX_LORA_RANK:,} (a rank beyond the hidden size adds nothing)")
     top = max(cfg.ratios().values())
     if cfg.per_device_train_batch_size * top > MAX_BATCH:
         raise bad("task_ratio", f"'{cfg.task_ratio}' times per_device_train_batch_size "

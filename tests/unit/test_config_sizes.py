@@ -36,6 +36,7 @@ from mtbert.errors import ConfigError
     ({"seed": -1}, "seed: must be in 0..4294967295, not -1"),
     ({"seed": 2**40}, "seed: must be in 0..4294967295"),
     ({"seed": 2**64}, "seed: 18446744073709551616 is too large (more than 64 bits)"),
+    ({"lora": {"r": 10**9}}, "lora.r: 1000000000 is more than 4,096"),
     ({"two_step": {"per_device_train_batch_size": 10**8}}, "two_step.per_device_train_batch_size: 100000000 is more"),
 ])
 def test_sizes_beyond_any_run_are_refused_naming_the_key(values, message):
