@@ -69,7 +69,7 @@ def trained_tasks(run_dir: Path, cfg: TrainConfig) -> list[TaskSpec]:
 
 def with_saved_labels(spec: TaskSpec, model_dir: Path) -> TaskSpec:
     """`spec` with the `label_names` that the model in `model_dir` saved for it, when the config gave none."""
-    if spec.is_regression or spec.label_names is not None:
+    if not spec.task_kind.has_classes or spec.label_names is not None:
         return spec
     settings = read_json(model_dir / MODEL_CONFIG) or {}
     tasks = settings.get("tasks")
