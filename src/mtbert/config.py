@@ -539,13 +539,14 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("metric_for_best_model", f"'{cfg.metric_for_best_model}' is not one of {' | '.join(metrics)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
         raise bad("eval_steps", "must be set when eval_strategy is steps")
-    methods = METHODS
     if cfg.sampling_temperature <= 0:
         raise bad("sampling_temperature", f"must be positive, not {cfg.sampling_temperature}")
-    if cfg.method not in methods:
-        raise bad("method", f"'{cfg.method}' is not one of {' | '.join(methods)}")
+    if cfg.method not in METHODS:
+        raise bad("method", f"'{cfg.method}' is not one of {' | '.join(METHODS)}")
     for name, value in (cfg.method_options or {}).items():  # which options the method takes: check_method_options
-        if not isinstance(name, str) or isinstance(value, dict | list) or value is None:
+        if not isinstance(name, str):
+            raise bad("method_options", f"option names must be words, not {name!r}")
+        if isinstance(value, dict | list) or value is None:
             raise bad(f"method_options.{name}", f"must be a single value, not {value!r}")
     specs = cfg.task_specs()
     names = [s.name for s in specs]

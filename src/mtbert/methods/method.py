@@ -27,7 +27,7 @@ from torch import nn
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.errors import ConfigError
 from mtbert.methods.aggregators import AGGREGATORS
-from mtbert.methods.surgery import GradientSurgery, check_options, make_method_aggregator
+from mtbert.methods.surgery import GradientSurgery, PerTaskGradients, check_options, make_method_aggregator
 from mtbert.methods.weighting import FAMO, LOSS_WEIGHTINGS, UncertaintyWeighting, make_weighting
 
 SUMMED_LOSS = ("sum", "single")
@@ -89,6 +89,11 @@ class Method:
     def generator(self) -> torch.Generator:
         """The generator of the method's random choices (PCGrad's orders); checkpointed."""
         return self.surgery.generator
+
+    @property
+    def buffer(self) -> PerTaskGradients:
+        """The engine's per-task buffer."""
+        return self.surgery.buffer
 
     @property
     def loss_module(self) -> nn.Module | None:

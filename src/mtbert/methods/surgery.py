@@ -252,6 +252,11 @@ class GradientSurgery:
         return self._buffer.embedding
 
     @property
+    def buffer(self) -> PerTaskGradients:
+        """The per-task buffer (its layout: `dense_size`, `embedding`; its rows after `begin_step`)."""
+        return self._buffer
+
+    @property
     def tasks(self) -> list[str]:
         """The tasks collected so far in this step, in collection order (row order of the buffer)."""
         return list(self._tasks)
