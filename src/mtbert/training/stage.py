@@ -43,7 +43,7 @@ from mtbert.model.adapters import (
     has_lora,
     trainable_summary,
 )
-from mtbert.runs.layout import RunDir
+from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.runs.model_card import write_model_card
 from mtbert.training import checkpoint as ckpt
 from mtbert.training.checkpoint import StageState
@@ -375,7 +375,7 @@ class Stage:
 
     def finish(self) -> dict[str, Any]:
         """Results, prediction files and ensemble scores of the best model; automatic checkpoints removed."""
-        if not self.run_dir.is_model(self.run_dir.best):
+        if not (self.run_dir.best / MODEL_CONFIG).is_file():
             metric = self.cfg.metric_for_best_model
             raise self.diverged(self.state.global_step, f"because no evaluation gave finite metrics ({metric} "
                                 "and every task's), so there is no best model")
