@@ -15,7 +15,7 @@ folder's `trackers.json`; TensorBoard reads the event files of one folder as one
 run repeats (those after its checkpoint that were logged before the interruption) are not sent again, so each
 step has one point.
 
-Each needs its extra: `pip install "mtbert[tensorboard]"`, `"mtbert[mlflow]"`, `"mtbert[wandb]"`. Open the trackers
+Each needs its extra (`tensorboard`, `mlflow`, `wandb`; `mtbert.distribution.install_hint` says how). Open the trackers
 on the main process only; they do not synchronise between processes.
 """
 
@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mtbert.distribution import install_hint
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.io import atomic_write_json, read_json
 from mtbert.runs.layout import TENSORBOARD, RunDir
@@ -134,7 +135,7 @@ def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run
         try:
             importlib.import_module(_MODULES[name])
         except ImportError:
-            raise MtbertError(f'report_to: {name} needs the {name} package (pip install "mtbert[{name}]")') from None
+            raise MtbertError(f"report_to: {name} needs the {name} package ({install_hint(name)})") from None
     if not names:
         return Trackers([])
     output_dir = Path(output_dir)
