@@ -14,6 +14,8 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
+from mtbert.model.hub import checkpoint_folder
+from mtbert.model.inference import TaskPredictions, predict_texts
 from mtbert.model.packing import is_packed, packed_hidden
 from mtbert.tasks import TaskSpec
 
@@ -199,19 +201,60 @@ class MultiTaskModel(nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dropout: float | None = None) -> MultiTaskModel:
-        """Load a checkpoint folder written by save_pretrained (never unpickles)."""
-        path = Path(path)
+    def from_pretrained(cls, path: str | Path, dropout: float | None = None,
+                        revision: str | None = None) -> MultiTaskModel:
+        """Load a checkpoint written by save_pretrained (never unpickles): a folder, or a Hub model repo id
+        (`user/repo`, at `revision`) downloaded through huggingface_hub's cache (model/hub.py). The model keeps its
+        tokenizer as `model.tokenizer`, for `predict`."""
+        path = checkpoint_folder(path, revision)
         if not (path / CONFIG_FILE).is_file():
             raise MtbertError(f"{path}: not an mtbert checkpoint ({CONFIG_FILE} is missing)")
         settings = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         specs = [_spec_from_dict(t) for t in settings["tasks"]]
         drop = settings["dropout"] if dropout is None else dropout
-        encoder, _ = load_encoder(str(path / ENCODER_DIR), drop)
+        encoder, tokenizer = load_encoder(str(path / ENCODER_DIR), drop)
         encoder = load_adapter(encoder, path / ADAPTER_DIR)  # the run's LoRA adapters, if it has any
         model = cls(encoder, specs, settings["pair_architecture"], settings["pooling"], drop)
         model.heads.load_state_dict(load_file(str(path / HEADS_FILE)))
+        model.tokenizer = tokenizer
+        model.max_length = saved_max_length(path)
         return model
+
+    # ---- prediction (model/inference.py) -------------------------------------------------------
+    tokenizer: Any = None  # set by from_pretrained; `predict` needs it
+    max_length: int | None = None  # tokens per sequence when predicting (from_pretrained: the run's max_length)
+
+    def decide(self, task: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decide` for this model's task `task`: (predictions, scores) of its raw outputs."""
+        return decide(self.specs[task], outputs)
+
+    def predict(self, task: str, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
+                max_length: int | None = None, quantize: str | None = None) -> TaskPredictions:
+        """Labels and scores of `task` for `texts` (strings, or pairs of strings for a pair task), in input order:
+        length-sorted packed batches of `batch_size` under `torch.inference_mode`, as `mtbert predict` runs them.
+
+        `max_length` defaults to the saved run's (else 512 tokens); `quantize="int8"` predicts on the CPU with
+        int8 linear layers."""
+        if self.tokenizer is None:
+            raise MtbertError("predict: the model has no tokenizer; load it with MultiTaskModel.from_pretrained or "
+                              "set model.tokenizer")
+        return predict_texts(self, self.tokenizer, task, texts, max_length or self.max_length or 512, batch_size,
+                             quantize=quantize)
+
+
+def saved_max_length(checkpoint: Path) -> int | None:
+    """`max_length` of the run a checkpoint was saved by (its config.yaml beside it: `best/` and
+    `tasks/<task>/best/` of a run), or None when the folder stands alone."""
+    import yaml
+
+    for config in (checkpoint.parent / "config.yaml", checkpoint.parent.parent.parent / "config.yaml"):
+        try:
+            value = yaml.safe_load(config.read_text(encoding="utf-8")).get("max_length")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
