@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,11 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
 from mtbert.model.hub import checkpoint_folder
-from mtbert.model.inference import TaskPredictions, predict_texts
 from mtbert.model.packing import is_packed, packed_hidden
 from mtbert.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from mtbert.model.inference import TaskPredictions
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "mtbert_config.json"
@@ -235,6 +237,8 @@ class MultiTaskModel(nn.Module):
 
         `max_length` defaults to the saved run's (else 512 tokens); `quantize="int8"` predicts on the CPU with
         int8 linear layers."""
+        from mtbert.model.inference import predict_texts  # it imports data/, which imports model.packing
+
         if self.tokenizer is None:
             raise MtbertError("predict: the model has no tokenizer; load it with MultiTaskModel.from_pretrained or "
                               "set model.tokenizer")
