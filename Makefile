@@ -54,11 +54,11 @@ run: $(STAMP)
 # module fixtures are built once). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
 
 # `make wheel`: dist/mtbert-VERSION-py3-none-any.whl (the presets of configs/ inside it as mtbert/presets/).
 wheel: $(STAMP)
