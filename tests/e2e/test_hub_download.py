@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,9 @@ def test_a_hub_that_is_down_is_one_sentence_and_the_cache_still_serves(checkpoin
     assert message.startswith("dave/new: ") and "\n" not in message, message
 
 
-def test_a_local_folder_takes_no_revision_and_a_bad_id_is_refused(checkpoints):
+def test_a_local_folder_takes_no_revision_and_a_path_is_never_a_hub_id(checkpoints):
     with pytest.raises(MtbertError, match=r"^revision: .* is a local folder; a revision only applies to a Hub model"):
         MultiTaskModel.from_pretrained(checkpoints["main"], revision="v1")
-    with pytest.raises(MtbertError, match=r"^a/b/c: neither a checkpoint folder nor a Hub model repo id"):
-        MultiTaskModel.from_pretrained("a/b/c")
+    for folder in ("a/b/c", "/no/such", "./x/y", "single"):  # folders, not repo ids: no Hub is asked
+        with pytest.raises(MtbertError, match=rf"^{re.escape(folder.removeprefix('./'))}: not an mtbert checkpoint"):
+            MultiTaskModel.from_pretrained(folder)

@@ -12,16 +12,15 @@ def checkpoint_folder(name_or_path: str | Path, revision: str | None = None) -> 
     """The local folder of a checkpoint: `name_or_path` itself when it exists, else the snapshot of the Hub model
     repo it names (downloaded, or taken from the cache when offline or unchanged).
 
-    Every failure is one MtbertError naming the repo: not a folder and not a repo id, no such repo (or no access),
-    no such revision, or the Hub out of reach with nothing cached.
+    Every failure is one MtbertError naming the repo: no such repo (or no access), no such revision, or the Hub
+    out of reach with nothing cached.
     """
     path = Path(name_or_path)
-    if path.exists():
+    if path.exists() or not looks_like_repo_id(str(name_or_path)):
         if revision is not None:
             raise MtbertError(f"revision: {path} is a local folder; a revision only applies to a Hub model repo")
-        return path
+        return path  # a folder (a missing one is reported by the loader, naming the file it lacks)
     repo_id = str(name_or_path)
-    _check_repo_id(repo_id)
     import httpx2  # huggingface_hub's HTTP client: a connection failure is not wrapped in its own errors
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import (
@@ -53,15 +52,16 @@ def checkpoint_folder(name_or_path: str | Path, revision: str | None = None) -> 
         raise MtbertError(f"{which}: could not download the model from {at} ({first[:200]})") from None
 
 
-def _check_repo_id(repo_id: str) -> None:
+def looks_like_repo_id(text: str) -> bool:
+    """Whether `text` is a Hub model repo id, `owner/name` (a path with more parts, or absolute, or relative to
+    `.`, is a folder; so is a bare name, as before Hub ids were taken)."""
     from huggingface_hub.errors import HFValidationError
     from huggingface_hub.utils import validate_repo_id
 
+    if text.count("/") != 1 or text.startswith(("/", ".", "~")) or "\\" in text:
+        return False
     try:
-        validate_repo_id(repo_id)
+        validate_repo_id(text)
     except HFValidationError:
-        valid = False
-    else:
-        valid = repo_id.count("/") <= 1
-    if not valid:
-        raise MtbertError(f"{repo_id}: neither a checkpoint folder nor a Hub model repo id (owner/name)")
+        return False
+    return True
