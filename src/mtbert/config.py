@@ -26,6 +26,10 @@ EVAL_STRATEGIES = ("epoch", "steps", "no")
 STS_LOSSES = ("mse", "cosent")
 DDP_MODES = ("exact", "local")
 SURGERY_SCOPES = ("global", "per-layer")
+# the names `mtbert.methods` implements (tests/unit/methods check the two agree) and the trackers of report_to
+METHODS = ("single", "sum", "pcgrad", "cagrad", "gradvac", "imtl-g", "mgda", "upgrad", "aligned-mtl", "nash-mtl",
+           "uncertainty", "famo")
+KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
 def key(default: Any, help: str) -> Any:
@@ -67,6 +71,9 @@ class TrainConfig:
     method: str = key("sum",
         'single | sum | pcgrad | cagrad | gradvac | imtl-g | mgda | upgrad | aligned-mtl | nash-mtl (gradient'
         ' aggregation) | uncertainty | famo (loss weighting)')
+    method_options: dict[str, Any] | None = key(None,
+        "keyword options of the method, checked against it (cagrad: c; gradvac: beta, eps; nash-mtl: max_norm,"
+        " update_weights_every, optim_niter; famo: lr, weight_decay, eps), e.g. `--method_options.c 0.4`")
     task_ratio: str | None = key(None,
         "samples per step of each task in units of the batch size, e.g. '0:3:1' (0 leaves a task out)")
     sample_weighting: bool = key(False,
@@ -300,6 +307,7 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 _HINTS = typing.get_type_hints(TrainConfig)
 TWO_STEP_ONLY_KEYS = {"init_from", "keep_stage1"}
 TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio",
+                      "method_options",
                       "mlm_steps", "mlm_learning_rate", "mlm_probability",
                       "pair_architecture", "pooling"}  # stage 2 keeps stage 1's model, so its architecture too
 
@@ -413,8 +421,6 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
                          ("bf16", ("auto", "true", "false"))):
         if getattr(cfg, key) not in allowed:
             raise bad(key, f"'{getattr(cfg, key)}' is not one of {' | '.join(allowed)}")
-    from mtbert.training.trackers import parse_report_to
-
     parse_report_to(cfg.report_to)
     if cfg.freeze_layers < 0:
         raise bad("freeze_layers", f"must be >= 0, not {cfg.freeze_layers}")
@@ -429,14 +435,14 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("metric_for_best_model", f"'{cfg.metric_for_best_model}' is not one of {' | '.join(metrics)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
         raise bad("eval_steps", "must be set when eval_strategy is steps")
-    from mtbert.methods.aggregators import AGGREGATORS
-    from mtbert.methods.weighting import LOSS_WEIGHTINGS
-
-    methods = ("single", *AGGREGATORS, *LOSS_WEIGHTINGS)
+    methods = METHODS
     if cfg.sampling_temperature <= 0:
         raise bad("sampling_temperature", f"must be positive, not {cfg.sampling_temperature}")
     if cfg.method not in methods:
         raise bad("method", f"'{cfg.method}' is not one of {' | '.join(methods)}")
+    for name, value in (cfg.method_options or {}).items():  # which options the method takes: check_method_options
+        if not isinstance(name, str) or isinstance(value, dict | list) or value is None:
+            raise bad(f"method_options.{name}", f"must be a single value, not {value!r}")
     specs = cfg.task_specs()
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
@@ -560,6 +566,26 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values")
     return build_config(merge(raw, overrides or {}), where=str(path))
+
+
+def parse_report_to(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """The trackers named by `report_to`: a name, a list of names (or a comma-separated string, as on the command
+    line: `--report_to tensorboard,mlflow`), `none` or an empty list (no tracker).
+
+    Raises ConfigError naming an unknown tracker; duplicates are dropped, the order kept.
+    """
+    if value is None:
+        return []
+    names = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"report_to: expected a tracker name or a list of names, not {value!r}")
+    names = [n.strip().lower() for n in names if n.strip()]
+    if names in (["none"], []):
+        return []
+    for name in names:
+        if name not in KNOWN_TRACKERS:
+            raise ConfigError(f"report_to: '{name}' is not one of none | {' | '.join(KNOWN_TRACKERS)}")
+    return list(dict.fromkeys(names))
 
 
 def save_config(cfg: TrainConfig, path: Path) -> None:

@@ -2,7 +2,8 @@
 
 Hugging Face Accelerate's `PartialState` starts the process group from the launcher's environment (gloo on
 CPU, nccl on GPU) and gives each process its rank and device; the collectives are torch.distributed's.
-There is no DDP wrapper: every rank computes its per-task gradients locally, and then
+There is no DDP wrapper: every rank computes its per-task gradients locally, and then the surgery engine
+(`mtbert.methods.surgery.GradientSurgery`) averages them over the ranks:
 
 - `exact` (the default): the T x P per-task buffer is all-reduced ONCE (mean) and every rank aggregates the
   same matrix with the same seeded generator, so N ranks take exactly the step of one process trained on the
@@ -10,9 +11,9 @@ There is no DDP wrapper: every rank computes its per-task gradients locally, and
 - `local`: each rank aggregates its own buffer and the P-vector updates are averaged, a cheaper approximation
   that is a different algorithm for every method but `sum`.
 
-Both modes average the heads' gradients and the logged losses, and give every buffer the same layout (the
-embedding rows touched on ANY rank). With one process nothing here communicates: the methods return their
-input (or call the function they are given), so the training loop reads the same either way.
+Both modes average the heads' gradients and give every buffer the same layout (the embedding rows touched on
+ANY rank); the logged losses are averaged here (`mean_values`). With one process nothing here communicates: the
+methods return their input (or call the function they are given), so the training loop reads the same either way.
 """
 
 from __future__ import annotations
@@ -65,39 +66,14 @@ class Ranks:
             torch.manual_seed(seed + self.rank)
 
     # ---- the training step ---------------------------------------------------------------------
-    def union_rows(self, token_ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        """The embedding rows (token ids) that any rank's batches use, so that every buffer has the same layout."""
+    # (the per-task gradients' averaging over the ranks is the surgery engine's: mtbert.methods.surgery)
+    def mean_values(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks (one all-reduce; the values themselves on one process)."""
         if not self.distributed:
-            return token_ids
-        mask = torch.zeros(vocab_size, dtype=torch.uint8, device=self.device)
-        mask[token_ids.to(self.device)] = 1
-        dist.all_reduce(mask, op=dist.ReduceOp.MAX)
-        return mask.nonzero().squeeze(1)
-
-    def share(self, losses: dict[str, float], buffer: Any, model: nn.Module) -> dict[str, float]:
-        """Average over the ranks what the step's backward passes left; return the losses averaged too.
-
-        `exact`: the per-task buffer (`PerTaskGradients`, one all-reduce of T x P floats). Both modes: the
-        gradients of the parameters outside the buffer (the heads; every parameter when there is no buffer),
-        and which parameters got a gradient on any rank (the others keep `.grad = None`, as on one process).
-        Each rank's gradients are scaled by 1/(its own samples), so the mean over ranks of equal batches is
-        the gradient of the union of their batches.
-        """
-        if not self.distributed:
-            return losses
-        in_buffer = set() if buffer is None else {id(p) for p in buffer.params} | {id(buffer.embedding)}
-        others = [p for p in model.parameters() if p.requires_grad and id(p) not in in_buffer]
-        used = (list(buffer.used) if buffer is not None else []) + [p.grad is not None for p in others]
-        small = torch.tensor([*losses.values(), *map(float, used)], dtype=torch.float64, device=self.device)
-        dist.all_reduce(small)
-        mean_losses = dict(zip(losses, (small[: len(losses)] / self.world_size).tolist(), strict=True))
-        used = (small[len(losses) :] > 0).tolist()
-        if buffer is not None:
-            buffer.used, used = used[: len(buffer.used)], used[len(buffer.used) :]
-            if self.ddp_mode == "exact":
-                self._mean_(buffer.grads)
-        self._mean_grads([p for p, u in zip(others, used, strict=True) if u])
-        return mean_losses
+            return values
+        total = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return dict(zip(values, (total / self.world_size).tolist(), strict=True))
 
     def with_mean_value(self, loss: torch.Tensor) -> torch.Tensor:
         """`loss` carrying the value of its mean over the ranks, and the gradient of this rank's own loss.
@@ -111,23 +87,9 @@ class Ranks:
         self._mean_(mean)
         return loss + (mean - loss.detach())
 
-    def mean_update(self, update: torch.Tensor) -> torch.Tensor:
-        """`local`: the mean over the ranks of each rank's aggregated update; `exact`: the update as it is."""
-        if self.distributed and self.ddp_mode == "local":
-            self._mean_(update)
-        return update
-
     def _mean_(self, tensor: torch.Tensor) -> None:
         dist.all_reduce(tensor)  # SUM, then divide: gloo has no AVG
         tensor.div_(self.world_size)
-
-    def _mean_grads(self, params: list[nn.Parameter]) -> None:
-        if not params:
-            return
-        flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in params])
-        self._mean_(flat)
-        for p, part in zip(params, flat.split([p.numel() for p in params]), strict=True):
-            p.grad = part.view_as(p)
 
     # ---- results, files and checkpoints --------------------------------------------------------
     def shard(self, items: list[T]) -> list[T]:

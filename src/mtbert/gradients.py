@@ -1,7 +1,25 @@
-"""`mtbert.gradients`: the public name of `mtbert.methods.aggregators` (the same module object)."""
+"""`mtbert.gradients`: the public name of the gradient methods of `mtbert.methods.aggregators` (re-exported)."""
 
-import sys
+from mtbert.methods.aggregators import (
+    AGGREGATORS,
+    TORCHJD_INSTALL_HINT,
+    Aggregator,
+    GradVac,
+    MissingDependencyError,
+    NashMTL,
+    aligned_mtl,
+    cagrad,
+    diagnose,
+    imtl_g,
+    make_aggregator,
+    mgda,
+    pcgrad,
+    pcgrad_projected,
+    pcgrad_weights,
+    sum_rows,
+    upgrad,
+)
 
-from mtbert.methods import aggregators
-
-sys.modules[__name__] = aggregators
+__all__ = ["AGGREGATORS", "TORCHJD_INSTALL_HINT", "Aggregator", "GradVac", "MissingDependencyError", "NashMTL",
+           "aligned_mtl", "cagrad", "diagnose", "imtl_g", "make_aggregator", "mgda", "pcgrad", "pcgrad_projected",
+           "pcgrad_weights", "sum_rows", "upgrad"]

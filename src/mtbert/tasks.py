@@ -10,9 +10,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from mtbert.errors import ConfigError
+from mtbert.kinds import KINDS, TaskKind, aliases
 
-KINDS = ("single", "single-regression", "pair-classification", "pair-regression")
-KIND_ALIASES = {"single-classification": "single"}  # accepted in configs, stored as the canonical name
 SPLITS = ("train", "dev", "test")
 
 
@@ -46,24 +45,29 @@ class TaskSpec:
     test_split: str | None = "test"
 
     @property
+    def task_kind(self) -> TaskKind:
+        """The kind object (`mtbert.kinds.KINDS[kind]`) that answers every kind-dependent question."""
+        return KINDS[self.kind]
+
+    @property
     def is_pair(self) -> bool:
-        return self.kind.startswith("pair")
+        """Whether the task reads two texts (kept for callers of earlier versions)."""
+        return len(self.text_columns) == 2
 
     @property
     def is_regression(self) -> bool:
-        return self.kind.endswith("regression")
+        """Whether the task's primary metric is a correlation (kept for callers of earlier versions)."""
+        return self.metric == "corr"
 
     @property
     def num_outputs(self) -> int:
-        """Width of the head's output: 1 for regression and binary pairs, else the number of classes."""
-        if self.is_regression or (self.kind == "pair-classification" and self.num_labels == 2):
-            return 1
-        return self.num_labels
+        """Width of the head's output per unit, as the task's kind decides it."""
+        return self.task_kind.head_outputs(self)
 
     @property
     def metric(self) -> str:
-        """`corr` (Pearson) for regression tasks, `acc` for classification tasks."""
-        return "corr" if self.is_regression else "acc"
+        """The key of the task's primary metric (`acc`, `corr`, ...), as its kind decides it."""
+        return self.task_kind.metric(self)
 
     @property
     def metric_key(self) -> str:
@@ -151,7 +155,7 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
         values["label_names"] = tuple(str(n) if isinstance(n, int) and not isinstance(n, bool) else n
                                       for n in values["label_names"])
     if isinstance(values.get("kind"), str):
-        values["kind"] = KIND_ALIASES.get(values["kind"], values["kind"])
+        values["kind"] = aliases().get(values["kind"], values["kind"])
     if values.get("label_names") is not None and "num_labels" not in values:
         values["num_labels"] = len(values["label_names"])
     if base is not None and "dataset" in values:
@@ -170,8 +174,8 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
 
 
 def _validate(spec: TaskSpec, where: str) -> None:
-    if spec.kind not in KINDS:
-        kinds = " | ".join([*KINDS[:1], *KIND_ALIASES, *KINDS[1:]])
+    if not isinstance(spec.kind, str) or spec.kind not in KINDS:
+        kinds = " | ".join(name for k in KINDS.values() for name in (k.name, *k.aliases))
         raise ConfigError(f"{where}.kind: '{spec.kind}' is not one of {kinds}")
     for key in ("train_file", "dev_file", "test_file"):
         if getattr(spec, key) is not None and not isinstance(getattr(spec, key), str):
@@ -193,7 +197,7 @@ def _validate(spec: TaskSpec, where: str) -> None:
         raise ConfigError(f"{where}.dataset_config: needs dataset")
     if spec.label_names is not None:
         names = spec.label_names
-        if spec.is_regression:
+        if not spec.task_kind.has_classes:
             raise ConfigError(f"{where}.label_names: a {spec.kind} task has no classes")
         if len(names) < 2 or any(not isinstance(n, str) or not n.strip() for n in names):
             raise ConfigError(f"{where}.label_names: must list at least two non-empty class names")
@@ -207,20 +211,14 @@ def _validate(spec: TaskSpec, where: str) -> None:
         value = getattr(spec, key)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}.{key}: must be a number")
-    want = 2 if spec.is_pair else 1
-    if len(spec.text_columns) != want:
-        raise ConfigError(f"{where}.text_columns: a {spec.kind} task needs {want} text column(s)")
-    if not isinstance(spec.num_labels, int) or spec.num_labels < (1 if spec.is_regression else 2):
-        raise ConfigError(f"{where}.num_labels: must be an integer of at least 2 for a classification task")
+    spec.task_kind.validate(spec, where)
     if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
         raise ConfigError(f"{where}.head_hidden_sizes: every size must be a positive integer")
-    if spec.is_regression and not spec.label_min < spec.label_max:
-        raise ConfigError(f"{where}.label_min: must be below label_max")
 
 
 def task_score(spec: TaskSpec, value: float) -> float:
     """A task's contribution to the overall score: accuracy as is, a correlation r as (1 + r) / 2."""
-    return (1.0 + value) / 2.0 if spec.metric == "corr" else value
+    return spec.task_kind.task_score(spec, value)
 
 
 def overall_score(specs: list[TaskSpec], metrics: dict[str, float]) -> float:

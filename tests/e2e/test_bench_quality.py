@@ -291,7 +291,7 @@ def carried_floor(table: dict) -> dict:
     (lambda t: t["dev_ids_sha256"].update(sst="0" * 64), "its sst predictions follow other dev ids"),
     (lambda t: t["dev_ids_sha256"].pop("para"), "its para predictions follow other dev ids"),
     (lambda t: carried_floor(t)["dev_predictions"]["sst"].pop(), "sst dev predictions for"),
-    (lambda t: carried_floor(t)["dev_predictions"]["sst"].__setitem__(0, 0.5), "is not a class index below 5"),
+    (lambda t: carried_floor(t)["dev_predictions"]["sst"].__setitem__(0, 0.5), "0.5 is not a class in 0..4"),
 ])
 def test_a_bad_from_table_is_one_sentence_and_writes_nothing(change, message, tmp_path, tiny_model_dir,
                                                               tiny_data_dir, monkeypatch, capsys):

@@ -113,3 +113,15 @@ def test_missing_data_folder(tmp_path, tiny_config, capsys):
     path = write_config(tmp_path, tiny_config, data_dir=str(tmp_path / "nowhere"))
     code, _, err = run_cli(["train", str(path)], capsys)
     assert_one_error_line(code, err, rf"^error: {re.escape(str(tmp_path / 'nowhere'))}: data folder not found; ")
+
+
+def test_an_option_the_method_does_not_take(tmp_path, tiny_config, capsys):
+    """`method_options` are checked against the method, as GradientSurgery checks them, before anything is written."""
+    path = write_config(tmp_path, tiny_config, method="pcgrad")
+    code, _, err = run_cli(["train", str(path), "--method_options.c", "0.4"], capsys)
+    assert_one_error_line(code, err, r"^error: method_options: gradient method 'pcgrad' has no option 'c' "
+                                     r"\(its options: none\)$")
+    code, _, err = run_cli(["train", str(path), "--method", "cagrad", "--method_options.c", "much"], capsys)
+    assert_one_error_line(code, err, r"^error: method_options: gradient method 'cagrad': option 'c' must be a "
+                                     r"number, not 'much'$")
+    assert not Path(tiny_config["output_dir"]).exists()

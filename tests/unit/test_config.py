@@ -334,3 +334,17 @@ def test_every_config_key_has_help_in_train_help():
     for f in dataclasses.fields(TrainConfig):
         assert f.metadata.get("help"), f.name  # the help text lives next to the field
         assert f"--{f.name:<30} {f.metadata['help']}" in train.epilog
+
+
+def test_method_options_from_the_file_and_the_command_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("method: cagrad\nmethod_options: {c: 0.4}\n", encoding="utf-8")
+    assert load_config(path).method_options == {"c": 0.4}
+    assert load_config(path, parse_overrides(["--method_options.c", "0.2"])).method_options == {"c": 0.2}
+    assert build_config({}).method_options is None
+    with pytest.raises(ConfigError, match=r"^method_options: must be a mapping"):
+        build_config({"method": "cagrad", "method_options": [0.4]})
+    with pytest.raises(ConfigError, match=r"^method_options\.c: must be a single value, not \{'x': 1\}$"):
+        build_config({"method": "cagrad", "method_options": {"c": {"x": 1}}})
+    with pytest.raises(ConfigError, match=r"^two_step\.method_options: not a key that stage 2 can change$"):
+        build_config({"method": "cagrad", "two_step": {"method_options": {"c": 0.1}}})

@@ -137,9 +137,10 @@ def check_run(path: Path, data: dict[str, Any], run: dict[str, Any], labels: dic
                               "(another data folder or max_eval_samples)")
         if len(ids) != len(values):
             raise MtbertError(f"{where}: {len(values)} {task} dev predictions for {len(ids)} dev examples here")
-        classes = None if spec.is_regression else max(spec.num_outputs, 2)
-        if classes is not None and not all(float(v).is_integer() and 0 <= v < classes for v in values):
-            raise MtbertError(f"{where}: a {task} dev prediction is not a class index below {classes}")
+        wrong = next((v for v in values if spec.task_kind.check_prediction(spec, float(v)) is not None), None)
+        if wrong is not None:
+            raise MtbertError(f"{where}: a {task} dev prediction {wrong:g} "
+                              f"{spec.task_kind.check_prediction(spec, float(wrong))}")
 
 
 def restore_run(run: dict[str, Any], cfg: TrainConfig, run_dir: Path, marker_name: str, source: dict[str, Any],

@@ -37,7 +37,7 @@ from mtbert.tasks import TaskSpec, overall_score
 MARKER = BENCH_RUN  # written into each run dir: what it was trained with, and how long it took
 CLOCK_SECONDS = 30.0  # how often a training run's marker takes its wall time so far
 TABLE_FILE = "table.yaml"  # in the configs folder: the table's rows, reference numbers, ensemble and notes
-METRICS = ("sst_acc", "para_acc", "sts_corr", "overall")
+OVERALL = "overall"  # the table's last metric column, after the task metrics its table.yaml names in `columns`
 BUNDLED = "the bundled all-MiniLM-L6-v2"  # what a config without model_name_or_path trains
 BUILT_ROWS = ("floor", "ensemble")  # rows built from other rows or frozen embeddings, not trained from a config
 NOTE_FIELDS = ("backbone", "mode", "members", "row")  # the placeholders a note may use
@@ -45,8 +45,8 @@ BUDGET_NOTE = (
     "Budget: every training stage processes the same number of training samples per task of its run, "
     "`samples_per_task_per_epoch x num_train_epochs` (or `max_steps x per_device_train_batch_size`) "
     "in the configs, {unit:,} at `--budget {budget:g}`. A one-task run's stage processes {unit:,} samples; a "
-    "three-task stage processes 3 x {unit:,} whatever its task ratio (sample-weighted 0:3:1 draws 4 batches per "
-    "step, so it takes 3/4 of the steps: 0 SST, 2.25 x and 0.75 x {unit:,} Quora and STS samples). Stage 2 of a "
+    "stage of T tasks processes T x {unit:,} whatever its task ratio (a ratio such as 0:3:1 draws 4 batches per "
+    "step, so it takes 3/4 of the steps: 0, 2.25 x and 0.75 x {unit:,} samples of the three tasks). Stage 2 of a "
     "two-step row is one single-task stage per task, so a two-step row costs twice a one-stage row. "
     "Forward-backward passes, not optimizer steps, are what is equal; `--budget X` scales every stage's samples by X."
 )
@@ -61,7 +61,7 @@ class TableRow:
 
     name: str
     note: str
-    reference: dict[str, float] | None = None  # METRICS keys; any may be missing
+    reference: dict[str, float] | None = None  # keys of the table's metrics; any may be missing
     reference_from: str | None = None  # where the reference numbers come from, when not from the reference
     name_in_reference: str | None = None
     configs: tuple[str, ...] | None = None  # several one-task runs read as one row (default: `<row>.yaml`)
@@ -81,7 +81,14 @@ class Reference:
     ensemble_mode: str
     ensemble_members: tuple[str, ...]
     extra_row_note: str
+    columns: dict[str, str]  # the task metrics shown (`<task>_<metric>`), each with its column's header
+    footnote: str = ""  # said under the table (what makes its numbers differ from the reference's)
     backbone: str | None = None  # --backbone: model_name_or_path of every row and the floor
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The table's metric keys in column order: the task metrics, then `overall`."""
+        return (*self.columns, OVERALL)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -135,13 +142,19 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         mark = getattr(err, "problem_mark", None)
         raise ConfigError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML") from None
     where = str(path)
-    top = mapping(raw, where, ("backbone", "reference", "rows", "ensemble", "extra_row_note"),
-                  ("backbone", "reference", "rows", "extra_row_note"))
+    top = mapping(raw, where, ("backbone", "reference", "columns", "footnote", "rows", "ensemble", "extra_row_note"),
+                  ("backbone", "reference", "columns", "rows", "extra_row_note"))
+    columns = {str(k): text_value(v, f"{where}: columns.{k}")
+               for k, v in mapping(top["columns"], f"{where}: columns", None, ()).items()}
+    if not columns or OVERALL in columns:
+        raise ConfigError(f"{where}: columns: name each task metric shown (e.g. sst_acc: SST acc); {OVERALL} "
+                          "always follows them")
     about = mapping(top["reference"], f"{where}: reference", ("name", "table", "about"), ("name", "table", "about"))
     rows_raw = mapping(top["rows"], f"{where}: rows", None, ())
     if not rows_raw:
         raise ConfigError(f"{where}: rows: list at least one row")
-    rows = tuple(table_row(str(name), value, f"{where}: rows.{name}") for name, value in rows_raw.items())
+    rows = tuple(table_row(str(name), value, f"{where}: rows.{name}", (*columns, OVERALL))
+                 for name, value in rows_raw.items())
     ensemble = mapping(top.get("ensemble") or {}, f"{where}: ensemble", ("mode", "members"),
                        ("mode", "members") if "ensemble" in rows_raw else ())
     ref = Reference(
@@ -151,7 +164,9 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         about=text_value(about["about"], f"{where}: reference.about"), rows=rows,
         ensemble_mode=text_value(ensemble.get("mode", "vote"), f"{where}: ensemble.mode"),
         ensemble_members=names_value(ensemble.get("members", []), f"{where}: ensemble.members"),
-        extra_row_note=text_value(top["extra_row_note"], f"{where}: extra_row_note"), backbone=backbone,
+        extra_row_note=text_value(top["extra_row_note"], f"{where}: extra_row_note"), columns=columns,
+        footnote=text_value(top["footnote"], f"{where}: footnote") if top.get("footnote") is not None else "",
+        backbone=backbone,
     )
     check_reference(ref, where)
     for member in ref.ensemble_members if "ensemble" in ref.names else ():
@@ -183,11 +198,11 @@ def check_reference(ref: Reference, where: str) -> None:
             raise ConfigError(f"{where}: {key}: a stray {{ or }} (write {{{{ or }}}} for a brace)") from None
 
 
-def table_row(name: str, raw: Any, where: str) -> TableRow:
+def table_row(name: str, raw: Any, where: str, metrics: tuple[str, ...]) -> TableRow:
     values = mapping(raw, where, ("note", "reference", "reference_from", "name_in_reference", "configs"), ("note",))
     reference = None
     if values.get("reference") is not None:
-        numbers = mapping(values["reference"], f"{where}.reference", METRICS, ())
+        numbers = mapping(values["reference"], f"{where}.reference", metrics, ())
         reference = {}
         for key, value in numbers.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -270,10 +285,10 @@ class Row:
         numbers = row.reference if row is not None else None
         return {
             "row": self.name, "status": "done" if self.done else (self.note or "not run"),
-            **{k: self.metrics.get(k) for k in METRICS}, "overall_ci95": self.overall_ci95,
+            **{k: self.metrics.get(k) for k in ref.metrics}, "overall_ci95": self.overall_ci95,
             "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "run_dir": self.run_dir,
             "reused": self.reused, "members": self.members or None, "runs": self.runs, "stages": self.stages,
-            "reference": {k: numbers.get(k) for k in METRICS} if numbers else None, "versus": self.versus,
+            "reference": {k: numbers.get(k) for k in ref.metrics} if numbers else None, "versus": self.versus,
             "versus_floor": self.versus_floor, "restored_from": self.restored_from,
             "carried": [run for run in self.carried if run["dev_predictions"] is not None] or None,
         }
@@ -649,7 +664,8 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
                 metrics[spec.metric_key] = float(results[spec.metric_key])
         infos.append({"config": config, "run_dir": str(run_dir), "train_seconds": results.get("train_seconds"),
                       "wall_seconds": marker.get("wall_seconds"),
-                      **{k: results[k] for k in (*METRICS, "overall_ci95") if k in results}})
+                      **{k: results[k] for k in (*(s.metric_key for s in cfg.task_specs()), OVERALL, "overall_ci95")
+                         if k in results}})
     if len(runs) == 1:
         results = runs[0][3]
         metrics["overall"] = float(results["overall"])
@@ -730,12 +746,12 @@ def ensemble_row(output_dir: Path, results: dict[str, Any], marker: dict[str, An
     metrics = results.get("ensemble", {})
     member_results = [read_json(RunDir(m).results) or {} for m in member_dirs(output_dir, ref)]
     return Row(
-        "ensemble", done=True, metrics={k: float(metrics[k]) for k in METRICS if k in metrics},
+        "ensemble", done=True, metrics={k: float(metrics[k]) for k in ref.metrics if k in metrics},
         overall_ci95=metrics.get("overall_ci95"),
         train_seconds=round(sum(float(r.get("train_seconds") or 0.0) for r in member_results), 1),
         wall_seconds=marker.get("wall_seconds"), run_dir=str(output_dir / "runs" / "ensemble"),
         members=list(ref.ensemble_members), reused=reused,
-        runs=[{"member": m, **{k: r.get(k) for k in METRICS}}
+        runs=[{"member": m, **{k: r.get(k) for k in ref.metrics}}
               for m, r in zip(ref.ensemble_members, results.get("member_metrics", []), strict=False)],
     )
 
@@ -786,7 +802,8 @@ def run_floor(output_dir: Path, configs_dir: Path, ref: Reference) -> Row:
 
 def floor_row(run_dir: Path, specs: list[TaskSpec], results: dict[str, Any], marker: dict[str, Any],
               reused: bool) -> Row:
-    return Row("floor", done=True, metrics={k: float(results[k]) for k in METRICS if k in results},
+    keys = (*(s.metric_key for s in specs), OVERALL)
+    return Row("floor", done=True, metrics={k: float(results[k]) for k in keys if k in results},
                overall_ci95=results.get("overall_ci95"), train_seconds=results.get("train_seconds"),
                wall_seconds=marker.get("wall_seconds"), run_dir=str(run_dir), reused=reused,
                carried=[carried.carried_run("floor", run_dir, specs, results, marker)],
@@ -796,8 +813,6 @@ def floor_row(run_dir: Path, specs: list[TaskSpec], results: dict[str, Any], mar
 def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Dev metrics of frozen mean-pooled embeddings: logistic regression (one-sentence classification), a cosine
     threshold fitted on train (pair classification), the cosine rescaled to the label range (pair regression)."""
-    from sklearn.linear_model import LogisticRegression
-
     from mtbert.data import read_task_file
     from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
     from mtbert.evaluation.predict import write_cs224n
@@ -820,17 +835,9 @@ def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     for spec in cfg.task_specs():
         train, dev = examples[spec.name, "train"], examples[spec.name, "dev"]
         y_train = np.array([e.label for e in train])
-        if spec.is_pair:
-            x_train, x_dev = cosines(train, vectors), cosines(dev, vectors)
-            if spec.is_regression:
-                predictions = spec.label_min + (spec.label_max - spec.label_min) * (1 + x_dev) / 2
-            else:
-                predictions = (x_dev > best_threshold(x_train, y_train)).astype(float)
-        else:
-            x_train = np.stack([vectors[e.texts[0]] for e in train])
-            x_dev = np.stack([vectors[e.texts[0]] for e in dev])
-            model = LogisticRegression(max_iter=2000).fit(x_train, y_train.astype(int))
-            predictions = model.predict(x_dev).astype(float)
+        x_train = np.stack([[vectors[t] for t in e.texts] for e in train])
+        x_dev = np.stack([[vectors[t] for t in e.texts] for e in dev])
+        predictions = spec.task_kind.frozen_floor(spec, x_train, y_train, x_dev)
         write_cs224n(RunDir(run_dir).prediction(spec.name, "dev"), spec, [e.id for e in dev], predictions)
         results[spec.name] = (spec, predictions, np.array([e.label for e in dev]))
     metrics: dict[str, Any] = compute_metrics(results)
@@ -860,24 +867,6 @@ def embed(encoder, tokenizer, texts: list[str], max_length: int, batch_size: int
             pooled = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0), dim=-1)
             out[index] = pooled.numpy()
     return out
-
-
-def cosines(rows: list, vectors: dict[str, np.ndarray]) -> np.ndarray:
-    return np.array([float(vectors[e.texts[0]] @ vectors[e.texts[1]]) for e in rows])
-
-
-def best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
-    """The cosine threshold (predict 1 above it) with the best training accuracy, midway between two scores."""
-    order = np.argsort(scores)
-    s, y = scores[order], labels[order].astype(int)
-    # predicting 1 for everything above position k: correct = zeros at or below k + ones above k
-    correct = np.concatenate([[y.sum()], np.cumsum(1 - y) + (y.sum() - np.cumsum(y))])
-    k = int(np.argmax(correct))
-    if k == 0:
-        return float(s[0]) - 1.0
-    if k == len(s):
-        return float(s[-1])
-    return float((s[k - 1] + s[k]) / 2)
 
 
 # ---- paired comparisons ------------------------------------------------------------------------------------------
@@ -960,6 +949,7 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
         "backbone": ref.shown_backbone, "backbone_option": ref.backbone,
         "model_name_or_path": models_used(list(table), configs_dir, ref),
         "reference": {"name": ref.name, "table": ref.table, "about": ref.about, "file": str(ref.path)},
+        "columns": {**ref.columns, OVERALL: "Overall"}, "footnote": ref.footnote,
         "wall_seconds": round(wall_seconds, 1),
         "rows_wall_seconds": round(sum(r.wall_seconds or 0.0 for r in done), 1),
         "ensemble_members": list(ref.ensemble_members), "dev_ids_sha256": digests,
@@ -1028,6 +1018,8 @@ def markdown(data: dict[str, Any]) -> str:
     """The table as markdown: measured numbers, the reference numbers alongside, and how and where they were
     measured."""
     reference = data["reference"]
+    keys = list(data["columns"])
+    headers = list(data["columns"].values())
     models = ", ".join(f"`{m}`" for m in data["model_name_or_path"]) or "—"
     backbone = (f"`{data['backbone']}` (`--backbone`, in place of every row config's model_name_or_path)"
                 if data["backbone_option"] else f"{data['backbone']} (the row configs' model_name_or_path: {models})")
@@ -1050,16 +1042,16 @@ def markdown(data: dict[str, Any]) -> str:
         f"noise. Reference: {reference['name']}'s numbers ({reference['about']}), unless a row's note names "
         "another source; — where there are none.",
         "",
-        "| Row | SST acc | Quora acc | STS corr | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor | "
-        "Train s | Wall s | Reference SST / Quora / STS / overall | Run dir |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| Row | {' | '.join(headers[:-1])} | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor | "
+        f"Train s | Wall s | Reference {' / '.join(headers[:-1])} / overall | Run dir |",
+        "|---|" + "---|" * (len(keys) + 7),
     ]
     for row in data["rows"]:
         numbers = row["reference"]
-        reference_text = " / ".join(fmt(numbers[k]) for k in METRICS) if numbers else "—"
+        reference_text = " / ".join(fmt(numbers[k]) for k in keys) if numbers else "—"
         name = f"`{row['row']}`"
         if row["status"] != "done":
-            lines.append(f"| {name} | {row['status']} | | | | | | | | | {reference_text} | |")
+            lines.append(f"| {name} | {row['status']} |{' |' * (len(keys) + 4)} {reference_text} | |")
             continue
         ci = row["overall_ci95"]
         ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
@@ -1067,8 +1059,9 @@ def markdown(data: dict[str, Any]) -> str:
         versus, floor = (difference_text(row.get(k)) for k in ("versus", "versus_floor"))
         if row.get("versus"):
             versus += f" vs `{row['versus']['row']}`"
-        lines.append(f"| {name} | {fmt(row['sst_acc'])} | {fmt(row['para_acc'])} | {fmt(row['sts_corr'])} | "
-                     f"**{fmt(row['overall'])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | "
+        task_cells = " | ".join(fmt(row[k]) for k in keys[:-1])
+        lines.append(f"| {name} | {task_cells} | "
+                     f"**{fmt(row[OVERALL])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | "
                      f"{reference_text} | {run_dir_text(row)} |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:
@@ -1082,6 +1075,5 @@ def markdown(data: dict[str, Any]) -> str:
             lines.append(f"| `{row['row']}` | {label} | {stage['steps']:,} | {samples} |")
     lines += ["", "Train s: training seconds of the row's stages, evaluation during training included (the ensemble: "
               "its members' summed; the floor: embedding and fitting). Wall s: the whole row, loading, final "
-              "evaluation and test predictions included. Quora numbers here come from a 14k-pair training split "
-              f"and are not comparable one-to-one with {reference['name']}'s.", ""]
+              f"evaluation and test predictions included. {data['footnote']}".rstrip(), ""]
     return "\n".join(lines)

@@ -306,11 +306,10 @@ def hf_trainer(spec: TaskSpec, source: str, examples: list[Example], batch_size:
 
     cfg = build_config({})
     tokenizer = AutoTokenizer.from_pretrained(source, use_fast=True)
-    num_labels = 1 if spec.is_regression else spec.num_labels
+    num_labels, labels = spec.task_kind.transformers_labels(spec, [e.label for e in examples])
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels)
     texts = [[e.texts[k] for e in examples] for k in range(len(spec.text_columns))]
     features = tokenizer(*texts, truncation=True, max_length=max_length)  # run_glue: padding left to the collator
-    labels = [float(e.label) if spec.is_regression else int(e.label) for e in examples]
     dataset = [{**{k: v[i] for k, v in features.items()}, "labels": labels[i]} for i in range(len(examples))]
     collator = DataCollatorWithPadding(tokenizer)
 
@@ -382,8 +381,8 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
         ratios["int8_to_cross_encoder"] = paired_ratio(times, "mtbert_int8", "cross_encoder")
         fp32, _ = predict_set(model, encoded, batch_size, pad_id, device)
         int8, _ = predict_set(int8_model, encoded, batch_size, pad_id, "cpu")
-        agreement = {"int8_max_abs_difference": significant(float(abs(fp32 - int8).max()))} if spec.is_regression \
-            else {"int8_same_class": significant(float((fp32 == int8).mean()))}
+        key, value = spec.task_kind.agreement(spec, fp32, int8)
+        agreement = {f"int8_{key}": significant(value)}
     else:
         agreement = {}
     return {"examples": n, "examples_per_second": rates(times, n), "ratio": ratios,

@@ -16,8 +16,6 @@ from mtbert.data.rows import (  # noqa: F401 - the reading API, re-exported
     Example,
     LabelParser,
     ReadResult,
-    _parse_label,
-    _parse_name,
     as_text,
     label_parser,
 )

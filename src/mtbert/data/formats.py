@@ -15,17 +15,14 @@ from typing import Any
 
 from mtbert.data.rows import Example, LabelParser, ReadResult
 from mtbert.errors import DataError
+from mtbert.kinds.base import type_name
 from mtbert.tasks import TaskSpec
 
 logger = logging.getLogger(__name__)
 
 JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
-
-
-def _type_name(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+_type_name = type_name
 
 
 class RowBuilder:
@@ -47,12 +44,10 @@ class RowBuilder:
             return self.skip(number, f"no field '{missing[0]}'")
         texts = []
         for column in self.spec.text_columns:
-            value = row[column]
-            if value is None:
-                return self.skip(number, f"'{column}' is empty (null)")
-            if not isinstance(value, str):
-                return self.skip(number, f"'{column}' is {_type_name(value)}, not text")
-            texts.append(value.strip())
+            text, reason = self.spec.task_kind.read_text(row[column], column)
+            if reason is not None:
+                return self.skip(number, reason)
+            texts.append(text)
         label = None
         if self.labeled:
             label, reason = self.parse(row[self.spec.label_column])

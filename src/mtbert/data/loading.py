@@ -77,7 +77,7 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
     else, when no training label is a number, the sorted distinct training labels. Numeric labels stay class
     indices 0..num_labels-1.
     """
-    if spec.is_regression or spec.label_names is not None:
+    if not spec.task_kind.has_classes or spec.label_names is not None:
         return spec
     names: list[str] | None = None
     if spec.dataset is not None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from mtbert.kinds.base import LabelParser
+from mtbert.kinds.sentence import as_text
 from mtbert.tasks import TaskSpec
+
+__all__ = ["Example", "LabelParser", "ReadResult", "as_text", "label_parser"]
 
 logger = logging.getLogger("mtbert.data.files")  # the name the reading reports have always used
 
@@ -56,54 +57,6 @@ class ReadResult:
                            self.unit, shown, more)
 
 
-LabelParser = Callable[[Any], tuple[float | None, str | None]]
-
-
-def _parse_label(raw: str, spec: TaskSpec) -> tuple[float | None, str | None]:
-    """Return (label, None) or (None, reason to skip the row)."""
-    text = raw.strip()
-    if not text:
-        return None, "empty label"
-    try:
-        value = float(text)
-    except ValueError:
-        return None, f"label '{text[:20]}' is not a number"
-    if not math.isfinite(value):
-        return None, f"label '{text[:20]}' is not finite"
-    if spec.is_regression:
-        if not spec.label_min <= value <= spec.label_max:
-            return None, f"label {value:g} is outside {spec.label_min:g}..{spec.label_max:g}"
-        return value, None
-    if value != int(value) or not 0 <= value < spec.num_labels:
-        return None, f"label {text[:20]} is not a class in 0..{spec.num_labels - 1}"
-    return float(int(value)), None
-
-
-def _parse_name(raw: Any, spec: TaskSpec) -> tuple[float | None, str | None]:
-    """A label given by its class name (`spec.label_names`): (index, None) or (None, reason)."""
-    text = ("true" if raw else "false") if isinstance(raw, bool) else "" if raw is None else str(raw).strip()
-    if not text:
-        return None, "empty label"
-    names = spec.label_names or ()
-    if text not in names:
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        return None, f"label '{text[:20]}' is not one of the label_names ({shown})"
-    return float(names.index(text)), None
-
-
 def label_parser(spec: TaskSpec) -> LabelParser:
-    """How a raw label becomes a number: through `label_names` when the task has them, else as a number."""
-    if spec.label_names is not None:
-        return lambda raw: _parse_name(raw, spec)
-    return lambda raw: _parse_label(raw if isinstance(raw, str) else as_text(raw), spec)
-
-
-def as_text(value: Any) -> str:
-    """A non-text field value as the text a delimited file would hold ('' for a missing value)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return repr(value)
-    return str(value)
+    """How a raw label becomes a number, as the task's kind reads it (by `label_names` when the task has them)."""
+    return spec.task_kind.label_parser(spec)

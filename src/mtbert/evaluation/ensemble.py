@@ -18,6 +18,7 @@ import numpy as np
 
 from mtbert.errors import DataError, MtbertError
 from mtbert.io import atomic_write_json
+from mtbert.kinds.sentence import majority  # noqa: F401 - importable from here as before
 from mtbert.runs.layout import PREDICTIONS, SCORES, RunDir
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 
@@ -58,48 +59,22 @@ def score_file(task: str, split: str) -> str:
 
 
 def score_columns(spec: TaskSpec) -> list[str]:
-    """Columns of a task's scores file after `id`: `value`, `prob_1`, or `prob_0..prob_{K-1}`."""
-    if spec.is_regression:
-        return ["value"]
-    if spec.num_outputs == 1:
-        return ["prob_1"]
-    return [f"prob_{k}" for k in range(spec.num_outputs)]
+    """Columns of a task's scores file after `id`, as its kind writes them (`value`, `prob_1`, `prob_0..`)."""
+    return spec.task_kind.score_columns(spec)
 
 
 # ---- the combining rules -------------------------------------------------------------------------
 
 
 def vote(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
-    """Combine members' predictions (members x examples) by the CS224N report's rule for the task's kind."""
-    predictions = np.asarray(predictions, dtype=float)
-    if spec.is_regression:
-        return predictions.mean(axis=0)
-    if spec.kind == "single":
-        return np.floor(predictions.mean(axis=0) + 0.5)  # round half up: 2.5 -> 3
-    return majority(predictions.astype(int), spec.num_labels).astype(float)
-
-
-def majority(classes: np.ndarray, num_labels: int) -> np.ndarray:
-    """The most voted class of each column (members x examples); a tie goes to the earliest member's class."""
-    members, n = classes.shape
-    columns = np.arange(n)
-    counts = np.zeros((n, num_labels), dtype=int)
-    for row in classes:
-        np.add.at(counts, (columns, row), 1)
-    top = counts.max(axis=1)
-    is_top = counts[columns, classes] == top  # members x examples: did this member vote a top class?
-    first = is_top.argmax(axis=0)
-    return classes[first, columns]
+    """Combine members' predictions (members x examples) by the rule of the task's kind (see the module)."""
+    return spec.task_kind.vote(spec, np.asarray(predictions, dtype=float))
 
 
 def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
-    """Predictions from scores (examples x columns): argmax of probabilities, prob_1 > 0.5, or the value."""
-    scores = np.asarray(scores, dtype=float)
-    if spec.is_regression:
-        return scores[:, 0]
-    if spec.num_outputs == 1:
-        return (scores[:, 0] > 0.5).astype(float)
-    return scores.argmax(axis=1).astype(float)
+    """Predictions from scores (examples x columns), as the task's kind decides them: argmax of probabilities,
+    prob_1 > 0.5, or the value."""
+    return spec.task_kind.decide_scores(spec, np.asarray(scores, dtype=float))
 
 
 def soft(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -115,12 +90,10 @@ def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
     from mtbert.evaluation.predict import read_cs224n
 
     _, values = read_cs224n(path)
-    if not spec.is_regression:
-        for example_id, value in values.items():
-            if value != int(value) or not 0 <= value < spec.num_labels:
-                raise DataError(
-                    f"{path}: prediction {value:g} for id {example_id} is not a class in 0..{spec.num_labels - 1}"
-                )
+    for example_id, value in values.items():
+        why = spec.task_kind.check_prediction(spec, value)
+        if why is not None:
+            raise DataError(f"{path}: prediction {value:g} for id {example_id} {why}")
     return values
 
 

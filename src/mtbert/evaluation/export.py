@@ -24,7 +24,6 @@ import json
 import logging
 import math
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -32,17 +31,9 @@ from torch import nn
 
 from mtbert.distribution import install_hint
 from mtbert.errors import MtbertError
+from mtbert.kinds import ExportPlan
 from mtbert.runs.layout import RunDir
 from mtbert.tasks import TaskSpec
-
-
-@dataclass(frozen=True)
-class ExportPlan:
-    """What a task's head becomes: the library class and the call that reproduces `mtbert predict`."""
-
-    library_class: str  # "CrossEncoder" | "SentenceTransformer"
-    architecture: str  # cross | bi-cosine (single-sentence tasks: cross)
-    returns: str  # what the library call returns, in words
 
 
 def export_task(run_dir: str | Path, task: str, output: str | Path,
@@ -104,27 +95,9 @@ def check_output(output: Path, run: RunDir) -> None:
 
 
 def plan_for(spec: TaskSpec, architecture: str) -> ExportPlan:
-    """The export of a head of this task and architecture, or MtbertError saying why there is none."""
-    if not spec.is_pair:
-        return ExportPlan("SentenceTransformer", "cross",
-                          f"model.encode(texts) returns the {spec.num_outputs} logits: the class is their argmax")
-    if architecture == "cross":
-        if spec.is_regression:
-            said = "the value"
-        elif spec.num_outputs == 1:
-            said = "the probability of class 1 (a sigmoid of the logit): the class is probability > 0.5"
-        else:
-            said = f"the {spec.num_outputs} logits: the class is their argmax"
-        return ExportPlan("CrossEncoder", "cross", f"model.predict(pairs) returns {said}")
-    if architecture == "bi-cosine":
-        said = "the value" if spec.is_regression else "the logit: the class is logit > 0"
-        return ExportPlan("SentenceTransformer", "bi-cosine",
-                          f"model.similarity_pairwise(model.encode(a), model.encode(b)) returns {said}")
-    raise MtbertError(
-        f"--task {spec.name}: a {architecture} head (an MLP over the concatenated embeddings [u, v] of the two "
-        "sentences) cannot be exported, because a SentenceTransformer scores a pair only by a fixed similarity "
-        "of u and v; train with pair_architecture cross or bi-cosine to export this task"
-    )
+    """The export of a head of this task and architecture, as its kind plans it, or MtbertError saying why there
+    is none."""
+    return spec.task_kind.export_plan(spec, architecture)
 
 
 def plain_encoder(encoder: nn.Module) -> nn.Module:
@@ -190,13 +163,13 @@ def build_model(spec: TaskSpec, head: nn.Module, pooling: str, encoder_dir: Path
         modules += [Normalize(), Dense(width, width + 1, activation_function=nn.Identity(), init_weight=weight,
                                        init_bias=bias)]
         return _cpu(SentenceTransformer(modules=modules, similarity_fn_name="dot", device="cpu"))
-    if not spec.is_pair:
+    plan = plan_for(spec, head.architecture)
+    if plan.library_class == "SentenceTransformer":
         modules.append(_dense(linears[-1], nn.Identity()))
         return _cpu(SentenceTransformer(modules=modules, device="cpu"))
     modules.append(_dense(linears[-1], nn.Identity(), output_name="scores"))
-    binary = not spec.is_regression and spec.num_outputs == 1
-    return _cpu(CrossEncoder(modules=modules, activation_fn=nn.Sigmoid() if binary else nn.Identity(),
-                             device="cpu"))
+    activation = nn.Sigmoid() if plan.activation == "sigmoid" else nn.Identity()
+    return _cpu(CrossEncoder(modules=modules, activation_fn=activation, device="cpu"))
 
 
 def _cpu(model):

@@ -111,14 +111,13 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
 def examples_from_lines(lines: list[str], spec: TaskSpec) -> list[Example]:
     """Examples typed on standard input: one per line, the two texts of a pair separated by a tab."""
     examples = []
-    want = len(spec.text_columns)
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        texts = line.split("\t")
-        if len(texts) != want:
-            raise MtbertError(f"<stdin>, line {number}: expected {want} tab-separated text(s), found {len(texts)}")
-        examples.append(Example(id=str(number), texts=tuple(t.strip() for t in texts), label=None, line=number))
+        texts, reason = spec.task_kind.texts_from_line(spec, line)
+        if reason is not None:
+            raise MtbertError(f"<stdin>, line {number}: {reason}")
+        examples.append(Example(id=str(number), texts=texts, label=None, line=number))
     if not examples:
         raise DataError(f"<stdin>: no examples to predict ({len(lines)} lines read, none with text); give one "
                         "example per line, the two texts of a pair separated by a tab")

@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import pearsonr
-from sklearn.metrics import accuracy_score
 
 from mtbert.tasks import TaskSpec, overall_score, task_score
 
 
 def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-    """Accuracy of predicted classes for classification tasks, Pearson r for regression tasks."""
-    predictions = np.asarray(predictions, dtype=float)
-    labels = np.asarray(labels, dtype=float)
-    if spec.metric == "corr":
-        if len(labels) < 2 or np.std(predictions) == 0 or np.std(labels) == 0:
-            return 0.0
-        return float(pearsonr(predictions, labels).statistic)
-    return float(accuracy_score(labels.astype(int), predictions.astype(int)))
+    """The task's primary metric as its kind computes it: accuracy of classes, Pearson r of values, ..."""
+    return spec.task_kind.metric_value(spec, np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))
 
 
 def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -73,11 +65,6 @@ def resampled_overall(results: Results, indices: dict[str, np.ndarray]) -> np.nd
     for task, (spec, predictions, labels) in results.items():
         idx = indices[task]
         p, y = np.asarray(predictions, dtype=float)[idx], np.asarray(labels, dtype=float)[idx]
-        if spec.metric == "corr":
-            pc, yc = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
-            denom = np.sqrt((pc**2).sum(1) * (yc**2).sum(1))
-            values = np.divide((pc * yc).sum(1), denom, out=np.zeros(resamples), where=denom > 0)
-        else:
-            values = (p.astype(int) == y.astype(int)).mean(1)
+        values = spec.task_kind.resampled_metric(spec, p, y)
         scores += np.array([task_score(spec, v) for v in values])
     return scores / len(results)

@@ -17,12 +17,9 @@ from mtbert.tasks import TaskSpec
 
 
 def format_value(spec: TaskSpec, value: float) -> str:
-    """A prediction as written: the value (regression), the class name (`label_names`), else the class index."""
-    if spec.is_regression:
-        return f"{float(value):.6g}"
-    if spec.label_names is not None:
-        return spec.label_names[int(value)]
-    return str(int(value))
+    """A prediction as written, as the task's kind writes it: the value (regression), the class name
+    (`label_names`), else the class index."""
+    return spec.task_kind.format_value(spec, value)
 
 
 def parse_value(spec: TaskSpec | None, text: str) -> float:
@@ -50,13 +47,9 @@ def write_csv(path: str | Path, spec: TaskSpec, ids: list[str], predictions: np.
 
 
 def write_scores(path: str | Path, spec: TaskSpec, ids: list[str], scores: np.ndarray) -> None:
-    """Class probabilities (`prob_k`), the paraphrase probability (`prob_1`) or the value (`value`), tab-separated."""
-    if spec.is_regression:
-        columns = ["value"]
-    elif spec.num_outputs == 1:
-        columns = ["prob_1"]
-    else:
-        columns = [f"prob_{k}" for k in range(scores.shape[1])]
+    """The scores a soft ensemble averages, in the kind's columns (class probabilities `prob_k`, the paraphrase
+    probability `prob_1`, the `value`), tab-separated."""
+    columns = spec.task_kind.score_columns(spec)
     lines = ["\t".join(["id", *columns])]
     lines += ["\t".join([i, *(f"{v:.6g}" for v in row)]) for i, row in zip(ids, scores, strict=True)]
     atomic_write_text(path, "\n".join(lines) + "\n")

@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter
 
+from mtbert import kinds
 from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import load_run_config
@@ -524,7 +525,8 @@ def rolling_mean(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def metric_name(spec: TaskSpec) -> str:
-    return "Pearson r" if spec.metric == "corr" else "accuracy"
+    """The task's primary metric in words, as a report's axis names it."""
+    return kinds.METRICS[spec.metric].words
 
 
 def finish_axes(ax: Axes, title: str, xlabel: str, ylabel: str) -> None:

@@ -9,7 +9,8 @@ trainer.train()
 
 Each optimizer step draws one batch of every active task (mtbert's seeded `MultiTaskSampler`, with the task
 ratio or sampling strategy of mtbert's config), runs one forward and one backward per task and lets
-`GradientSurgery` turn the per-task gradients of the shared parameters into `.grad`; Trainer does the rest
+`GradientSurgery` (mtbert's one surgery engine, the one `mtbert train` runs) turn the per-task gradients of the
+shared parameters into `.grad`; Trainer does the rest
 (clipping, optimizer and scheduler step, logging, evaluation, checkpoints, `report_to`). Per-task losses and the
 gradient statistics of each logging step (`loss_<task>`, `cosine_<a>-<b>`, `conflict_<a>-<b>`,
 `grad_norm_<task>`, `removed_norm`) go through `Trainer.log`, so the console and every `report_to`
@@ -19,16 +20,20 @@ The model is either mtbert's `MultiTaskModel` (datasets: mtbert `EncodedSet`s, e
 the loss is mtbert's task loss) or any module whose `forward(task, batch)` returns the task's loss on the batch
 as a scalar MEAN over its examples (or an output with a `loss`); its datasets are map-style (a
 `datasets.Dataset` or a torch dataset) and a batch is `data_collator([dataset[i] for i in indices])`.
-A task's loss is scaled as in mtbert: by n_t / per_device_train_batch_size (its share of the step) without
-`sample_weighting`, by 1 with it (the mean over its n_t samples).
+A task's loss is scaled as in mtbert: by n_t / (per_device_train_batch_size x gradient_accumulation_steps) (its
+share of the step) without `sample_weighting`, by 1 with it (the mean over its n_t samples).
+
+Gradient accumulation (`gradient_accumulation_steps: k`): a step draws k times the batch of every task and splits
+it into k micro-batches; each of Trainer's k micro-steps runs one micro-batch of every task, whose gradients are
+added to the task's row of the per-task buffer, and the last one aggregates: the same step as one batch k times
+as large. fp16: the per-task rows are unscaled before the aggregation (`GradientSurgery.apply`), so every method
+trains under float16 loss scaling.
 
 Exactness: checkpoints keep the sampler's positions and the surgery's generator next to Trainer's RNG states,
 so `resume_from_checkpoint` continues exactly. With several processes (torchrun, `accelerate launch`) every task's
 backward runs inside DDP's `no_sync` and the per-task buffer and the heads' gradients are averaged once per step,
 so N ranks equal one process on the union of their batches (each rank draws its own share of every task's
-stream). Gradient accumulation is refused (a per-task buffer would have to outlive the micro-batches: raise
-`per_device_train_batch_size` instead, which is exact); so are DataParallel, FSDP and DeepSpeed (sharded or
-flattened parameters), and fp16 loss scaling with methods that are not scale-invariant (use bf16).
+stream). DataParallel, FSDP and DeepSpeed are refused (sharded or flattened parameters).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -53,7 +59,6 @@ from mtbert.methods.surgery import SCOPES, GradientSurgery
 from mtbert.model import CONFIG_FILE, MultiTaskModel, task_loss
 
 STATE_FILE = "mtbert_trainer_state.json"
-SCALE_INVARIANT = ("sum", "pcgrad")  # homogeneous of degree 1: fp16 loss scaling does not change their step
 
 
 class MultiTaskTrainer(Trainer):
@@ -91,11 +96,12 @@ class MultiTaskTrainer(Trainer):
         self.ratios = _ratios(task_ratio, list(datasets))
         super().__init__(model=model, args=args, train_dataset=dict(datasets),
                          eval_dataset=dict(eval_dataset) if eval_dataset is not None else None, **trainer_kwargs)
-        self._check_args(method)
+        self._check_args()
         self.sampling, self.sampling_temperature = sampling, sampling_temperature
         self.sample_weighting = sample_weighting
         self.sizes = {t: len(ds) for t, ds in datasets.items() if self.ratios[t] > 0}
-        self.unit = self.args.per_device_train_batch_size
+        self.accumulation = self.args.gradient_accumulation_steps
+        self.unit = self.args.per_device_train_batch_size * self.accumulation  # samples per optimizer step
         per_epoch = samples_per_task_per_epoch or max(self.sizes.values())
         self.steps_per_epoch = max(1, math.ceil(per_epoch / (self.unit * self.args.world_size)))
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
@@ -109,36 +115,37 @@ class MultiTaskTrainer(Trainer):
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._loss_steps = 0
         self._last_stats: dict[str, Any] | None = None
+        self._micro = 0  # the micro-batch of the optimizer step that the next training_step runs
+        self._step_parts: dict[str, list[Any]] = {}
+        self._step_sizes: dict[str, int] = {}
+        self._diagnostics = False
 
-    def _check_args(self, method: str) -> None:
+    def _check_args(self) -> None:
         args = self.args
-        if args.gradient_accumulation_steps != 1:
-            raise ConfigError("gradient_accumulation_steps: MultiTaskTrainer takes one step per batch of every task; "
-                              "raise per_device_train_batch_size instead (exact, where accumulation with surgery "
-                              "is not)")
         if args.n_gpu > 1:
             raise ConfigError("MultiTaskTrainer does not run under torch.nn.DataParallel (several GPUs, one "
                               "process): start one process per GPU with torchrun or accelerate launch")
         if args.fsdp or args.deepspeed:
             raise ConfigError("MultiTaskTrainer needs whole parameters: FSDP and DeepSpeed are not supported")
-        if args.fp16 and method not in SCALE_INVARIANT:
-            raise ConfigError(f"fp16: gradient method {method!r} is not invariant to fp16's loss scaling; use bf16 "
-                              f"or one of {', '.join(SCALE_INVARIANT)}")
 
     # ---- data ------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
-        """One placeholder item per optimizer step of an epoch: the step's batches are drawn in `training_step`
-        from the seeded per-task sampler (its positions are checkpointed), so Trainer's epoch and skip logic
-        only count steps."""
-        return DataLoader(_Steps(self.steps_per_epoch), batch_size=1, collate_fn=_step_marker)
+        """One placeholder item per micro-step of an epoch (gradient_accumulation_steps per optimizer step): the
+        step's batches are drawn in `training_step` from the seeded per-task sampler (its positions are
+        checkpointed), so Trainer's epoch and skip logic only count steps."""
+        return DataLoader(_Steps(self.steps_per_epoch * self.accumulation), batch_size=1, collate_fn=_step_marker)
 
-    def draw_batches(self, step: int) -> dict[str, Any]:
-        """Each active task's batch of optimizer step `step` (counting from 1) on this process."""
+    def draw_indices(self, step: int) -> dict[str, list[int]]:
+        """Each active task's training examples of optimizer step `step` (counting from 1) on this process."""
         epoch = (step - 1) // self.steps_per_epoch + 1
         num_epochs = max(1, math.ceil(max(self.state.max_steps, step) / self.steps_per_epoch))
         per_step = samples_per_step(self.sampling, self.sizes, self.ratios, self.unit, self.sampling_temperature,
                                     epoch=epoch, num_epochs=num_epochs)
-        return {task: self.make_batch(task, self.sampler.draw(task, n)) for task, n in per_step.items()}
+        return {task: self.sampler.draw(task, n) for task, n in per_step.items()}
+
+    def draw_batches(self, step: int) -> dict[str, Any]:
+        """Each active task's batch of optimizer step `step` (counting from 1) on this process."""
+        return {task: self.make_batch(task, indices) for task, indices in self.draw_indices(step).items()}
 
     def make_batch(self, task: str, indices: list[int]) -> Any:
         """The batch of these examples of `task`'s training set: mtbert's `collate` for an `EncodedSet`, else
@@ -153,35 +160,66 @@ class MultiTaskTrainer(Trainer):
     # ---- the step --------------------------------------------------------------------------------
     def training_step(self, model: nn.Module, inputs: dict[str, Any],
                       num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
-        """One optimizer step's gradient: a batch of every active task, one backward each, the surgery; returns
-        the sum of the tasks' scaled losses (what Trainer logs as `loss`)."""
-        step = self.state.global_step + 1
-        return self.multitask_step(model, self.draw_batches(step), diagnostics=self._log_due(step))
+        """One micro-step: a micro-batch of every active task (the whole step's batch without gradient
+        accumulation), one backward each, collected into the task's row; the step's last micro-step aggregates.
+        Returns the sum of the tasks' scaled losses (what Trainer logs as `loss`, summed over the micro-steps)."""
+        part = self._micro
+        if part == 0:  # the step's first micro-step draws all of its samples
+            step = self.state.global_step + 1
+            self._step_parts = {task: [self.make_batch(task, chunk.tolist()) for chunk in
+                                       np.array_split(np.array(indices), min(self.accumulation, len(indices)))]
+                                for task, indices in self.draw_indices(step).items()}
+            self._step_sizes = {task: sum(_batch_size(b) for b in parts) for task, parts in self._step_parts.items()}
+            self._diagnostics = self._log_due(step)
+            self._begin_step([b for parts in self._step_parts.values() for b in parts])
+        batches = {task: parts[part] for task, parts in self._step_parts.items() if part < len(parts)}
+        total = self._backward_tasks(model, batches, self._step_sizes, accumulate=part > 0)
+        self._micro = (part + 1) % self.accumulation
+        if self._micro == 0:
+            self._apply(self._diagnostics)
+        return total
 
     def multitask_step(self, model: nn.Module, batches: Mapping[str, Any], diagnostics: bool = False) -> torch.Tensor:
-        """Backward every task's scaled loss on its batch and leave the surgery's update in `.grad`."""
+        """Backward every task's scaled loss on its batch and leave the surgery's update in `.grad` (one whole
+        optimizer step's batches, no accumulation)."""
+        self._begin_step(list(batches.values()))
+        total = self._backward_tasks(model, batches, {task: _batch_size(b) for task, b in batches.items()})
+        self._apply(diagnostics)
+        return total
+
+    def _begin_step(self, batches: list[Any]) -> None:
+        """Start the engine's step with the embedding rows that all of the step's (micro-)batches touch."""
+        embedded = self.surgery.embedding is not None
+        self.surgery.begin_step(self.batch_token_ids(dict(enumerate(batches))) if embedded else None)
+
+    def _backward_tasks(self, model: nn.Module, batches: Mapping[str, Any], step_sizes: Mapping[str, int],
+                        accumulate: bool = False) -> torch.Tensor:
+        """Backward each task's (micro-)batch, its mean loss weighted by its share of the task's step, and collect
+        its gradients into the task's row (added to it with `accumulate`)."""
         model.train()
         if hasattr(self.optimizer, "train") and callable(self.optimizer.train):
             self.optimizer.train()
-        self.surgery.begin_step(self.batch_token_ids(batches) if self.surgery.embedding is not None else None)
         total = torch.zeros((), device=self.args.device)
         for task, batch in batches.items():
             batch = self._prepare_inputs(batch)
-            size = _batch_size(batch)
-            scale = 1.0 if self.sample_weighting else size / self.unit
+            share = _batch_size(batch) / step_sizes[task]  # this micro-batch's part of the task's step
+            scale = share * (1.0 if self.sample_weighting else step_sizes[task] / self.unit)
             with self.accelerator.no_sync(model):  # no DDP all-reduce per backward: the surgery averages once
                 with self.compute_loss_context_manager():
                     loss = self.compute_task_loss(model, task, batch)
                 scaled = loss * scale
                 self.accelerator.backward(scaled)
-            self.surgery.collect(task)
-            self._loss_sums[task] = self._loss_sums.get(task, 0.0) + loss.detach().float()
+            self.surgery.collect(task, accumulate=accumulate)
+            self._loss_sums[task] = self._loss_sums.get(task, 0.0) + loss.detach().float() * share
             total += scaled.detach().float()
+        return total
+
+    def _apply(self, diagnostics: bool) -> None:
+        """The step's aggregation (the per-task rows unscaled first under fp16's gradient scaler)."""
         self._loss_steps += 1
-        stats = self.surgery.apply(diagnostics=diagnostics)
+        stats = self.surgery.apply(diagnostics=diagnostics, scaler=self.accelerator.scaler)
         if stats is not None:
             self._last_stats = stats
-        return total
 
     def compute_task_loss(self, model: nn.Module, task: str, batch: Any) -> torch.Tensor:
         """`task`'s loss on `batch` as a mean over its examples (override for another loss)."""

@@ -4,26 +4,30 @@ Three kinds of method, one interface (`backward`, `after_step`, `state_dict` / `
 
 - summed loss (`sum`, `single`): each task's scaled loss is backpropagated and the gradients add up;
 - loss weighting (`uncertainty`, `famo`; weighting.py): the same, with a weight per task on its loss;
-- gradient surgery (`pcgrad`, `cagrad`, ...; aggregators.py): after each task's backward its gradient of the
-  shared encoder is moved into a T x P buffer (pertask.py); the aggregator combines the rows, globally or per
-  encoder layer, and the result is written back as `.grad`.
+- gradient surgery (`pcgrad`, `cagrad`, ...; aggregators.py): the aggregator combines the tasks' gradients of
+  the shared encoder, globally or per encoder layer.
 
-The buffer is also filled, with the `sum` aggregator, when a summed-loss step logs diagnostics for several
-tasks or runs on several processes (where the buffer is what the ranks average). `make_method` is the only
-code that reads `cfg.method`.
+A Method scales (and weighs) each task's loss and runs its backward passes; everything that happens to the
+per-task gradients afterwards (the T x P buffer, the touched embedding rows, the averaging over ranks, float16
+unscaling, the aggregation) is the one surgery engine's, `GradientSurgery` (surgery.py), which the loss-summing
+methods run with the `sum` aggregator. It is used whenever the step needs per-task rows: for surgery, on several
+processes (the rows are what the ranks average) and when a step logs diagnostics for several tasks; a plain
+summed step on one process just lets the gradients add up in `.grad`. `make_method` is the only code that reads
+`cfg.method`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
 from mtbert.distributed import ONE_PROCESS, Ranks
-from mtbert.methods.aggregators import AGGREGATORS, Aggregator, diagnose, make_aggregator
-from mtbert.methods.pertask import PerTaskGradients, aggregate_per_layer
+from mtbert.errors import ConfigError
+from mtbert.methods.aggregators import AGGREGATORS
+from mtbert.methods.surgery import GradientSurgery, check_options, make_method_aggregator
 from mtbert.methods.weighting import FAMO, LOSS_WEIGHTINGS, UncertaintyWeighting, make_weighting
 
 SUMMED_LOSS = ("sum", "single")
@@ -33,28 +37,58 @@ METHODS = (*SUMMED_LOSS, *(m for m in AGGREGATORS if m != "sum"), *LOSS_WEIGHTIN
 TaskObjective = Callable[[str, dict], tuple[torch.Tensor, torch.Tensor]]
 
 
+def check_method_options(method: str, options: Mapping[str, Any] | None) -> None:
+    """Raise ConfigError (`method_options: ...`) unless `method` takes each of `options` with a value of the right
+    type: an aggregator's keywords (`cagrad`: `c`), FAMO's (`lr`, `weight_decay`, `eps`), none for the others."""
+    if not options:
+        return
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"method_options: must be a mapping of option names to values, not {options!r}")
+    try:
+        if method == "famo":
+            check_options(method, FAMO.__init__, options, skip=("tasks",))
+        elif method in AGGREGATORS and method != "sum":
+            make_method_aggregator(method, options)  # the public API's own check
+        else:
+            check_options(method, lambda: None, options)
+    except ConfigError as err:
+        raise ConfigError(f"method_options: {err}") from None
+
+
 class Method:
-    """One training method over a model's shared parameters (see the module docstring)."""
+    """One training method over a model's shared parameters (see the module docstring).
+
+    `options`: the method's keyword options (`method_options` of the config), checked as `check_method_options`
+    does.
+    """
 
     def __init__(self, name: str, model: nn.Module, tasks: list[str], ranks: Ranks = ONE_PROCESS, seed: int = 0,
-                 per_layer: bool = False) -> None:
+                 per_layer: bool = False, options: Mapping[str, Any] | None = None) -> None:
+        check_method_options(name, options)
+        options = dict(options or {})
         self.name = name
         self.tasks = list(tasks)
         self.ranks = ranks
-        self.surgery = name in AGGREGATORS and name != "sum"
-        self.aggregate: Aggregator = make_aggregator(name if self.surgery else "sum")
-        self.per_layer = per_layer
-        self.weighting: UncertaintyWeighting | FAMO | None = make_weighting(name, self.tasks)
-        self.generator = torch.Generator().manual_seed(seed)  # orders the method's random choices; checkpointed
+        self.aggregating = name in AGGREGATORS and name != "sum"
+        self.weighting: UncertaintyWeighting | FAMO | None = make_weighting(name, self.tasks,
+                                                                           **({} if self.aggregating else options))
         self.model = model
         encoder = getattr(model, "encoder", model)
         embedding = encoder.get_input_embeddings().weight if hasattr(encoder, "get_input_embeddings") else None
         shared = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
-        if embedding is not None and not embedding.requires_grad:
-            embedding = None
-        self.vocab_size = embedding.shape[0] if embedding is not None else 0
-        self.buffer = PerTaskGradients([p for _, p in shared], len(self.tasks), embedding,
-                                       names=[n for n, _ in shared])
+        in_shared = {id(p) for _, p in shared}
+        others = [p for p in model.parameters() if p.requires_grad and id(p) not in in_shared]  # the heads
+        if self.loss_module is not None:  # attached to the model by make_method, averaged like a head
+            others += [p for p in self.loss_module.parameters() if all(p is not q for q in others)]
+        self.surgery = GradientSurgery(shared, name if self.aggregating else "sum", seed, embedding=embedding,
+                                       scope="per-layer" if per_layer else "global", other_params=others,
+                                       distributed=ranks.distributed, ddp_mode=ranks.ddp_mode,
+                                       **(options if self.aggregating else {}))
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The generator of the method's random choices (PCGrad's orders); checkpointed."""
+        return self.surgery.generator
 
     @property
     def loss_module(self) -> nn.Module | None:
@@ -62,7 +96,8 @@ class Method:
         return self.weighting if isinstance(self.weighting, nn.Module) else None
 
     def uses_buffer(self, num_tasks: int, diagnostics: bool) -> bool:
-        return self.surgery or self.ranks.distributed or (diagnostics and num_tasks > 1)
+        """Whether a step runs through the surgery engine's per-task rows (else the gradients add up in `.grad`)."""
+        return self.aggregating or self.ranks.distributed or (diagnostics and num_tasks > 1)
 
     def backward(self, batches: dict[str, dict], loss_scale: dict[str, float], objective: TaskObjective,
                  diagnostics: bool = False, scaler: torch.amp.GradScaler | None = None
@@ -70,28 +105,22 @@ class Method:
         """Backward every task's scaled objective and leave the step's gradient in `.grad`.
 
         A task's batch may be a list of micro-batches (`gradient_accumulation_steps`): their gradients add up in
-        its row of the buffer before the method aggregates once.
+        `.grad` and are collected into its row once, before the method aggregates once.
 
-        `scaler` (fp16): every objective is scaled by the `torch.amp.GradScaler`, the buffer is unscaled before
-        it is aggregated (aggregators such as Nash-MTL are not scale-equivariant) and the update is written back
-        scaled, so that `scaler.unscale_` finds `.grad` as it expects; a buffer that overflowed writes NaN, so
-        that the scaler skips the step.
+        `scaler` (fp16): every objective is scaled by the `torch.amp.GradScaler`; the engine aggregates the
+        unscaled rows and writes the update back scaled (`GradientSurgery.apply`).
 
         Returns each task's mean per-sample loss (averaged over the ranks) and, with `diagnostics` and a
         filled buffer, the gradient statistics of `aggregators.diagnose` (and a loss weighting's `task_weight`).
         """
         micro = {t: b if isinstance(b, list) else [b] for t, b in batches.items()}  # gradient accumulation
-        buffer = self.buffer if self.uses_buffer(len(batches), diagnostics) else None
-        if buffer is not None:
-            touched = None
-            if buffer.embedding is not None:
-                ids = torch.cat([x["input_ids"].view(-1) for bs in micro.values() for b in bs for x in b["inputs"]])
-                touched = self.ranks.union_rows(ids, self.vocab_size)
-            buffer.begin_step(touched)
+        surgery = self.surgery if self.uses_buffer(len(batches), diagnostics) else None
+        if surgery is not None and surgery.embedding is not None:
+            surgery.begin_step([x["input_ids"] for bs in micro.values() for b in bs for x in b["inputs"]])
         losses = {}
-        for index, (task, parts) in enumerate(micro.items()):
+        for task, parts in micro.items():
             total, samples = 0.0, 0
-            for batch in parts:  # a task's micro-batches accumulate into its .grad, then into its buffer row
+            for batch in parts:  # a task's micro-batches accumulate into its .grad, then into its row
                 loss, task_objective = objective(task, batch)
                 scaled = task_objective * loss_scale[task]
                 if self.weighting is not None:  # a weight per task on its loss (of all ranks' batches)
@@ -101,27 +130,14 @@ class Method:
                 scaled.backward()  # frees this batch's graph: peak memory is one (micro-)batch
                 total, samples = total + loss.item(), samples + len(batch["labels"])
             losses[task] = total / samples
-            if buffer is not None:
-                buffer.collect(index)
-        losses = self.ranks.share(losses, buffer, self.model)  # ddp_mode exact: one all-reduce of the buffer
+            if surgery is not None:
+                surgery.collect(task)
+        losses = self.ranks.mean_values(losses)
         weights = {"task_weight": self.weighting.weights()} if diagnostics and self.weighting is not None else {}
-        if buffer is None:
+        if surgery is None:
             return losses, weights or None
-        overflowed, grad_scale = False, scaler.get_scale() if scaler is not None else 1.0
-        if scaler is not None:  # fp16: aggregate the true gradients
-            overflowed = not bool(torch.isfinite(buffer.grads).all())
-            buffer.grads.div_(grad_scale)
-        if self.per_layer:
-            update = aggregate_per_layer(self.aggregate, buffer.grads, buffer.layer_groups(), self.generator)
-        else:
-            update = self.aggregate(buffer.grads, generator=self.generator)
-        stats = {**diagnose(buffer.grads, update, list(batches)), **weights} if diagnostics and not overflowed \
-            else None
-        if overflowed:
-            update = torch.full_like(update, float("nan"))
-        update = self.ranks.mean_update(update)  # ddp_mode local: the mean of the ranks' updates
-        buffer.write(update * grad_scale if scaler is not None else update)
-        return losses, stats
+        stats = surgery.apply(diagnostics=diagnostics, scaler=scaler)
+        return losses, ({**stats, **weights} if stats is not None else None)
 
     def after_step(self, losses: dict[str, float]) -> None:
         """Called after each optimizer step that was taken (FAMO moves its task weights)."""
@@ -138,10 +154,11 @@ class Method:
 
 
 def make_method(name: str, model: nn.Module, tasks: list[str], ranks: Ranks = ONE_PROCESS, seed: int = 0,
-                surgery_scope: str = "global") -> Method:
-    """The Method called `name` over `model`'s shared encoder (any of `METHODS`); a trainable loss weighting is
-    attached to the model as `model.loss_weighting`, so the optimizer and checkpoints include it."""
-    method = Method(name, model, tasks, ranks, seed, per_layer=surgery_scope == "per-layer")
+                surgery_scope: str = "global", options: Mapping[str, Any] | None = None) -> Method:
+    """The Method called `name` over `model`'s shared encoder (any of `METHODS`, with its `options`); a trainable
+    loss weighting is attached to the model as `model.loss_weighting`, so the optimizer and checkpoints include
+    it."""
+    method = Method(name, model, tasks, ranks, seed, per_layer=surgery_scope == "per-layer", options=options)
     if method.loss_module is not None:
         model.loss_weighting = method.loss_module
     return method

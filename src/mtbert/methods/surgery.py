@@ -1,4 +1,10 @@
-"""`GradientSurgery`: mtbert's per-task gradient surgery inside any PyTorch training loop.
+"""`GradientSurgery`: mtbert's one gradient-surgery engine, the public API and what every training path runs.
+
+`mtbert train` (its `Method`, methods/method.py, which adds loss scaling and loss weighting on top),
+`MultiTaskTrainer` and any PyTorch loop of your own all go through this module: it alone holds the per-task
+buffer (`PerTaskGradients`), the union of the touched embedding rows, the averaging over ranks (`exact` or
+`local`), the accumulation of micro-batches into a task's row, the float16 unscaling and the aggregation
+(global or per encoder layer).
 
 ```python
 surgery = GradientSurgery(model.trunk.parameters(), method="pcgrad", seed=0)
@@ -23,18 +29,25 @@ backward, and the buffer keeps just those rows. Without `begin_step` the whole m
 Several processes (torchrun, `accelerate launch`): when torch.distributed is initialised, `apply()` first
 averages the per-task buffer over the ranks (one all-reduce of T x P floats), so every rank aggregates the
 same matrix with the same seeded generator and takes the same step: N ranks equal one process trained on the
-union of their batches (mtbert's `ddp_mode: exact`). Every rank must collect the same tasks in the same order.
+union of their batches (mtbert's `ddp_mode: exact`; `ddp_mode="local"` aggregates each rank's own rows and
+averages the updates instead). Every rank must collect the same tasks in the same order.
 With a DDP-wrapped model run every task's forward and backward inside `model.no_sync()` (or
 `accelerator.no_sync(model)`), so that DDP does not all-reduce each backward, and pass the parameters outside
 the surgery (the heads) as `other_params`: `apply()` averages their gradients over the ranks too.
+
+Gradient accumulation: `begin_step` with the token ids of all the step's micro-batches, then after each
+micro-batch's backward `collect(task, accumulate=True)`, and `apply()` once. Float16 with a gradient scaler:
+`apply(scaler=scaler)` aggregates the unscaled gradients.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Iterable, Sequence
-from typing import Any
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -42,26 +55,145 @@ from torch import nn
 
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.methods.aggregators import Aggregator, GradVac, NashMTL, diagnose, make_aggregator
-from mtbert.methods.pertask import PerTaskGradients, aggregate_per_layer
 
 SCOPES = ("global", "per-layer")
+DDP_MODES = ("exact", "local")
 
 
-def make_method_aggregator(method: str, options: dict[str, Any] | None = None) -> Aggregator:
+class GradScale(Protocol):
+    """What `apply` reads of a float16 gradient scaler (`torch.amp.GradScaler`): the losses' scale factor."""
+
+    def get_scale(self) -> float: ...
+
+
+# ---- the per-task buffer ---------------------------------------------------------------------------------------
+class PerTaskGradients:
+    """A T x P buffer of per-task gradients of `params`, with the embedding matrix stored by touched rows.
+
+    Each task has its own batch, so summed-loss training already runs one backward per task. After task t's
+    backward, the shared parameters' gradients are moved into row t and cleared; after the aggregation the update
+    is written back as `.grad`. No `retain_graph`, no extra backward pass. The input word-embedding matrix (half
+    of MiniLM's parameters) gets gradient only in the rows of the step's tokens; the buffer keeps just those rows,
+    which halves the cost of the Gramian and of the update without changing the result (the other rows are zero
+    for every task).
+    """
+
+    def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
+                 names: list[str] | None = None) -> None:
+        self.embedding = embedding
+        names = names or [str(i) for i in range(len(params))]
+        self.params = [p for p in params if p is not embedding]
+        self.names = [n for n, p in zip(names, params, strict=True) if p is not embedding]
+        self.num_tasks = num_tasks
+        self.dense_size = sum(p.numel() for p in self.params)
+        self.rows: torch.Tensor | None = None
+        self.grads: torch.Tensor | None = None
+        self.used = [False] * len(self.params)
+
+    def begin_step(self, touched_rows: torch.Tensor | None) -> None:
+        """Start a step; `touched_rows` are the embedding rows (token ids) any task's batch uses."""
+        device = self.params[0].device if self.params else self.embedding.device
+        dtype = self.params[0].dtype if self.params else self.embedding.dtype
+        self.rows = None
+        width = self.dense_size
+        if self.embedding is not None:
+            self.rows = torch.unique(touched_rows.to(device)) if touched_rows is not None else None
+            if self.rows is None:
+                self.rows = torch.arange(self.embedding.shape[0], device=device)
+            width += self.rows.numel() * self.embedding.shape[1]
+        self.grads = torch.empty(self.num_tasks, width, device=device, dtype=dtype)
+        self.used = [False] * len(self.params)
+
+    def collect(self, task_index: int, accumulate: bool = False) -> None:
+        """Move the shared gradients of the backward just run into row `task_index` (added to it with
+        `accumulate`: the task's next micro-batch), and clear them."""
+        row = self.grads[task_index]
+        offset = 0
+        for k, p in enumerate(self.params):
+            n = p.numel()
+            if p.grad is not None:
+                segment = row[offset : offset + n]
+                segment.add_(p.grad.view(-1)) if accumulate else segment.copy_(p.grad.view(-1))
+                self.used[k] = True
+                p.grad = None
+            elif not accumulate:
+                row[offset : offset + n].zero_()
+            offset += n
+        if self.embedding is not None:
+            segment = row[offset:]
+            if self.embedding.grad is not None:
+                rows = self.embedding.grad.index_select(0, self.rows).view(-1)
+                segment.add_(rows) if accumulate else segment.copy_(rows)
+                self.embedding.grad = None
+            elif not accumulate:
+                segment.zero_()
+
+    def write(self, update: torch.Tensor) -> None:
+        """Set every shared parameter's `.grad` from the aggregated P-vector (unused parameters keep None)."""
+        offset = 0
+        for k, p in enumerate(self.params):
+            n = p.numel()
+            p.grad = update[offset : offset + n].view_as(p) if self.used[k] else None
+            offset += n
+        if self.embedding is not None:
+            grad = torch.zeros_like(self.embedding)
+            grad.index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
+            self.embedding.grad = grad
+
+    def layer_groups(self) -> list[list[tuple[int, int]]]:
+        """Column ranges of the buffer grouped by encoder layer (`.layer.<i>.`); the rest (embeddings, the
+        word-embedding rows, anything else) is one group. Valid after `begin_step`."""
+        groups: dict[str, list[tuple[int, int]]] = {}
+        offset = 0
+        for name, p in zip(self.names, self.params, strict=True):
+            match = re.search(r"\.layers?\.(\d+)\.", f".{name}")
+            key = f"layer{match.group(1)}" if match else "other"
+            groups.setdefault(key, []).append((offset, offset + p.numel()))
+            offset += p.numel()
+        if self.embedding is not None and self.grads.shape[1] > offset:
+            groups.setdefault("other", []).append((offset, self.grads.shape[1]))
+        return list(groups.values())
+
+
+def aggregate_per_layer(aggregate, grads: torch.Tensor, groups: list[list[tuple[int, int]]],
+                        generator: torch.Generator | None = None) -> torch.Tensor:
+    """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`)."""
+    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device)
+    for group in groups:
+        columns = torch.cat([torch.arange(s, e, device=grads.device) for s, e in group])
+        update[columns] = aggregate(grads.index_select(1, columns), generator=generator)
+    return update
+
+
+# ---- method options --------------------------------------------------------------------------------------------
+def check_options(method: str, target: Any, options: Mapping[str, Any], skip: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError unless every option is a keyword of `target` (a function or a class) with a value of its
+    default's type (a finite number where the default is a float, an integer where it is an integer)."""
+    parameters = {name: p for name, p in inspect.signature(target).parameters.items()
+                  if name not in ("self", "grads", "generator", *skip)
+                  and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    for key, value in options.items():
+        if key not in parameters:
+            choices = ", ".join(parameters) if parameters else "none"
+            raise ConfigError(f"gradient method {method!r} has no option {key!r} (its options: {choices})")
+        default = parameters[key].default
+        number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        if isinstance(default, int) and not isinstance(default, bool) and not (number and isinstance(value, int)):
+            raise ConfigError(f"gradient method {method!r}: option {key!r} must be an integer, not {value!r}")
+        if isinstance(default, float) and not number:
+            raise ConfigError(f"gradient method {method!r}: option {key!r} must be a number, not {value!r}")
+
+
+def make_method_aggregator(method: str, options: Mapping[str, Any] | None = None) -> Aggregator:
     """The aggregator called `method` with its keyword options (`cagrad`: `c`; `gradvac`: `beta`, `eps`; ...).
 
-    An unknown method or option is a `ConfigError` naming it.
+    An unknown method or option, or an option value of the wrong type, is a `ConfigError` naming it.
     """
     aggregator = make_aggregator(method)
     if not options:
         return aggregator
     stateful = isinstance(aggregator, GradVac | NashMTL)
-    target = type(aggregator).__init__ if stateful else aggregator
-    accepted = [name for name in inspect.signature(target).parameters if name not in ("self", "grads", "generator")]
-    for key in options:
-        if key not in accepted:
-            choices = ", ".join(accepted) if accepted else "none"
-            raise ConfigError(f"gradient method {method!r} has no option {key!r} (its options: {choices})")
+    check_options(method, type(aggregator).__init__ if stateful else aggregator, options)
     if stateful:
         return type(aggregator)(**options)
     return functools.partial(aggregator, **options)
@@ -77,16 +209,20 @@ class GradientSurgery:
     orders), the same on every rank. `embedding`: the input word-embedding matrix, kept by the rows
     `begin_step(input_ids)` names. `other_params`: parameters outside the surgery whose gradients `apply()`
     averages over the ranks (ignored on one process). `distributed`: None averages over the ranks whenever
-    torch.distributed is initialised with several processes; False never does. `method_options` go to the
-    method (`c=0.4` for `cagrad`).
+    torch.distributed is initialised with several processes; False never does. `ddp_mode`: `exact` averages
+    the per-task buffer over the ranks before the aggregation, `local` aggregates each rank's own buffer and
+    averages the updates (a cheaper, different algorithm). `method_options` go to the method (`c=0.4` for
+    `cagrad`).
     """
 
     def __init__(self, params: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]], method: str = "pcgrad",
                  seed: int = 0, *, embedding: nn.Parameter | None = None, scope: str = "global",
                  other_params: Iterable[nn.Parameter] = (), distributed: bool | None = None,
-                 **method_options: Any) -> None:
+                 ddp_mode: str = "exact", **method_options: Any) -> None:
         if scope not in SCOPES:
             raise ConfigError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
+        if ddp_mode not in DDP_MODES:
+            raise ConfigError(f"ddp_mode: {ddp_mode!r} is not one of {', '.join(DDP_MODES)}")
         named = _named(params)
         if scope == "per-layer" and named and all(name.isdigit() for name, _ in named):
             raise ConfigError('scope "per-layer" needs parameter names: pass named_parameters() as params')
@@ -98,6 +234,7 @@ class GradientSurgery:
             raise ConfigError("GradientSurgery: no shared parameter with requires_grad=True was given")
         self.method = method
         self.scope = scope
+        self.ddp_mode = ddp_mode
         self.aggregate: Aggregator = make_method_aggregator(method, method_options)
         self.generator = torch.Generator().manual_seed(seed)
         shared = {id(p) for _, p in named}
@@ -119,8 +256,14 @@ class GradientSurgery:
         """The tasks collected so far in this step, in collection order (row order of the buffer)."""
         return list(self._tasks)
 
+    @property
+    def grads(self) -> torch.Tensor | None:
+        """The collected rows of this step (tasks x shared parameters; the embedding by its touched rows)."""
+        return None if self._buffer.grads is None else self._buffer.grads[: len(self._tasks)]
+
     def begin_step(self, input_ids: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
-        """Start a step (optional: `collect` starts one too); `input_ids`: every token id of every task's batch.
+        """Start a step (optional: `collect` starts one too); `input_ids`: every token id of every task's batch
+        (of every micro-batch, with gradient accumulation).
 
         Only with `embedding=`: the buffer then keeps the embedding rows of these ids (the others get no
         gradient this step), else the whole matrix. With several ranks every rank must call it, since the rows
@@ -137,7 +280,7 @@ class GradientSurgery:
             vocab = buffer.embedding.shape[0]
             if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= vocab):
                 raise MtbertError(f"GradientSurgery.begin_step: a token id is outside the embedding's {vocab} rows")
-            if self._is_distributed():
+            if self._is_distributed():  # the rows any rank's batches touch: every buffer has the same layout
                 mask = torch.zeros(vocab, dtype=torch.uint8, device=device)
                 mask[rows] = 1
                 dist.all_reduce(mask, op=dist.ReduceOp.MAX)
@@ -146,14 +289,23 @@ class GradientSurgery:
         buffer.begin_step(rows)
         self._begun = True
 
-    def collect(self, task: str) -> None:
-        """Call right after `task`'s backward: its shared gradients move into its row and `.grad` is cleared."""
-        if task in self._tasks:
+    def collect(self, task: str, *, accumulate: bool = False) -> None:
+        """Call right after `task`'s backward: its shared gradients move into its row and `.grad` is cleared.
+
+        With gradient accumulation, call it after each micro-batch's backward with `accumulate=True`: the
+        gradients are added to the task's row (started by its first micro-batch). Or run all of a task's
+        micro-batches' backward passes first (they add up in `.grad`) and collect once.
+        """
+        if task in self._tasks and not accumulate:
             raise MtbertError(f"GradientSurgery.collect: task {task!r} was collected twice in one step; "
-                              "call apply() after the last task's backward")
+                              "call apply() after the last task's backward (or collect(task, accumulate=True) "
+                              "after each micro-batch)")
         if not self._begun:
             self.begin_step()
         buffer = self._buffer
+        if task in self._tasks:
+            buffer.collect(self._tasks.index(task), accumulate=True)
+            return
         index = len(self._tasks)
         if index == buffer.grads.shape[0]:  # a task more than any step before: one more row
             grown = buffer.grads.new_empty(index + 1, buffer.grads.shape[1])
@@ -163,26 +315,43 @@ class GradientSurgery:
         buffer.collect(index)
         self._tasks.append(task)
 
-    def apply(self, diagnostics: bool = True) -> dict[str, Any] | None:
+    def apply(self, diagnostics: bool = True, scaler: GradScale | None = None) -> dict[str, Any] | None:
         """Aggregate the collected rows, write the update into the shared `.grad`, and end the step.
+
+        On several ranks the rows (`ddp_mode: exact`) and `other_params`' gradients are first averaged over the
+        ranks. `scaler` (float16 mixed precision): the losses were scaled by `scaler.get_scale()`, so the rows are
+        unscaled before the aggregation (methods such as Nash-MTL are not scale-equivariant) and the update is
+        written back scaled, as `scaler.unscale_` expects `.grad`; rows that overflowed write NaN, so that the
+        scaler skips the step.
 
         Returns (with `diagnostics`) the gradient statistics of `mtbert.methods.aggregators.diagnose`:
         `grad_norm` per task, `cosine` and `conflict` per task pair, and `removed_norm` (how far the update is
-        from the plain sum); on several ranks, of the rank-averaged gradients. Without `diagnostics`, None.
+        from the plain sum); on several ranks, of the rank-averaged gradients. None without `diagnostics` or
+        when the rows overflowed.
         """
         if not self._tasks:
             raise MtbertError("GradientSurgery.apply: no task was collected this step; call collect(task) after "
                               "each task's backward")
         buffer, tasks = self._buffer, self._tasks
         grads = buffer.grads[: len(tasks)]
-        if self._is_distributed():
+        distributed = self._is_distributed()
+        if distributed:
             self._average(grads)
+        overflowed, grad_scale = False, 1.0
+        if scaler is not None:  # fp16: aggregate the true gradients
+            grad_scale = float(scaler.get_scale())
+            overflowed = not bool(torch.isfinite(grads).all())
+            grads.div_(grad_scale)
         if self.scope == "per-layer":
             update = aggregate_per_layer(self.aggregate, grads, buffer.layer_groups(), self.generator)
         else:
             update = self.aggregate(grads, generator=self.generator)
-        stats = diagnose(grads, update, list(tasks)) if diagnostics else None
-        buffer.write(update)
+        stats = diagnose(grads, update, list(tasks)) if diagnostics and not overflowed else None
+        if overflowed:
+            update = torch.full_like(update, float("nan"))
+        if distributed and self.ddp_mode == "local":  # the mean of the ranks' updates
+            _mean_(update)
+        buffer.write(update * grad_scale if scaler is not None else update)
         self._tasks, self._begun = [], False
         return stats
 
@@ -208,8 +377,12 @@ class GradientSurgery:
         return dist.get_world_size() > 1
 
     def _average(self, grads: torch.Tensor) -> None:
-        """Mean over the ranks of the buffer and of `other_params`' gradients; a parameter that got a gradient on
-        any rank gets one on every rank (the others keep None, as on one process)."""
+        """Mean over the ranks of the buffer (`exact`) and of `other_params`' gradients; a parameter that got a
+        gradient on any rank gets one on every rank (the others keep None, as on one process).
+
+        Each rank's losses are scaled by 1/(its own samples), so the mean over ranks of equal batches is the
+        gradient of the union of their batches.
+        """
         buffer, world = self._buffer, dist.get_world_size()
         others = self.other_params
         flags = [float(len(self._tasks)), *map(float, buffer.used), *(float(p.grad is not None) for p in others)]
@@ -221,15 +394,20 @@ class GradientSurgery:
                               "the same tasks in the same order")
         used = (small[1:] > 0).tolist()
         buffer.used, used = used[: len(buffer.used)], used[len(buffer.used) :]
-        dist.all_reduce(grads)  # SUM, then divide: gloo has no AVG
-        grads.div_(world)
+        if self.ddp_mode == "exact":  # one all-reduce of T x P floats
+            _mean_(grads)
         reached = [p for p, u in zip(others, used, strict=True) if u]
         if reached:
             flat = torch.cat([p.grad.reshape(-1) if p.grad is not None else p.new_zeros(p.numel()) for p in reached])
-            dist.all_reduce(flat)
-            flat.div_(world)
+            _mean_(flat)
             for p, part in zip(reached, flat.split([p.numel() for p in reached]), strict=True):
                 p.grad = part.view_as(p)
+
+
+def _mean_(tensor: torch.Tensor) -> None:
+    """In place: the mean of `tensor` over the ranks."""
+    dist.all_reduce(tensor)  # SUM, then divide: gloo has no AVG
+    tensor.div_(dist.get_world_size())
 
 
 def _named(params: Iterable[Any]) -> list[tuple[str, nn.Parameter]]:

@@ -98,10 +98,11 @@ class FAMO:
                                                  for k, v in state["adam"].items()}
 
 
-def make_weighting(method: str, tasks: list[str]) -> UncertaintyWeighting | FAMO | None:
-    """The loss weighting a method names (`uncertainty`, `famo`), or None for the other methods."""
+def make_weighting(method: str, tasks: list[str], **options: Any) -> UncertaintyWeighting | FAMO | None:
+    """The loss weighting a method names (`uncertainty`, `famo` with its keyword `options`), or None for the other
+    methods."""
     if method == "uncertainty":
         return UncertaintyWeighting(tasks)
     if method == "famo":
-        return FAMO(tasks)
+        return FAMO(tasks, **options)
     return None

@@ -100,13 +100,15 @@ def _predict_batches(model: MultiTaskModel, encoded: EncodedSet, batches: list[l
 class TaskPredictions:
     """What `MultiTaskModel.predict` returns for one task, one entry per input in input order.
 
-    `labels`: the class name (a task with `label_names`), else the class index, or the value (regression).
-    `scores`: the class probabilities (n x classes), the positive class's probability (binary pairs, n x 1), or the
-    value (regression, n x 1): what `mtbert ensemble --mode soft` averages.
+    `labels`: each prediction as `mtbert predict` writes it (the class name of a task with `label_names`, else the
+    class index, or the value). `predictions`: the class indices or values. `scores`: the class probabilities
+    (n x classes), the positive class's probability (binary pairs, n x 1), or the value (regression, n x 1), as the
+    task's kind gives them: what `mtbert ensemble --mode soft` averages.
     """
 
     task: str
-    labels: list[str | int | float]
+    labels: list[str]
+    predictions: np.ndarray
     scores: np.ndarray
 
     def __len__(self) -> int:
@@ -116,34 +118,30 @@ class TaskPredictions:
 def predict_texts(model: MultiTaskModel, tokenizer, task: str, texts: Sequence[str] | Sequence[Sequence[str]],
                   max_length: int, batch_size: int = 64, device: torch.device | str | None = None,
                   quantize: str | None = None) -> TaskPredictions:
-    """`model`'s predictions for `task` on `texts` (strings, or pairs of strings for a pair task), through
-    `predict_set`: the same batches, packing and `inference_mode` as `mtbert predict`."""
+    """`model`'s predictions for `task` on `texts` (strings, or tuples of as many strings as the task reads, e.g.
+    pairs), through `predict_set`: the same batches, packing and `inference_mode` as `mtbert predict`."""
     if task not in model.specs:
         raise MtbertError(f"task: the model has no task {task!r} (tasks: {', '.join(model.specs)})")
     spec = model.specs[task]
-    examples = _examples(texts, spec.is_pair, task)
+    examples = _examples(texts, len(spec.text_columns), task)
     encoded = encode_examples(tokenizer, spec, examples, max_length, model.pair_architecture)
     device = device if device is not None else next(model.parameters()).device
     predictions, scores = predict_set(model, encoded, batch_size, tokenizer.pad_token_id or 0, device,
                                       quantize=quantize)
-    if spec.is_regression:
-        labels: list[str | int | float] = [float(v) for v in predictions]
-    elif spec.label_names is not None:
-        labels = [spec.label_names[int(v)] for v in predictions]
-    else:
-        labels = [int(v) for v in predictions]
-    return TaskPredictions(task, labels, scores)
+    labels = [spec.task_kind.format_value(spec, value) for value in predictions]
+    return TaskPredictions(task, labels, predictions, scores)
 
 
-def _examples(texts: Sequence[str] | Sequence[Sequence[str]], pair: bool, task: str) -> list[Example]:
-    """Examples of `texts`: one string each (sentence tasks) or two (pair tasks); anything else one MtbertError."""
+def _examples(texts: Sequence[str] | Sequence[Sequence[str]], width: int, task: str) -> list[Example]:
+    """Examples of `texts`: one string each (a one-text task) or a tuple of `width` strings; else one MtbertError."""
+    what = "texts" if width == 1 else "pairs of texts" if width == 2 else f"tuples of {width} texts"
     if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
-        raise MtbertError(f"texts: give a list of {'pairs of texts' if pair else 'texts'}, not {type(texts).__name__}")
+        raise MtbertError(f"texts: give a list of {what}, not {type(texts).__name__}")
     examples = []
     for i, item in enumerate(texts):
         parts = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, Sequence) else None
-        if parts is None or len(parts) != (2 if pair else 1) or not all(isinstance(p, str) for p in parts):
-            want = "a pair of texts (a, b)" if pair else "one text (a string)"
+        if parts is None or len(parts) != width or not all(isinstance(p, str) for p in parts):
+            want = "one text (a string)" if width == 1 else "a pair of texts (a, b)" if width == 2 else f"{width} texts"
             raise MtbertError(f"texts[{i}]: task {task} takes {want} per example, not {item!r:.80}")
         examples.append(Example(id=str(i), texts=parts, label=None, line=i + 1))
     return examples

@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-from mtbert.errors import ConfigError, MtbertError
+from mtbert.errors import MtbertError
+from mtbert.kinds.sentence import cosent_loss  # noqa: F401 - importable from here as before
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
 from mtbert.model.hub import checkpoint_folder
 from mtbert.model.packing import is_packed, packed_hidden
@@ -90,40 +91,39 @@ def _load_error(key: str, source: str, err: Exception) -> str:
 
 
 class TaskHead(nn.Module):
-    """MLP on the pooled embedding(s): dropout, [Linear, GELU, dropout] per hidden size, Linear to the outputs."""
+    """MLP on the pooled embedding(s): dropout, [Linear, GELU, dropout] per hidden size, Linear to the outputs.
+
+    The task's kind decides the architecture it can use, the output width and how the output starts.
+    """
 
     def __init__(self, spec: TaskSpec, hidden: int, architecture: str, dropout: float) -> None:
         super().__init__()
         self.spec = spec
-        self.architecture = architecture if spec.is_pair else "cross"
-        if self.architecture == "bi-cosine" and spec.num_outputs != 1:
-            raise ConfigError(f"pair_architecture: bi-cosine cannot predict {spec.num_labels} classes for {spec.name}")
+        kind = spec.task_kind
+        self.architecture = kind.head_architecture(architecture)
+        kind.check_architecture(spec, self.architecture)
         width = 2 * hidden if self.architecture == "bi-concat" else hidden
         layers: list[nn.Module] = [nn.Dropout(dropout)]
         for size in spec.head_hidden_sizes:
             layers += [nn.Linear(width, size), nn.GELU(), nn.Dropout(dropout)]
             width = size
         if self.architecture != "bi-cosine":
-            layers.append(nn.Linear(width, spec.num_outputs))
+            layers.append(nn.Linear(width, kind.head_outputs(spec)))
         self.mlp = nn.Sequential(*layers)
-        if spec.is_regression and self.architecture != "bi-cosine":
-            nn.init.constant_(layers[-1].bias, (spec.label_min + spec.label_max) / 2)  # start mid-scale
         if self.architecture == "bi-cosine":
-            # score = scale * cos + shift, starting on the label scale (regression) or around 0 (binary)
-            if spec.is_regression:
-                start = ((spec.label_max - spec.label_min) / 2, (spec.label_max + spec.label_min) / 2)
-            else:
-                start = (5.0, 0.0)
+            # score = scale * cos + shift, starting where the kind says (the label scale, or around 0)
+            start = kind.cosine_start(spec)
             self.scale = nn.Parameter(torch.tensor(float(start[0])))
             self.shift = nn.Parameter(torch.tensor(float(start[1])))
+        else:
+            kind.init_output(spec, layers[-1])
 
     def forward(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
         if self.architecture == "bi-cosine":
             u, v = (self.mlp(e) for e in embeddings)
             return self.scale * F.cosine_similarity(u, v, dim=-1) + self.shift
         features = torch.cat(embeddings, dim=-1) if self.architecture == "bi-concat" else embeddings[0]
-        out = self.mlp(features)
-        return out.squeeze(-1) if self.spec.num_outputs == 1 else out
+        return self.spec.task_kind.shape_outputs(self.spec, self.mlp(features))
 
 
 class MultiTaskModel(nn.Module):
@@ -277,33 +277,12 @@ def _spec_from_dict(values: dict[str, Any]) -> TaskSpec:
 
 
 def task_loss(spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, sts_loss: str = "mse") -> torch.Tensor:
-    """The SUM over the batch of per-example losses (the trainer scales it): cross-entropy, BCE or MSE/CoSENT."""
-    if spec.is_regression:
-        if sts_loss == "cosent":
-            span = spec.label_max - spec.label_min
-            return cosent_loss(outputs / span, labels) * len(labels) + F.mse_loss(outputs, labels, reduction="sum")
-        return F.mse_loss(outputs, labels, reduction="sum")
-    if spec.num_outputs == 1:
-        return F.binary_cross_entropy_with_logits(outputs, labels, reduction="sum")
-    return F.cross_entropy(outputs, labels.long(), reduction="sum")
-
-
-def cosent_loss(scores: torch.Tensor, labels: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
-    """CoSENT ranking loss (Su 2022, https://kexue.fm/archives/8847): every pair ordered wrongly is penalised.
-
-    log(1 + sum over (i, j) with label_i > label_j of exp(scale * (s_j - s_i))), on scores of unit range.
-    """
-    diff = scale * (scores[None, :] - scores[:, None])  # diff[i, j] = scale * (s_j - s_i)
-    mask = labels[:, None] > labels[None, :]
-    diff = diff[mask]
-    zero = torch.zeros(1, dtype=diff.dtype, device=diff.device)
-    return torch.logsumexp(torch.cat([zero, diff]), dim=0)
+    """The SUM over the batch's units of the task's per-unit losses (the trainer scales it), as its kind defines it:
+    cross-entropy, BCE, or MSE/CoSENT for values (`sts_loss`)."""
+    return spec.task_kind.loss(spec, outputs, labels, sts_loss)
 
 
 def decide(spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions, scores): class / 0-1 / value, and probabilities or values for soft ensembles."""
-    if spec.is_regression:
-        return outputs, outputs.unsqueeze(-1)
-    if spec.num_outputs == 1:
-        return (outputs > 0).long(), torch.sigmoid(outputs).unsqueeze(-1)
-    return outputs.argmax(-1), torch.softmax(outputs, dim=-1)
+    """(predictions, scores) as the task's kind decides them: class / 0-1 / value, and probabilities or values
+    for soft ensembles."""
+    return spec.task_kind.decide(spec, outputs)

@@ -45,6 +45,19 @@ def pack_rows(lengths: list[int], width: int | None = None) -> list[list[int]]:
     return rows
 
 
+def pad_sequences(seqs: list[list[int]], types: list[list[int]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One encoder input of a batch, padded to its longest member: input_ids, attention_mask, token_type_ids."""
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    type_ids = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (s, t) in enumerate(zip(seqs, types, strict=True)):
+        input_ids[row, : len(s)] = torch.tensor(s)
+        attention[row, : len(s)] = 1
+        type_ids[row, : len(t)] = torch.tensor(t)
+    return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": type_ids}
+
+
 def pack_sequences(seqs: list[list[int]], types: list[list[int]], pad_token_id: int,
                    row_width: int = 0) -> dict[str, torch.Tensor]:
     """One encoder input of a batch, packed: a dict of tensors that `packed_hidden` (and `.to(device)`) takes.

@@ -121,9 +121,6 @@ class RunDir:
         specialised = self.task(task).best
         return specialised if specialised.is_dir() else self.best
 
-    def is_model(self, folder: Path) -> bool:
-        return (folder / MODEL_CONFIG).is_file()
-
     def written_by_training(self) -> list[Path]:
         """Everything `--overwrite_output_dir` removes before a new run."""
         names = (BEST, PREDICTIONS, SCORES, STAGE1, TASKS, MLM, MLM_LOG, METRICS, TRAIN_LOG, RESULTS, CONFIG,

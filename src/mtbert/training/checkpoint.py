@@ -16,6 +16,7 @@ import json
 import logging
 import pickle
 import shutil
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,32 @@ PREFIX = CHECKPOINT_PREFIX
 CHECKSUMS = "checksums.json"
 FILES = ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng.safetensors", "trainer_state.json")
 _CHUNK = 1 << 20
+
+
+@dataclass
+class StageState:
+    """Where a stage's training stands; `trainer_state.json` keeps it next to the sampler's positions and the
+    method's state (`save_checkpoint`'s `state`)."""
+
+    global_step: int = 0  # the last step taken
+    best_metric: float | None = None  # metric_for_best_model of best/
+    best_step: int | None = None  # the step best/ was saved at (0: the starting model, two-step's keep_stage1)
+    bad_steps: int = 0  # non-finite steps in a row
+    train_seconds: float = 0.0
+    evals_without_improvement: int = 0  # evaluations in a row without a better metric (early stopping)
+    stopped_early_at: int | None = None  # the step early stopping ended training at
+
+    def to_dict(self) -> dict[str, Any]:
+        """The state as trainer_state.json holds it (`stopped_early_at` only once set)."""
+        values = asdict(self)
+        if values["stopped_early_at"] is None:
+            del values["stopped_early_at"]
+        return values
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> StageState:
+        """The state of a trainer_state.json; a key that an older checkpoint lacks keeps its default."""
+        return cls(**{f.name: saved[f.name] for f in fields(cls) if f.name in saved})
 
 
 def list_checkpoints(output_dir: Path) -> list[Path]:

@@ -13,6 +13,7 @@ from mtbert.data.loading import DATA_HELP, read_split, resolve_labels
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.finished import usable_examples
+from mtbert.methods.method import check_method_options
 from mtbert.model.multitask import check_backbone
 from mtbert.runs.layout import LOCK, RunDir
 from mtbert.runs.lock import RunLock
@@ -45,8 +46,10 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """Every input a run reads, checked before it writes: each task's train and dev data, and the model it
-    starts from (the backbone, or two_step.init_from's best model). Raises MtbertError in one sentence."""
+    """Every input a run reads, checked before it writes: the method's options, each task's train and dev data,
+    and the model it starts from (the backbone, or two_step.init_from's best model). Raises MtbertError in one
+    sentence."""
+    check_method_options(cfg.method, cfg.method_options)
     if cfg.fp16 and not torch.cuda.is_available():
         raise MtbertError("fp16: float16 mixed precision needs a CUDA GPU and none is available; remove fp16 to "
                           "train in float32")

@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from mtbert.model import MultiTaskModel
 from mtbert.tasks import TaskSpec
@@ -61,13 +60,6 @@ def _perturbed(inputs: list[dict[str, torch.Tensor]], embeds: list[torch.Tensor]
 
 
 def divergence(spec: TaskSpec, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Per-example KL(reference || outputs) of the predicted distributions, or the squared difference for
-    regression."""
-    outputs, reference = outputs.float(), reference.float()
-    if spec.is_regression:
-        return (outputs - reference) ** 2
-    if spec.num_outputs == 1:  # binary: logit z is the two-class distribution softmax([0, z])
-        outputs = torch.stack([torch.zeros_like(outputs), outputs], dim=-1)
-        reference = torch.stack([torch.zeros_like(reference), reference], dim=-1)
-    log_p, log_q = F.log_softmax(reference, dim=-1), F.log_softmax(outputs, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    """Per-example divergence of the outputs from the reference, as the task's kind defines it: KL(reference ||
+    outputs) of the predicted distributions, or the squared difference for regression."""
+    return spec.task_kind.divergence(spec, outputs, reference)

@@ -46,6 +46,7 @@ from mtbert.model.adapters import (
 from mtbert.runs.layout import RunDir
 from mtbert.runs.model_card import write_model_card
 from mtbert.training import checkpoint as ckpt
+from mtbert.training.checkpoint import StageState
 from mtbert.training.optim import make_optimizer
 from mtbert.training.preemption import Preemption, resume_advice
 from mtbert.training.runlog import RunLog
@@ -102,7 +103,7 @@ class Stage:
             if cfg.smart_weight else None
         self.logged_until = 0  # the last step the trackers were sent before a resume
         self.state = self._initial_state(resume_from_checkpoint)
-        self.log = RunLog(self.run_dir, cfg.to_dict(), self.total_steps, self.state["global_step"],
+        self.log = RunLog(self.run_dir, cfg.to_dict(), self.total_steps, self.state.global_step,
                           enabled=self.ranks.is_main, logged_until=self.logged_until)
         self.best_outputs = None  # the dev outputs of the model saved as best/ (unknown after a resume)
 
@@ -133,7 +134,8 @@ class Stage:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
                                                                               self.steps_per_epoch)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.method = make_method(cfg.method, self.model, list(self.sizes), ranks, cfg.seed, cfg.surgery_scope)
+        self.method = make_method(cfg.method, self.model, list(self.sizes), ranks, cfg.seed, cfg.surgery_scope,
+                                  cfg.method_options)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
@@ -141,37 +143,34 @@ class Stage:
                                        num_training_steps=self.total_steps)
         self.sampler = MultiTaskSampler(self.sizes, seed=cfg.seed, rank=ranks.rank, world_size=ranks.world_size)
 
-    def _initial_state(self, resume: str | None) -> dict[str, Any]:
-        state = {"global_step": 0, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 0.0,
-                 "evals_without_improvement": 0}
+    def _initial_state(self, resume: str | None) -> StageState:
         if not resume:
             if self.ranks.is_main:
                 self.run_dir.metrics.unlink(missing_ok=True)
                 self.run_dir.train_log.unlink(missing_ok=True)
-            return state
+            return StageState()
         path = ckpt.find_checkpoint(self.run_dir.root, resume)
-        state = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.sampler,
+        saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.sampler,
                                      self.method.generator, self.ranks.rank)
-        self.method.load_state_dict(state)
-        state.pop("loss_weighting", None)
-        scaler_state = state.pop("grad_scaler", None)
-        if self.scaler is not None and scaler_state is not None:
-            self.scaler.load_state_dict(scaler_state)
+        self.method.load_state_dict(saved)
+        if self.scaler is not None and saved.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(saved["grad_scaler"])
+        state = StageState.from_dict(saved)
         if self.ranks.is_main:  # the trackers skip the steps they were sent before the interruption
-            self.logged_until = ckpt.truncate_logs(self.run_dir.root, state["global_step"])
-        logger.info("resumed from %s at step %d", path, state["global_step"])
+            self.logged_until = ckpt.truncate_logs(self.run_dir.root, state.global_step)
+        logger.info("resumed from %s at step %d", path, state.global_step)
         return state
 
     # ---- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         """Train to the last step, evaluating and checkpointing on the way; return the best model's results."""
         cfg, state = self.cfg, self.state
-        if self.start.competes and state["global_step"] == 0:
+        if self.start.competes and state.global_step == 0:
             self.evaluate_start()  # optional: two_step.keep_stage1
         self.model.train()
-        started = time.perf_counter() - state["train_seconds"]
+        started = time.perf_counter() - state.train_seconds
         with Preemption() as stop:  # SIGTERM / Ctrl-C: finish the step, checkpoint, exit
-            for step in range(state["global_step"] + 1, self.total_steps + 1):
+            for step in range(state.global_step + 1, self.total_steps + 1):
                 if self.stopped_early():  # optional: early_stopping_patience
                     break
                 log_now = step % cfg.logging_steps == 0 or step == self.total_steps
@@ -183,21 +182,21 @@ class Stage:
                     if not all(math.isfinite(v) for v in losses.values()):  # a lower scale cannot cure a loss
                         self.skip_bad_step(step, losses)
                 elif math.isfinite(grad_norm.item()) and all(math.isfinite(v) for v in losses.values()):
-                    state["bad_steps"] = 0
+                    state.bad_steps = 0
                     self.optimizer_step()
                     self.scheduler.step()
                     self.method.after_step(losses)
                 else:
                     self.skip_bad_step(step, losses)
                 self.optimizer.zero_grad(set_to_none=True)
-                state["global_step"] = step
+                state.global_step = step
                 self.log.step(losses)
                 if log_now:
                     self.log.train({"step": step, "epoch": round(step / self.steps_per_epoch, 4),
                                     "lr": self.scheduler.get_last_lr()[0], "loss": losses,
                                     "total_grad_norm": grad_norm.item(), **(stats or {})})
                 end_of_epoch = step % self.steps_per_epoch == 0 or step == self.total_steps
-                state["train_seconds"] = time.perf_counter() - started
+                state.train_seconds = time.perf_counter() - started
                 if self.eval_due(step, end_of_epoch):
                     self.evaluate(step, losses)
                 saved = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < self.total_steps)
@@ -206,7 +205,7 @@ class Stage:
                 if stop.should_stop(self.ranks):
                     self.preempted(stop, step, saved=bool(saved))
         self.log.close()
-        state["train_seconds"] = time.perf_counter() - started
+        state.train_seconds = time.perf_counter() - started
         return self.finish()
 
     # ---- the loop's parts --------------------------------------------------------------------------
@@ -277,12 +276,12 @@ class Stage:
 
     def skip_bad_step(self, step: int, losses: dict[str, float]) -> None:
         """A non-finite loss or gradient: the step is skipped; after max_bad_steps in a row training stops."""
-        self.state["bad_steps"] += 1
+        self.state.bad_steps += 1
         bad = [t for t, v in losses.items() if not math.isfinite(v)] or list(losses)
         logger.warning("step %d: non-finite loss or gradient (tasks: %s); step skipped", step, ", ".join(bad))
-        if self.state["bad_steps"] >= self.cfg.max_bad_steps:
+        if self.state.bad_steps >= self.cfg.max_bad_steps:
             raise MtbertError(
-                f"training stopped at step {step} after {self.state['bad_steps']} non-finite steps in a row "
+                f"training stopped at step {step} after {self.state.bad_steps} non-finite steps in a row "
                 f"(tasks: {', '.join(bad)}); lower learning_rate or check the data; the last good checkpoint "
                 f"is in {self.run_dir.root}"
             )
@@ -297,19 +296,19 @@ class Stage:
         metrics, outputs = evaluate_sets(self.model, self.dev_sets, self.cfg.per_device_eval_batch_size, self.pad_id,
                                          self.device, ranks=self.ranks)
         record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "split": "dev", **metrics,
-                  "train_seconds": round(self.state["train_seconds"], 1)}
+                  "train_seconds": round(self.state.train_seconds, 1)}
         self.log.evaluation(record, metrics, losses)
         if self.improves(metrics):
-            self.state["best_metric"], self.state["best_step"] = metrics[self.cfg.metric_for_best_model], step
-            self.state["evals_without_improvement"] = 0
+            self.state.best_metric, self.state.best_step = metrics[self.cfg.metric_for_best_model], step
+            self.state.evals_without_improvement = 0
             self.best_outputs = outputs
             self.save_best(self.model)
         else:
-            self.state["evals_without_improvement"] = self.state.get("evals_without_improvement", 0) + 1
+            self.state.evals_without_improvement += 1
 
     def improves(self, metrics: dict[str, float]) -> bool:
         """Whether an evaluation beats the best one so far on `metric_for_best_model`."""
-        value, best = metrics[self.cfg.metric_for_best_model], self.state["best_metric"]
+        value, best = metrics[self.cfg.metric_for_best_model], self.state.best_metric
         if best is None:
             return True
         return value < best if self.cfg.greater_is_better is False else value > best
@@ -317,12 +316,12 @@ class Stage:
     def stopped_early(self) -> bool:
         """`early_stopping_patience` evaluations in a row without improvement: training stops (and finishes)."""
         patience = self.cfg.early_stopping_patience
-        if patience is None or self.state.get("evals_without_improvement", 0) < patience:
+        if patience is None or self.state.evals_without_improvement < patience:
             return False
-        step = self.state["global_step"]
-        self.state["stopped_early_at"] = step
+        step = self.state.global_step
+        self.state.stopped_early_at = step
         text = (f"early stopping at step {step}: {patience} evaluations without a better "
-                f"{self.cfg.metric_for_best_model} than step {self.state['best_step']}")
+                f"{self.cfg.metric_for_best_model} than step {self.state.best_step}")
         logger.info(text)
         self.log.message(text)
         return True
@@ -339,14 +338,14 @@ class Stage:
                                                    self.cfg.per_device_eval_batch_size, self.pad_id, self.device,
                                                    ranks=self.ranks)
         self.log.evaluation({"epoch": 0.0, "step": 0, "split": "dev", **metrics, "train_seconds": 0.0}, metrics, {})
-        self.state["best_metric"], self.state["best_step"] = metrics[self.cfg.metric_for_best_model], 0
+        self.state.best_metric, self.state.best_step = metrics[self.cfg.metric_for_best_model], 0
         self.save_best(start)
 
     def save_best(self, model: MultiTaskModel) -> None:
         self.ranks.main_only(atomic_dir, self.run_dir.best, lambda tmp: model.save_pretrained(tmp, self.tokenizer))
 
     def save_checkpoint(self, step: int) -> None:
-        state = {**self.state, **self.method.state_dict(),
+        state = {**self.state.to_dict(), **self.method.state_dict(),
                  **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
         self.ranks.main_only(ckpt.save_checkpoint, self.run_dir.root, step, self.model, self.optimizer,
                              self.scheduler, self.sampler, self.method.generator, state, self.cfg.save_total_limit,
@@ -357,9 +356,9 @@ class Stage:
         best = MultiTaskModel.from_pretrained(self.run_dir.best).to(self.device)
         results = finish_run(best, {s.name: self.data[s.name] for s in self.active}, self.cfg, self.run_dir.root,
                              self.pad_id, self.device, self.ranks, dev_outputs=self.best_outputs)
-        results.update(train_seconds=round(self.state["train_seconds"], 1), best_step=self.state["best_step"])
-        if "stopped_early_at" in self.state:
-            results["stopped_early_at"] = self.state["stopped_early_at"]
+        results.update(train_seconds=round(self.state.train_seconds, 1), best_step=self.state.best_step)
+        if self.state.stopped_early_at is not None:
+            results["stopped_early_at"] = self.state.stopped_early_at
         if self.ranks.is_main:
             atomic_write_json(self.run_dir.results, results)
             write_model_card(self.run_dir, self.run_dir.best, self.cfg, results)

@@ -28,35 +28,15 @@ import re
 from pathlib import Path
 from typing import Any
 
+from mtbert.config import KNOWN_TRACKERS, parse_report_to  # noqa: F401 - defined with the config, still here
 from mtbert.distribution import install_hint
-from mtbert.errors import ConfigError, MtbertError
+from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json, read_json
 from mtbert.runs.layout import TENSORBOARD, RunDir
 
-KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
 _MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}  # what each tracker imports
 logger = logging.getLogger(__name__)
 DEFAULT_PROJECT = "mtbert"  # MLflow experiment and W&B project when the environment names none
-
-
-def parse_report_to(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
-    """The trackers named by `report_to`: a name, a list of names (or a comma-separated string, as on the command
-    line: `--report_to tensorboard,mlflow`), `none` or an empty list (no tracker).
-
-    Raises ConfigError naming an unknown tracker; duplicates are dropped, the order kept.
-    """
-    if value is None:
-        return []
-    names = value.split(",") if isinstance(value, str) else list(value)
-    if not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"report_to: expected a tracker name or a list of names, not {value!r}")
-    names = [n.strip().lower() for n in names if n.strip()]
-    if names in (["none"], []):
-        return []
-    for name in names:
-        if name not in KNOWN_TRACKERS:
-            raise ConfigError(f"report_to: '{name}' is not one of none | {' | '.join(KNOWN_TRACKERS)}")
-    return list(dict.fromkeys(names))
 
 
 def flatten_scalars(record: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -58,7 +58,7 @@ def test_no_import_cycle():
         state[node] = 1
         path.append(node)
         for nxt in sorted(edges.get(node, ())):
-            if nxt == "mtbert" or nxt == "mtbert.gradients":  # the root's lazy names, the compatibility alias
+            if nxt == "mtbert":  # the root's lazy names
                 continue
             if state.get(nxt) == 1:
                 cycle = path[path.index(nxt):] + [nxt]
@@ -84,13 +84,19 @@ def test_nothing_imports_upward():
 
 def test_subpackage_leaves_import_no_training_or_commands():
     """The shared leaves and the lower subpackages do not depend on training, evaluation or the benchmarks."""
-    lower = ("mtbert.errors", "mtbert.io", "mtbert.tasks", "mtbert.distributed", "mtbert.data", "mtbert.model",
-             "mtbert.methods", "mtbert.runs")
+    lower = ("mtbert.errors", "mtbert.io", "mtbert.tasks", "mtbert.config", "mtbert.distributed", "mtbert.data",
+             "mtbert.model", "mtbert.methods", "mtbert.runs")
     upper = ("mtbert.training", "mtbert.evaluation", "mtbert.bench", "mtbert.integrations")
     for name, targets in graph().items():
         if name.startswith(lower):
             bad = sorted(t for t in targets if t.startswith(upper))
             assert not bad, f"{name} imports {bad}"
+
+
+def test_the_config_imports_no_training_method():
+    """The run config is data: it names the methods and trackers but imports neither the methods nor training."""
+    targets = graph()["mtbert.config"]
+    assert not [t for t in targets if t.startswith(("mtbert.methods", "mtbert.training"))], targets
 
 
 def test_no_function_in_the_training_subpackage_is_over_80_lines():

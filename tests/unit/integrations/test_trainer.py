@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.aggregator_properties import needs_torchjd
 from helpers.runs import beside
 from safetensors.torch import load_file
 from torch import nn
@@ -135,6 +136,55 @@ def test_resumed_run_ends_where_an_uninterrupted_one_ends(tiny_model_dir, tiny_d
     assert_same_parameters(resumed, model, atol=1e-6)
 
 
+def test_gradient_accumulation_2_x_4_trains_to_the_weights_of_batch_8(tiny_model_dir, tiny_data_dir, tmp_path):
+    """PCGrad with sample weighting and a 1:2:1 ratio: each task's 2 micro-batches add up in its row of the
+    engine's buffer before the one aggregation, so the step is the one of the whole batch (1e-5)."""
+    runs = {}
+    for name, batch, accumulation in (("accumulated", 4, 2), ("whole", 8, 1)):
+        model, tokenizer = tiny_model(tiny_model_dir)
+        trainer = MultiTaskTrainer(model, args(tmp_path / name, per_device_train_batch_size=batch,
+                                               gradient_accumulation_steps=accumulation),
+                                   train_dataset=train_sets(tiny_data_dir, tokenizer), processing_class=tokenizer,
+                                   method="pcgrad", task_ratio="1:2:1", sample_weighting=True)
+        trainer.train()
+        runs[name] = model, [e for e in trainer.state.log_history if "loss" in e]
+    (accumulated, log_a), (whole, log_w) = runs["accumulated"], runs["whole"]
+    start, _ = tiny_model(tiny_model_dir)
+    layer = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(start.get_parameter(layer), accumulated.get_parameter(layer))  # it trained
+    assert_same_parameters(accumulated, whole, atol=1e-5)
+    assert len(log_a) == len(log_w) == 3
+    for a, w in zip(log_a, log_w, strict=True):
+        assert a["loss"] == pytest.approx(w["loss"], rel=1e-4)
+        assert all(a[f"loss_{t}"] == pytest.approx(w[f"loss_{t}"], rel=1e-4) for t in TASKS)
+
+
+@pytest.mark.parametrize("method", ["nash-mtl", "cagrad"])
+def test_fp16_trains_every_method_the_engine_unscaling_the_rows(tiny_model_dir, tiny_data_dir, tmp_path, method):
+    """fp16 is no longer refused for methods that are not scale-invariant: with the gradient scaler Trainer's
+    accelerator holds (a CPU `GradScaler` put in its place here: Accelerate makes one on GPUs only), the step writes
+    exactly scale x the float32 step into `.grad`, which the scaler's `unscale_` then divides again."""
+    needs_torchjd(method)
+    model, tokenizer = tiny_model(tiny_model_dir)
+    sets = train_sets(tiny_data_dir, tokenizer)
+    trainer = MultiTaskTrainer(model, args(tmp_path / "fp16", fp16=True, max_steps=1), train_dataset=sets,
+                               processing_class=tokenizer, method=method)
+    trainer.train()  # float16 autocast on the CPU: no refusal, a finite step
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    batches, state = trainer.draw_batches(1), trainer.surgery.state_dict()
+    grads = {}
+    for scale in (None, 1024.0):
+        trainer.surgery.load_state_dict(state)  # the same start for both: the generator, and no warm start
+        getattr(trainer.surgery.aggregate, "reset", lambda: None)()
+        trainer.accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=scale) if scale else None
+        model.zero_grad(set_to_none=True)
+        trainer.multitask_step(model, batches)
+        grads[scale] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert grads[None].keys() == grads[1024.0].keys()
+    for name, grad in grads[None].items():
+        torch.testing.assert_close(grads[1024.0][name], 1024.0 * grad, rtol=1e-3, atol=1e-6, msg=name)
+
+
 class Trunk(nn.Module):
     """Not mtbert's model: a shared MLP and two heads; forward(task, batch) returns the batch's mean loss."""
 
@@ -170,8 +220,6 @@ def test_any_model_whose_forward_returns_a_task_loss(tmp_path):
 def test_bad_settings_are_one_clear_error(tiny_model_dir, tiny_data_dir, tmp_path):
     model, tokenizer = tiny_model(tiny_model_dir)
     sets = train_sets(tiny_data_dir, tokenizer)
-    with pytest.raises(ConfigError, match="gradient_accumulation_steps"):
-        MultiTaskTrainer(model, args(tmp_path, gradient_accumulation_steps=2), train_dataset=sets)
     with pytest.raises(ConfigError, match="task_ratio: '1:2' must be 3 whole numbers"):
         MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, task_ratio="1:2")
     with pytest.raises(ConfigError, match="unknown task 'nli'"):

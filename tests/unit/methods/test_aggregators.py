@@ -490,3 +490,14 @@ def test_diagnose_of_pcgrads_update_reports_what_it_removed() -> None:
 def test_diagnose_needs_one_name_per_row() -> None:
     with pytest.raises(ValueError, match="task_names has 1 names for 2 gradient rows"):
         diagnose(t([[1, 0], [0, 1]]), t([[1, 1]])[0], ["a"])
+
+
+def test_mtbert_gradients_re_exports_every_public_name_of_the_aggregators():
+    import mtbert.gradients
+    from mtbert.gradients import AGGREGATORS, make_aggregator, pcgrad  # noqa: F401 - the import is the check
+    from mtbert.methods import aggregators
+
+    public = {n for n, v in vars(aggregators).items() if not n.startswith("_") and getattr(v, "__module__", None)
+              == aggregators.__name__} | {"AGGREGATORS", "TORCHJD_INSTALL_HINT"}
+    assert public <= set(mtbert.gradients.__all__)
+    assert all(getattr(mtbert.gradients, n) is getattr(aggregators, n) for n in mtbert.gradients.__all__)

@@ -206,3 +206,71 @@ def test_misuse_is_one_clear_error():
         GradientSurgery([p for _, p in model.shared()], scope="per-layer")
     with pytest.raises(MtbertError, match="outside the embedding"):
         GradientSurgery(model.shared(), embedding=model.embed.weight).begin_step(torch.tensor([VOCAB]))
+
+
+def test_micro_batches_collected_with_accumulate_equal_the_whole_batch():
+    """Two halves of each task's batch, each backward followed by `collect(task, accumulate=True)` (the halves
+    interleaved across tasks, as Trainer's micro-steps run them), give the update of the whole batch."""
+    model = Net()
+    whole = batches(0)
+    surgery = GradientSurgery(model.shared(), method="pcgrad", seed=1, embedding=model.embed.weight)
+    surgery_step(model, surgery, whole)
+    expected = written(model).clone()
+    model.zero_grad(set_to_none=True)
+    halves = [{t: {k: v[i * 2 : (i + 1) * 2] for k, v in b.items()} for t, b in whole.items()} for i in range(2)]
+    accumulating = GradientSurgery(model.shared(), method="pcgrad", seed=1, embedding=model.embed.weight)
+    accumulating.begin_step([b["ids"] for half in halves for b in half.values()])
+    for half in halves:
+        for task, b in half.items():
+            (model(task, b) / 2).backward()  # the mean over 2 of 4 examples is half the batch's mean
+            accumulating.collect(task, accumulate=True)
+    assert accumulating.tasks == list(TASKS)
+    accumulating.apply()
+    torch.testing.assert_close(written(model), expected, atol=1e-6, rtol=1e-5)
+
+
+class FakeScaler:
+    """A float16 gradient scaler as `apply` reads it: the factor the losses were multiplied by."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    def get_scale(self) -> float:
+        return self.scale
+
+
+def _scaled_step(method: str, scale: float | None, model: Net | None = None) -> tuple[torch.Tensor, dict | None]:
+    model = model or Net()
+    surgery = GradientSurgery(model.shared(), method=method, seed=2)
+    for task, b in batches(0).items():
+        (model(task, b) * (scale or 1.0)).backward()
+        surgery.collect(task)
+    stats = surgery.apply(scaler=FakeScaler(scale) if scale is not None else None)
+    return written(model), stats
+
+
+@pytest.mark.parametrize("method", [m for m in ("pcgrad", "nash-mtl") if m in METHODS_HERE])
+def test_fp16_rows_are_unscaled_before_the_aggregation_and_the_update_written_back_scaled(method):
+    """Nash-MTL's update does not scale with its input: aggregated scaled, .grad would not be s x the update."""
+    plain, plain_stats = _scaled_step(method, None)
+    scaled, stats = _scaled_step(method, 1024.0)
+    torch.testing.assert_close(scaled, 1024.0 * plain, rtol=1e-4, atol=1e-5)
+    assert stats["grad_norm"] == pytest.approx(plain_stats["grad_norm"], rel=1e-4)  # of the true gradients
+
+
+def test_fp16_rows_that_overflowed_write_nan_and_no_statistics():
+    model = Net()
+    _, stats = _scaled_step("pcgrad", float("inf"), model)
+    reached = [p.grad for n, p in model.shared() if not n.startswith("spare.")]
+    assert all(torch.isnan(g).all() for g in reached) and stats is None
+    assert model.spare.weight.grad is None  # reached by no task: still no gradient
+
+
+def test_a_bad_ddp_mode_or_option_value_is_one_clear_error():
+    model = Net()
+    with pytest.raises(ConfigError, match="ddp_mode: 'global' is not one of exact, local"):
+        GradientSurgery(model.shared(), ddp_mode="global")
+    with pytest.raises(ConfigError, match="'cagrad': option 'c' must be a number, not 'big'"):
+        GradientSurgery(model.shared(), method="cagrad", c="big")
+    with pytest.raises(ConfigError, match="'nash-mtl': option 'optim_niter' must be an integer, not 2.5"):
+        GradientSurgery(model.shared(), method="nash-mtl", optim_niter=2.5)

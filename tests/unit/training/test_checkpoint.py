@@ -146,3 +146,22 @@ def test_save_total_limit_keeps_the_newest(tmp_path):
     for step in range(1, 5):
         parts.save(tmp_path, step, keep=2)
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-3", "checkpoint-4"]
+
+
+def test_the_stage_state_is_saved_with_the_keys_of_before_and_reads_older_checkpoints(tmp_path):
+    """trainer_state.json keeps the keys it always had; a checkpoint written before early stopping existed (no
+    `evals_without_improvement`) or holding the method's and the scaler's state resumes with the defaults."""
+    state = ckpt.StageState(global_step=6, best_metric=0.5, best_step=4, bad_steps=1, train_seconds=2.5,
+                            evals_without_improvement=1)
+    assert list(state.to_dict()) == ["global_step", "best_metric", "best_step", "bad_steps", "train_seconds",
+                                     "evals_without_improvement"]
+    parts = Parts()
+    parts.train(2)
+    path = ckpt.save_checkpoint(tmp_path, 6, parts.model, parts.optimizer, parts.scheduler, parts.sampler,
+                                parts.generator, {**state.to_dict(), "loss_weighting": {"logits": [0.0]}}, None)
+    assert ckpt.StageState.from_dict(Parts().load(path)) == state
+    older = {"global_step": 6, "best_metric": None, "best_step": None, "bad_steps": 0, "train_seconds": 1.0,
+             "grad_scaler": {"scale": 1024.0}}
+    assert ckpt.StageState.from_dict(older) == ckpt.StageState(global_step=6, train_seconds=1.0)
+    stopped = ckpt.StageState(stopped_early_at=3)
+    assert stopped.to_dict()["stopped_early_at"] == 3 and ckpt.StageState.from_dict(stopped.to_dict()) == stopped

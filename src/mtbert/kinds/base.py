@@ -1,0 +1,217 @@
+"""What a task kind is: every answer that differs between kinds of task, in one object.
+
+A kind is one module of `mtbert.kinds` holding one `TaskKind` subclass, and one line of the registry
+`mtbert.kinds.KINDS` (name -> instance). Every other layer asks the task's kind (`spec.task_kind`, or
+`kind_of(spec)`) and never branches on a kind's name, on whether it is a regression or on its head's width.
+
+A new kind implements, besides `name` (the config's `kind:` value) and `aliases`:
+
+- config: `validate(spec, where)` (its own checks, one ConfigError sentence naming the key), `has_classes`
+  (its labels are class indices that may be given by name: `label_names` are then resolved from the data);
+- data: `read_text(value, column)` (a row's input field -> (text, None) or (None, reason to skip the row)),
+  `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
+  (the inputs of one line typed on standard input), `text_groups(examples, architecture)` (the texts the
+  tokenizer encodes, one group per encoder input), `collate(encoded, indices, pad_token_id, packed, row_width)`
+  (a batch, padded or packed into rows) and `label_tensor(labels)` (a batch's labels as the loss reads them);
+- model: `head_architecture(architecture)`, `check_architecture(spec, architecture)`, `head_outputs(spec)`
+  (the head's width per unit), `init_output(spec, linear)`, `cosine_start(spec)` (a bi-cosine head's start),
+  `shape_outputs(spec, outputs)`;
+- training: `loss(spec, outputs, labels, regression_loss)`, SUMMED over the batch's units: sample weighting
+  (`1/n_i`) divides it by the number of units a step drew (for today's kinds an example); `divergence(spec,
+  outputs, reference)` (SMART's per-unit divergence);
+- evaluation: `decide(spec, outputs)` (predictions and the scores a soft ensemble averages), `metric(spec)` (the
+  primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`, `resampled_metric(spec, p, y)`
+  (the same metric on each row of resampled arrays, vectorised for the bootstrap), `task_score(spec, value)`
+  (its share of the overall score);
+- files: `format_value(spec, value)` (a prediction as written), `score_columns(spec)` (the scores file's
+  columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None);
+- ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
+- export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from mtbert.tasks import TaskSpec
+
+LabelParser = Callable[[Any], tuple[float | None, str | None]]
+_JSON_TYPES = {dict: "an object", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
+
+
+def type_name(value: Any) -> str:
+    """A field value's type as a JSON reader names it ("an array", "a number", ...)."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric a kind reports: its key in `<task>_<key>`, its name in words and on the Hub, and its score."""
+
+    key: str
+    words: str  # as a report's axis names it
+    hub_type: str  # model-index metric type
+    hub_name: str  # model-index metric name
+    correlation: bool = False  # a correlation r counts as (1 + r) / 2 in the overall score
+
+    def score(self, value: float) -> float:
+        """This metric's contribution to the overall score."""
+        return (1.0 + value) / 2.0 if self.correlation else value
+
+
+METRICS: dict[str, Metric] = {
+    "acc": Metric("acc", "accuracy", "accuracy", "Accuracy"),
+    "corr": Metric("corr", "Pearson r", "pearsonr", "Pearson correlation", correlation=True),
+}
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """What a task's head becomes on export: the library class, the call that reproduces `mtbert predict`,
+    the activation of the library's output, the Hub pipeline tag and a usage snippet for the model card."""
+
+    library_class: str  # "CrossEncoder" | "SentenceTransformer"
+    architecture: str  # cross | bi-cosine (single-sentence tasks: cross)
+    returns: str  # what the library call returns, in words
+    activation: str = "identity"  # "sigmoid" | "identity": the CrossEncoder's activation_fn
+    pipeline_tag: str = "text-classification"
+    usage: str = ""  # Python code with `{location}` for the folder or Hub id
+
+
+class TaskKind:
+    """The base of every kind; see the module docstring for what a kind implements."""
+
+    name: str = ""
+    aliases: tuple[str, ...] = ()
+    has_classes: bool = False
+
+    # ---- config ---------------------------------------------------------------------------------
+    def validate(self, spec: TaskSpec, where: str) -> None:
+        raise NotImplementedError
+
+    # ---- data -----------------------------------------------------------------------------------
+    def read_text(self, value: Any, column: str) -> tuple[Any, str | None]:
+        """A row's input field as text: (text, None), or (None, why the row is skipped)."""
+        if value is None:
+            return None, f"'{column}' is empty (null)"
+        if not isinstance(value, str):
+            return None, f"'{column}' is {type_name(value)}, not text"
+        return value.strip(), None
+
+    def texts_from_line(self, spec: TaskSpec, line: str) -> tuple[tuple[Any, ...] | None, str | None]:
+        """The inputs of one line typed on standard input (several texts separated by tabs), or why not."""
+        texts = line.split("\t")
+        if len(texts) != len(spec.text_columns):
+            return None, (f"expected {len(spec.text_columns)} tab-separated text(s), found {len(texts)}")
+        return tuple(t.strip() for t in texts), None
+
+    def label_parser(self, spec: TaskSpec) -> LabelParser:
+        raise NotImplementedError
+
+    def text_groups(self, spec: TaskSpec, examples: Sequence[Any],
+                    architecture: str) -> list[tuple[list[str], list[str] | None]]:
+        raise NotImplementedError
+
+    def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
+        return torch.tensor(list(labels), dtype=torch.float)
+
+    def collate(self, encoded: Any, indices: list[int], pad_token_id: int, packed: bool,
+                row_width: int = 0) -> dict[str, Any]:
+        """The chosen examples as a batch: {"inputs": [one dict of tensors per encoder input], "labels": tensor or
+        None}, each input padded to the batch's longest member or, `packed`, laid out in rows of concatenated
+        examples (`mtbert.model.packing.pack_sequences`; rows up to `row_width` tokens when that is wider)."""
+        from mtbert.model.packing import pack_sequences, pad_sequences
+
+        n_inputs = len(encoded.features[indices[0]])
+        inputs = []
+        for k in range(n_inputs):
+            seqs = [encoded.features[i][k] for i in indices]
+            types = [encoded.token_types[i][k] for i in indices]
+            inputs.append(pack_sequences(seqs, types, pad_token_id, row_width) if packed
+                          else pad_sequences(seqs, types, pad_token_id))
+        labels = None
+        if encoded.labels and encoded.labels[indices[0]] is not None:
+            labels = self.label_tensor([encoded.labels[i] for i in indices])
+        return {"inputs": inputs, "labels": labels}
+
+    # ---- model ----------------------------------------------------------------------------------
+    def head_architecture(self, architecture: str) -> str:
+        return "cross"
+
+    def check_architecture(self, spec: TaskSpec, architecture: str) -> None:
+        return None
+
+    def head_outputs(self, spec: TaskSpec) -> int:
+        raise NotImplementedError
+
+    def init_output(self, spec: TaskSpec, linear: nn.Linear) -> None:
+        return None
+
+    def cosine_start(self, spec: TaskSpec) -> tuple[float, float]:
+        return (5.0, 0.0)
+
+    def shape_outputs(self, spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs
+
+    # ---- training -------------------------------------------------------------------------------
+    def loss(self, spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor,
+             regression_loss: str = "mse") -> torch.Tensor:
+        raise NotImplementedError
+
+    def divergence(self, spec: TaskSpec, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ---- evaluation -----------------------------------------------------------------------------
+    def decide(self, spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def metric(self, spec: TaskSpec) -> str:
+        raise NotImplementedError
+
+    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
+        raise NotImplementedError
+
+    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def task_score(self, spec: TaskSpec, value: float) -> float:
+        return METRICS[self.metric(spec)].score(value)
+
+    # ---- files and ensembles --------------------------------------------------------------------
+    def format_value(self, spec: TaskSpec, value: float) -> str:
+        raise NotImplementedError
+
+    def score_columns(self, spec: TaskSpec) -> list[str]:
+        raise NotImplementedError
+
+    def check_prediction(self, spec: TaskSpec, value: float) -> str | None:
+        return None
+
+    def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def agreement(self, spec: TaskSpec, first: np.ndarray, second: np.ndarray) -> tuple[str, float]:
+        """How far two models' predictions of the same examples agree: (name, value)."""
+        raise NotImplementedError
+
+    # ---- export and model card ------------------------------------------------------------------
+    def transformers_labels(self, spec: TaskSpec, labels: Sequence[Any]) -> tuple[int, list[Any]]:
+        """`num_labels` of the matching transformers Auto head, and the labels as its loss reads them."""
+        raise NotImplementedError
+
+    def export_plan(self, spec: TaskSpec, architecture: str) -> ExportPlan:
+        raise NotImplementedError
+
+    def hub_task_type(self, spec: TaskSpec) -> str:
+        return "text-classification"
