@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from mtbert.distribution import version
 from mtbert.errors import MtbertError
+from mtbert.io import to_json
 
 
 def _train_parser(sub) -> None:
@@ -138,6 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         if _is_rank0():
             print(f"error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        from mtbert.io import full_disk_error
+
+        full = full_disk_error(err)  # a write that no atomic writer wraps met a full disk: the same sentence
+        if full is None:
+            raise
+        if _is_rank0():
+            print(f"error: {full}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -157,7 +166,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         cfg = load_config(config_path(args.config), parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)
         if _is_rank0():
-            print(json.dumps(results, indent=2))
+            print(to_json(results, indent=2))
         return 0
     if args.command == "evaluate":
         from mtbert.evaluation.finished import evaluate_run
@@ -167,7 +176,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             if getattr(args, task):
                 files[task] = getattr(args, task)
         metrics = evaluate_run(Path(args.run_dir), files, quantize=args.quantize)
-        print(json.dumps(metrics, indent=2))
+        print(to_json(metrics, indent=2))
         if args.json:
             from mtbert.io import atomic_write_json
 
@@ -182,7 +191,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         from mtbert.evaluation.ensemble import run_ensemble
 
         results = run_ensemble([Path(m) for m in args.members], Path(args.output_dir), args.mode)
-        print(json.dumps(results, indent=2))
+        print(to_json(results, indent=2))
         return 0
     if args.command == "export":
         from mtbert.evaluation.export import export_task

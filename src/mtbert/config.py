@@ -273,6 +273,18 @@ class _SafeLoader(yaml.SafeLoader):
                                problem_mark=node.start_mark)
         return size
 
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):  # a key given twice: YAML's last-one-wins would hide the first
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if isinstance(key_node, yaml.ScalarNode):
+                    name = key_node.value
+                    if name in first_line:
+                        raise self.Refused(problem=f"the key {name[:40]!r} is given twice (first on line "
+                                           f"{first_line[name]}); keep one", problem_mark=key_node.start_mark)
+                    first_line[name] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
     def construct_yaml_int(self, node):
         digits = str(node.value).replace("_", "").lstrip("+-")
         value = super().construct_yaml_int(node) if len(digits) <= 40 else None
@@ -335,6 +347,8 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | str | float):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
         if isinstance(value, int):
+            if abs(value) > _SafeLoader.MAX_INT:
+                raise ConfigError(f"{key}: {str(value)[:24]} is too large (more than 64 bits)")
             return value
         try:
             number = float(value)
@@ -342,6 +356,8 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}: must be an integer, not {value!r}") from None
         if not math.isfinite(number) or number != int(number):
             raise ConfigError(f"{key}: must be an integer, not {value!r}")
+        if abs(number) > _SafeLoader.MAX_INT:  # the YAML loader's limit, for --key value too
+            raise ConfigError(f"{key}: {str(value)[:24]} is too large (more than 64 bits)")
         return int(number)
     if hint is float:
         if isinstance(value, bool):
@@ -368,6 +384,100 @@ def _coerce(key: str, value: Any) -> Any:
             raise ConfigError(f"{key}: must be a mapping of keys to values")
         return value
     return value
+
+
+# Upper bounds of the size keys: far above any real run, low enough that a typo fails here in one sentence
+# instead of filling the memory or starting a run of 10^19 steps.
+MAX_BATCH = 65_536  # samples of one task in one forward pass (per_device_*_batch_size times the task's ratio)
+MAX_STEP_SAMPLES = 1 << 24  # samples of one task in one optimizer step (with gradient accumulation)
+MAX_STEPS = 1_000_000_000  # optimizer steps of a stage (max_steps, or the epochs' steps), masked-LM steps
+MAX_LENGTH = 1 << 16  # tokens per sequence, whatever the encoder (its own limit: check_model_limits)
+MAX_SEED = 2**32 - 1  # the seeds every RNG here accepts (numpy's range)
+MAX_LORA_RANK = 4096  # a LoRA rank beyond the hidden size adds nothing
+
+
+def check_sizes(cfg: TrainConfig, prefix: str = "") -> None:
+    """Refuse a size key beyond what any run can use (one ConfigError naming the key and the bound)."""
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"{prefix}{key}: {why}")
+
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size"):
+        if getattr(cfg, key) > MAX_BATCH:
+            raise bad(key, f"{getattr(cfg, key)} is more than {MAX_BATCH:,} samples per batch")
+    if cfg.max_length > MAX_LENGTH:
+        raise bad("max_length", f"{cfg.max_length} is more than {MAX_LENGTH:,} tokens (and than any encoder's "
+                  "positions)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise bad("seed", f"must be in 0..{MAX_SEED}, not {cfg.seed}")
+    if cfg.gradient_accumulation_steps > MAX_BATCH:
+        raise bad("gradient_accumulation_steps", f"{cfg.gradient_accumulation_steps} is more than {MAX_BATCH:,}")
+    for key in ("max_steps", "mlm_steps"):
+        if getattr(cfg, key) > MAX_STEPS:
+            raise bad(key, f"{getattr(cfg, key)} is more than {MAX_STEPS:,} steps")
+    rank = cfg.lora.get("r") if isinstance(cfg.lora, dict) else None
+    if isinstance(rank, int) and not isinstance(rank, bool) and rank > MAX_LORA_RANK:
+        raise bad("lora.r", f"{rank} is more than {MAX_LORA_RANK:,} (a rank beyond the hidden size adds nothing)")
+    top = max(cfg.ratios().values())
+    if cfg.per_device_train_batch_size * top > MAX_BATCH:
+        raise bad("task_ratio", f"'{cfg.task_ratio}' times per_device_train_batch_size "
+                  f"{cfg.per_device_train_batch_size} is {cfg.per_device_train_batch_size * top:,} samples of one task "
+                  f"per batch, more than {MAX_BATCH:,}")
+    unit = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps
+    if unit * top > MAX_STEP_SAMPLES:
+        raise bad("gradient_accumulation_steps", f"{cfg.gradient_accumulation_steps} micro-batches of "
+                  f"{cfg.per_device_train_batch_size * top:,} samples are more than {MAX_STEP_SAMPLES:,} samples of "
+                  "one task per step")
+    if cfg.max_steps <= 0:
+        per_epoch = math.ceil(cfg.samples_per_task_per_epoch / unit)
+        steps = per_epoch * cfg.num_train_epochs
+        if steps > MAX_STEPS:
+            raise bad("samples_per_task_per_epoch" if per_epoch > MAX_STEPS else "num_train_epochs",
+                      f"{cfg.num_train_epochs:g} epochs of {cfg.samples_per_task_per_epoch:,} samples per task make "
+                      f"about {steps:.3g} steps, more than {MAX_STEPS:,}; set max_steps or lower them")
+
+
+def check_model_limits(cfg: TrainConfig, positions: int | None, model: str, prefix: str = "") -> None:
+    """Refuse a max_length beyond the encoder's positions (`positions`: `encoder_positions`; None: unknown)."""
+    if positions is not None and cfg.max_length > positions:
+        raise ConfigError(f"{prefix}max_length: {cfg.max_length} is more than the {positions} token positions of "
+                          f"the encoder {model}; give at most {positions}")
+
+
+def config_positions(config: Any) -> int | None:
+    """The positions of a transformers model config: max_position_embeddings, less the padding offset of
+    RoBERTa-style models (their position ids start after the padding index); None when it has none."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer",
+                                                "data2vec-text"):
+        positions -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return positions if positions > 0 else None
+
+
+def encoder_positions(name_or_path: str, trust_remote_code: bool = False) -> int | None:
+    """The longest sequence the encoder at `name_or_path` takes: its position embeddings (less the padding offset
+    of RoBERTa-style models), or its tokenizer's model_max_length when smaller; None when neither is known."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the backbone check says why it cannot be loaded
+    positions = config_positions(config)
+    if positions is None:
+        return None
+    tokenizer_config = Path(name_or_path) / "tokenizer_config.json"
+    if tokenizer_config.is_file():
+        import json
+
+        try:
+            limit = json.loads(tokenizer_config.read_text(encoding="utf-8")).get("model_max_length")
+        except (OSError, ValueError, AttributeError):
+            limit = None
+        if isinstance(limit, int | float) and 0 < limit < positions:
+            positions = int(limit)
+    return positions
 
 
 def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
@@ -450,6 +560,7 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
     if cfg.method == "single" and len(specs) != 1:
         raise bad("method", f"single trains one task, but tasks lists {len(specs)}")
     cfg.ratios()
+    check_sizes(cfg, prefix)
 
 
 def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:

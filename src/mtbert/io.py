@@ -1,10 +1,12 @@
 """Crash-safe file writing: write to a temporary name in the same folder, then rename into place.
 
-A write that fails (a full disk, a quota, a read-only folder) raises `WriteError`, one sentence naming the
-path, and leaves the previous file or folder as it was. Files get the usual permissions (0666 and 0777 minus
-the umask), not the 0600 of `tempfile`. A folder replaced by `atomic_dir` is swapped in one step where the
-system can (Linux `renameat2(RENAME_EXCHANGE)`), else by two renames whose gap the next write repairs
-(`recover_dir`).
+A write that fails (a full disk, a quota, a file too large, a read-only folder) raises `WriteError`, one
+sentence naming the path, and leaves the previous file or folder as it was; `space_error` is the one place that
+recognises a full disk, whatever library reported it (an OSError, safetensors' error, torch's RuntimeError).
+Files get the usual permissions (0666 and 0777 minus the umask), not the 0600 of `tempfile` or safetensors.
+JSON is written strictly: a non-finite number (NaN, infinity) becomes `null`. A folder replaced by
+`atomic_dir` is swapped in one step where the system can (Linux `renameat2(RENAME_EXCHANGE)`), else by two
+renames whose gap the next write repairs (`recover_dir`).
 
 Test hooks (environment variables, matched against the path written):
 
@@ -20,6 +22,7 @@ import errno
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
@@ -35,7 +38,14 @@ from mtbert.errors import MtbertError
 FAIL_WRITE_ENV = "MTBERT_TEST_FAIL_WRITE"
 PAUSE_WRITE_ENV = "MTBERT_TEST_PAUSE_WRITE"
 _HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
-_SPACE_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_EDQUOT = getattr(errno, "EDQUOT", 122)
+_SPACE_REASONS = {errno.ENOSPC: "no space left on device", _EDQUOT: "disk quota exceeded",
+                  errno.EFBIG: "file too large for the file system"}
+_SPACE_ERRNOS = set(_SPACE_REASONS)
+# How libraries that do not raise OSError say it (safetensors: "... (os error 28)"; torch: only "file write failed")
+_SPACE_TEXTS = {errno.ENOSPC: ("no space left on device", f"os error {errno.ENOSPC})"),
+                _EDQUOT: ("disk quota exceeded", f"os error {_EDQUOT})"),
+                errno.EFBIG: ("file too large", f"os error {errno.EFBIG})")}
 _LOW_SPACE_BYTES = 1 << 20
 
 
@@ -49,16 +59,61 @@ class WriteError(MtbertError):
         super().__init__(f"{path}: cannot be written ({reason}), its previous version is left as it was{hint}")
 
 
-def write_error(path: str | Path, err: BaseException) -> WriteError:
-    """The WriteError for `err` raised while writing `path`."""
+def space_error(err: BaseException) -> int | None:
+    """ENOSPC, EDQUOT or EFBIG when `err` (or an error it was raised from) says the disk, the quota or the file
+    system's file size is exhausted, whichever library raised it; else None."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _SPACE_ERRNOS:
+            return err.errno
+        text = str(err).lower()
+        for code, needles in _SPACE_TEXTS.items():
+            if any(n in text for n in needles):
+                return code
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def write_error(path: str | Path, err: BaseException, disk_full: bool = False) -> WriteError:
+    """The WriteError for `err` raised while writing `path` (`disk_full`: the file system was found full)."""
+    code = space_error(err)
+    if code is None and disk_full:
+        code = errno.ENOSPC
+    if code is not None:
+        return WriteError(path, _SPACE_REASONS[code], code)
     if isinstance(err, OSError):
-        if err.errno == errno.ENOSPC:
-            return WriteError(path, "no space left on device", err.errno)
-        if err.errno in _SPACE_ERRNOS:
-            return WriteError(path, "disk quota exceeded", err.errno)
         return WriteError(path, err.strerror or str(err), err.errno)
-    return WriteError(path, f"the disk is full: {str(err).splitlines()[0] if str(err) else type(err).__name__}",
-                      errno.ENOSPC)
+    text = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    return WriteError(path, text)
+
+
+def full_disk_error(err: BaseException) -> WriteError | None:
+    """The WriteError sentence for a full disk, quota or file size met outside the atomic writers (a library's own
+    write: a tracker, a lock file, a staging folder); None when `err` is not one of those."""
+    code = space_error(err)
+    if code is None:
+        return None
+    name = err.filename if isinstance(err, OSError) and err.filename else None
+    return WriteError(name or "a file of this command", _SPACE_REASONS[code], code)
+
+
+def finite_json(data: Any) -> Any:
+    """`data` with every non-finite float (NaN, infinity) replaced by None, so that it is valid JSON (`null`)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: finite_json(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [finite_json(v) for v in data]
+    if hasattr(data, "item") and callable(data.item) and getattr(data, "ndim", None) == 0:  # a numpy/torch scalar
+        return finite_json(data.item())
+    return data
+
+
+def to_json(data: Any, indent: int | None = None) -> str:
+    """Strict JSON text of `data`: a non-finite number is written as null, never as NaN or Infinity."""
+    return json.dumps(finite_json(data), indent=indent, allow_nan=False)
 
 
 def _test_fail(path: Path) -> None:
@@ -128,6 +183,11 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
     Raises WriteError naming `path` when the write fails (the old file, if any, is untouched).
     """
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """`atomic_write_text` for bytes (a PNG, ...)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,9 +199,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
         raise write_error(path, err) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        with os.fdopen(fd, "wb") as handle:
             _test_fail(path)
-            handle.write(text)
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         _test_pause(path)
@@ -155,7 +215,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write `data` as strict JSON (non-finite numbers as null), atomically."""
+    atomic_write_text(path, to_json(data, indent=2) + "\n")
 
 
 def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
@@ -165,7 +226,7 @@ def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
     is cut off again (the file keeps its earlier lines) and raises WriteError.
     """
     path = Path(path)
-    line = json.dumps(record) + "\n"
+    line = to_json(record) + "\n"
     try:
         with open(path, "ab+") as handle:
             size = handle.seek(0, os.SEEK_END)
@@ -280,8 +341,11 @@ def atomic_dir(target: str | Path, fill: Callable[[Path], None]) -> None:
         _test_fail(target)
         for file in tmp.rglob("*"):
             if file.is_file():
+                os.chmod(file, 0o666 & ~_umask())  # safetensors and tempfile create files 0600
                 with open(file, "rb") as handle:
                     os.fsync(handle.fileno())
+            elif file.is_dir():
+                os.chmod(file, 0o777 & ~_umask())
         _fsync_dir(tmp)
         _test_pause(target)
         if not target.exists():
@@ -302,9 +366,11 @@ def atomic_dir(target: str | Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(target, err) from None
     except Exception as err:
+        # look at the disk before the temporary folder is removed: removing it frees the space again
+        full = not isinstance(err, MtbertError) and (space_error(err) is not None or _disk_full(target.parent))
         shutil.rmtree(tmp, ignore_errors=True)
-        if not isinstance(err, MtbertError) and _disk_full(target.parent):
-            raise write_error(target, err) from None
+        if full:
+            raise write_error(target, err, disk_full=True) from None
         raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -120,9 +120,9 @@ def test_defaults_validate():
 
 def test_values_are_coerced_to_their_types():
     cfg = build_config({"max_length": "64", "learning_rate": "3e-5", "num_train_epochs": 2, "sample_weighting": "True",
-                        "seed": 12345678901234567891, "max_steps": 1e3, "task_ratio": "0:3:1"})
+                        "seed": 4294967295, "max_steps": 1e3, "task_ratio": "0:3:1"})
     assert (cfg.max_length, cfg.learning_rate, cfg.num_train_epochs) == (64, 3e-5, 2.0)
-    assert cfg.sample_weighting is True and cfg.seed == 12345678901234567891 and cfg.max_steps == 1000
+    assert cfg.sample_weighting is True and cfg.seed == 4294967295 and cfg.max_steps == 1000
     assert cfg.ratios() == {"sst": 0, "para": 3, "sts": 1}
 
 

@@ -83,7 +83,7 @@ def test_ordinary_configs_still_load(tmp_path):
     """Anchors within the limits, merge keys, `.inf`-free numbers, a byte-order mark and YAML 1.2 words stay fine."""
     path = tmp_path / "ok.yaml"
     path.write_bytes("\ufeffmethod: pcgrad\ntask_ratio: 1:2:1\neval_strategy: no\nlearning_rate: &lr 3.0e-5\n"
-                     "head_learning_rate: *lr\nseed: 9223372036854775807\n".encode())
+                     "head_learning_rate: *lr\nlogging_steps: 9223372036854775807\n".encode())
     cfg = load_config(path)
-    assert (cfg.method, cfg.task_ratio, cfg.eval_strategy, cfg.seed) == ("pcgrad", "1:2:1", "no", 2**63 - 1)
+    assert (cfg.method, cfg.task_ratio, cfg.eval_strategy, cfg.logging_steps) == ("pcgrad", "1:2:1", "no", 2**63 - 1)
     assert cfg.learning_rate == cfg.head_learning_rate == 3e-5

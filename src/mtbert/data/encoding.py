@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mtbert.data.files import Example
 from mtbert.tasks import TaskSpec
@@ -18,6 +19,7 @@ class EncodedSet:
     features: list[list[list[int]]]  # per example: one token-id list per encoder input (1 or 2)
     token_types: list[list[list[int]]]
     labels: list[float | None]
+    extras: list[Any] | None = None  # per example, what the kind's collate and decide need beyond the token ids
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -30,22 +32,14 @@ def encode_examples(tokenizer, spec: TaskSpec, examples: list[Example], max_leng
     The task's kind says what is encoded (pairs: one sequence for the `cross` architecture, two for the
     bi-encoders).
     """
-    features: list[list[list[int]]] = [[] for _ in examples]
-    token_types: list[list[list[int]]] = [[] for _ in examples]
-    for first, second in spec.task_kind.text_groups(spec, examples, pair_architecture):
-        if not examples:
-            break
-        enc = tokenizer(first, second, truncation=True, max_length=max_length, return_token_type_ids=True)
-        types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
-        for i, (ids, tt) in enumerate(zip(enc["input_ids"], types, strict=True)):
-            features[i].append(list(ids))
-            token_types[i].append(list(tt))
+    features, token_types, extras = spec.task_kind.encode(tokenizer, spec, examples, max_length, pair_architecture)
     return EncodedSet(
         spec=spec,
         ids=[e.id for e in examples],
         features=features,
         token_types=token_types,
         labels=[e.label for e in examples],
+        extras=extras,
     )
 
 

@@ -90,8 +90,10 @@ def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParse
             positions = {}
             for column in wanted:
                 if column not in header:
-                    shown = ", ".join(repr(h) for h in header)
-                    raise DataError(f"{path}, line 1: missing column '{column}' (the header has {shown})")
+                    from mtbert.data.formats import shown_columns
+
+                    shown = shown_columns(header)
+                    raise DataError(f"{path}, line 1: missing column '{column[:40]}' (the header has {shown})")
                 positions[column] = header.index(column)
             width = len(header)
             line = reader.line_num + 1

@@ -84,12 +84,19 @@ def _decode(path: Path, data: bytes) -> str:
         raise DataError(f"{path}, line {line}: not valid UTF-8 text") from None
 
 
+def shown_columns(names: list[str], most: int = 20, width: int = 40) -> str:
+    """Column names for an error message: the first `most`, each cut to `width` characters (a header line of
+    megabytes gives a sentence, not megabytes)."""
+    cut = [repr(c if len(c) <= width else c[:width] + "...") for c in names[:most]]
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return (", ".join(cut) or "none") + more
+
+
 def _check_columns(where: str, spec: TaskSpec, labeled: bool, id_column: str | None, present: set[str],
                    what: str, shown: list[str]) -> None:
     for column in wanted_columns(spec, labeled, id_column):
         if column not in present:
-            listed = ", ".join(repr(c) for c in shown[:20]) or "none"
-            raise DataError(f"{where}: {what} '{column}' (its columns: {listed})")
+            raise DataError(f"{where}: {what} '{column[:40]}' (its columns: {shown_columns(shown)})")
 
 
 def read_json(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParser) -> ReadResult:

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from mtbert.errors import DataError, MtbertError
-from mtbert.io import atomic_write_json
+from mtbert.io import atomic_write_json, read_json
 from mtbert.kinds.sentence import majority  # noqa: F401 - importable from here as before
 from mtbert.runs.layout import PREDICTIONS, SCORES, RunDir
+from mtbert.runs.output import claim_output_dir
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
     """A member's CS224N file as {id: prediction}, checking that classes are classes of the task."""
     from mtbert.evaluation.predict import read_cs224n
 
-    _, values = read_cs224n(path)
+    _, values = read_cs224n(path, spec)  # class names (label_names) back to class indices
     for example_id, value in values.items():
         why = spec.task_kind.check_prediction(spec, value)
         if why is not None:
@@ -144,10 +145,12 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
     """Task specs, data folder and max_eval_samples from the first member with a config, else the built-ins."""
     for member in members:
         if member.run_dir is not None:
-            from mtbert.evaluation.finished import load_run_config
+            from mtbert.evaluation.finished import load_run_config, with_saved_labels
 
             cfg = load_run_config(member.run_dir)
-            return {s.name: s for s in cfg.task_specs()}, cfg.resolved_data_dir(), cfg.max_eval_samples
+            run = RunDir(member.run_dir)  # with the class names its model saved (labels that are names)
+            specs = [with_saved_labels(s, run.model_for(s.name)) for s in cfg.task_specs()]
+            return {s.name: s for s in specs}, cfg.resolved_data_dir(), cfg.max_eval_samples
     return dict(BUILTIN_TASKS), Path(os.environ.get("MTBERT_DATA") or "data"), None
 
 
@@ -171,7 +174,7 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, f
 
 def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
     """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
-    from mtbert.evaluation.predict import format_value, write_cs224n
+    from mtbert.evaluation.predict import format_value, parse_value, write_cs224n
 
     output_dir = Path(output_dir)
     resolved = check_members([Path(m) for m in members], output_dir, mode)
@@ -191,7 +194,7 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
             written.append(name)
             if split == "dev":
                 # score the predictions as written (regression values are rounded in the file)
-                as_written = np.array([float(format_value(spec, v)) for v in predictions])
+                as_written = np.array([parse_value(spec, format_value(spec, v)) for v in predictions])
                 dev[spec.name] = (spec, ids, as_written, per_member)
     if not written:
         pattern = "predictions/{task}-{split}-output.csv" if mode == "vote" else "scores/{task}-{split}.tsv"
@@ -221,7 +224,24 @@ def check_members(members: list[Path], output_dir: Path, mode: str) -> list[Memb
             )
         if output_dir.resolve() in (member.predictions.resolve(), member.path.resolve()):
             raise MtbertError(f"--output_dir: {output_dir} is a member's folder; choose a new folder")
+    seen: dict[Path, Member] = {}
+    for member in resolved:
+        first = seen.setdefault(member.predictions.resolve(), member)
+        if first is not member:
+            logger.warning("ensemble: %s is listed again (as %s): its predictions count once more in the vote; list "
+                           "each run once unless you mean to weigh it more", first.path, member.path)
+    if len(seen) == 1:
+        logger.warning("ensemble: one distinct member (%s), so the ensemble repeats its predictions; give two or more "
+                       "runs", resolved[0].path)
+    claim_output_dir(output_dir, "ensemble", "--output_dir", is_ensemble_output)
     return resolved
+
+
+def is_ensemble_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier ensemble's output (its results.json names a mode and members; no run)."""
+    results = read_json(RunDir(folder).results)
+    return (results is not None and results.get("mode") in MODES and isinstance(results.get("members"), list)
+            and not RunDir(folder).config.is_file())
 
 
 def combine_split(members: list[Member], spec: TaskSpec, split: str,

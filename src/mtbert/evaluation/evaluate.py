@@ -34,7 +34,7 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
 def score_outputs(dev_sets: dict[str, EncodedSet], raw: dict[str, tuple[np.ndarray, np.ndarray]],
                   with_interval: bool = False, ranks: Ranks = ONE_PROCESS) -> dict[str, float]:
     """The metrics `evaluate_sets` computes, from outputs it returned earlier (no prediction)."""
-    results = {name: (encoded.spec, raw[name][0], np.asarray(encoded.labels, dtype=float))
+    results = {name: (encoded.spec, raw[name][0], encoded.spec.task_kind.label_array(encoded.labels))
                for name, encoded in dev_sets.items()}
     return ranks.main_only(_metrics, results, with_interval)
 

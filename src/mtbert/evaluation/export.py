@@ -85,10 +85,9 @@ def export_task(run_dir: str | Path, task: str, output: str | Path,
 
 def check_output(output: Path, run: RunDir) -> None:
     """`output` must be a new or empty folder outside the run's model folders."""
-    if output.exists() and not output.is_dir():
-        raise MtbertError(f"--output: {output} is a file; give a new or empty folder")
-    if output.is_dir() and any(output.iterdir()):
-        raise MtbertError(f"--output: {output} is not empty; give a new or empty folder")
+    from mtbert.runs.output import claim_output_dir
+
+    claim_output_dir(output, "export", "--output")  # an export replaces no folder, not even an earlier export
     resolved = output.resolve()
     if resolved == run.root.resolve() or run.best.resolve() in (resolved, *resolved.parents):
         raise MtbertError(f"--output: {output} is inside the run's model folder; choose a folder outside it")

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from mtbert.config import TrainConfig, load_config
+from mtbert.config import TrainConfig, config_positions, load_config
 from mtbert.data import Example, ReadResult, encode_examples, read_task_file
 from mtbert.data.quotes import runaway_quote_line
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.evaluate import predict_set
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.evaluation.predict import format_value, write_cs224n, write_csv
+from mtbert.io import read_json
 from mtbert.model import MultiTaskModel, load_tokenizer
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.tasks import TaskSpec
@@ -49,12 +50,34 @@ def load_model(path: Path, device: torch.device) -> tuple[MultiTaskModel, Any]:
         raise MtbertError(f"{path}: the saved model cannot be loaded (damaged or incomplete: {reason[:200]})") from None
 
 
+def usable_length(cfg: TrainConfig, model: MultiTaskModel) -> int:
+    """The run's max_length, within the encoder's position embeddings (a run trained before max_length was
+    checked against them would fail on a long input)."""
+    positions = config_positions(model.encoder.config)
+    return cfg.max_length if positions is None else min(cfg.max_length, positions)
+
+
 def trained_tasks(run_dir: Path, cfg: TrainConfig) -> list[TaskSpec]:
-    """Tasks the run's models can predict (a ratio-0 task of a one-stage run has no trained head)."""
-    if RunDir(run_dir).tasks_dir.is_dir() or cfg.task_ratio is None:
-        return cfg.task_specs()
-    ratios = cfg.ratios()
-    return [s for s in cfg.task_specs() if ratios[s.name] > 0]
+    """Tasks the run's models can predict (a ratio-0 task of a one-stage run has no trained head), with the class
+    names the model was trained with (labels that are names in the data: saved in its mtbert_config.json)."""
+    specs = cfg.task_specs()
+    if not (RunDir(run_dir).tasks_dir.is_dir() or cfg.task_ratio is None):
+        ratios = cfg.ratios()
+        specs = [s for s in specs if ratios[s.name] > 0]
+    return [with_saved_labels(s, RunDir(run_dir).model_for(s.name)) for s in specs]
+
+
+def with_saved_labels(spec: TaskSpec, model_dir: Path) -> TaskSpec:
+    """`spec` with the `label_names` that the model in `model_dir` saved for it, when the config gave none."""
+    if not spec.task_kind.has_classes or spec.label_names is not None:
+        return spec
+    settings = read_json(model_dir / MODEL_CONFIG) or {}
+    tasks = settings.get("tasks")
+    for saved in tasks if isinstance(tasks, list) else []:
+        names = saved.get("label_names") if isinstance(saved, dict) and saved.get("name") == spec.name else None
+        if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
+            return replace(spec, label_names=tuple(names), num_labels=len(names))  # as resolve_labels gave it
+    return spec
 
 
 def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: str | None = None) -> dict[str, float]:
@@ -74,10 +97,10 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
         path = Path(files[name]) if name in files else cfg.resolved_data_dir() / spec.dev_file
         examples = usable_examples(read_task_file(path, spec, labeled=True))
         model, tokenizer = load_model(dirs[name], device)
-        encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
+        encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
         predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0,
                                      device, progress=True, quantize=quantize)
-        results[name] = (spec, predictions, np.array([e.label for e in examples]))
+        results[name] = (spec, predictions, spec.task_kind.label_array([e.label for e in examples]))
     metrics = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     return metrics
@@ -91,13 +114,13 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
         raise MtbertError(f"--task: the run has no trained task {task} (tasks: {', '.join(specs)})")
     spec = specs[task]
     if input_path == "-":
-        examples = examples_from_lines(sys.stdin.read().splitlines(), spec)
+        examples = examples_from_lines(stdin_lines(), spec)
     else:
         examples = usable_examples(read_task_file(input_path, spec, labeled=False))
     path = model_dirs(run_dir, cfg)[task]
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tokenizer = load_model(path, device)
-    encoded = encode_examples(tokenizer, spec, examples, cfg.max_length, model.pair_architecture)
+    encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
     predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
                                  progress=output != "-", quantize=quantize)
     ids = [e.id for e in examples]
@@ -106,6 +129,21 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
             print(f"{example_id}\t{format_value(spec, value)}")
         return
     (write_cs224n if fmt == "cs224n" else write_csv)(output, spec, ids, predictions)
+
+
+def stdin_lines() -> list[str]:
+    """Standard input's lines, decoded as UTF-8 (a byte-order mark dropped); DataError naming the line of a byte
+    that is not UTF-8, as for a file."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:  # a text stream put in its place (tests, notebooks)
+        return sys.stdin.read().splitlines()
+    data = stream.read()
+    data = data[3:] if data.startswith(b"\xef\xbb\xbf") else data
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataError(f"<stdin>, line {line}: not valid UTF-8 text") from None
 
 
 def examples_from_lines(lines: list[str], spec: TaskSpec) -> list[Example]:

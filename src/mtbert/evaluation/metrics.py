@@ -41,7 +41,7 @@ def bootstrap_difference(first: Results, second: Results, resamples: int = 1000,
     difference between the two models, not the noise each score has on its own (which mostly cancels).
     """
     for task, (_, _, labels) in first.items():
-        if task not in second or not np.array_equal(np.asarray(second[task][2], float), np.asarray(labels, float)):
+        if task not in second or not np.array_equal(np.asarray(second[task][2]), np.asarray(labels)):
             raise ValueError(f"task {task}: both results need the same dev examples in the same order")
     if set(second) != set(first):
         raise ValueError("both results need the same tasks")
@@ -63,8 +63,6 @@ def resampled_overall(results: Results, indices: dict[str, np.ndarray]) -> np.nd
     resamples = len(next(iter(indices.values())))
     scores = np.zeros(resamples)
     for task, (spec, predictions, labels) in results.items():
-        idx = indices[task]
-        p, y = np.asarray(predictions, dtype=float)[idx], np.asarray(labels, dtype=float)[idx]
-        values = spec.task_kind.resampled_metric(spec, p, y)
+        values = spec.task_kind.resampled_metric(spec, predictions, labels, indices[task])
         scores += np.array([task_score(spec, v) for v in values])
     return scores / len(results)

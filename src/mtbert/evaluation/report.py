@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,10 @@ from mtbert import kinds
 from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import load_run_config
-from mtbert.io import atomic_write_text, read_jsonl
+from mtbert.io import atomic_write_bytes, atomic_write_text, read_jsonl, write_error
 from mtbert.io import read_json as json_object
 from mtbert.runs.layout import BENCH_RUN, METRICS, RESULTS, STAGE1, RunDir
+from mtbert.runs.output import claim_output_dir
 from mtbert.tasks import TaskSpec
 
 DPI = 150
@@ -33,6 +35,7 @@ PALETTE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#56B4E9", "#CC79A7", "#0
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 STAGE1_STYLE = "-"
 STAGE2_STYLE = "--"
+TITLE = "# mtbert report"
 PLOTS = ("overall.png", "tasks.png", "stage2.png", "conflicts.png")
 
 
@@ -79,14 +82,16 @@ def build_report(run_dirs: list[Path], output_dir: Path) -> Path:
         run.color = PALETTE[index % len(PALETTE)]
         run.marker = MARKERS[(index + index // len(PALETTE)) % len(MARKERS)]
     output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise MtbertError(f"--output_dir: {output_dir} is a file, not a folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    claim_output_dir(output_dir, "report", "--output_dir", is_report_output)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_error(output_dir, err) from None
     for name in PLOTS:  # never leave a plot of an earlier report that this one does not link
         (output_dir / name).unlink(missing_ok=True)
     versus = versus_first(runs)
 
-    sections = ["# mtbert report\n\n" + "\n".join(f"- `{r.name}`: {r.path}" for r in runs) + "\n",
+    sections = [TITLE + "\n\n" + "\n".join(f"- `{r.name}`: {r.path}" for r in runs) + "\n",
                 "## Dev results\n\n" + results_table(runs, versus) + "\n\n" + table_notes(runs, versus) + "\n"]
     skipped = plot_overall(runs, output_dir / "overall.png")
     sections.append(figure_md("Overall dev score", "overall.png",
@@ -111,6 +116,20 @@ def build_report(run_dirs: list[Path], output_dir: Path) -> Path:
     path = output_dir / "report.md"
     atomic_write_text(path, "\n".join(sections))
     return path
+
+
+def is_report_output(folder: Path) -> bool:
+    """Whether `folder` holds an earlier report: only report.md (the report's, by its title) and the plots."""
+    names = {p.name for p in Path(folder).iterdir()}
+    if not names <= {"report.md", *PLOTS}:
+        return False
+    try:
+        with open(Path(folder) / "report.md", encoding="utf-8") as handle:
+            return handle.read(len(TITLE)) == TITLE
+    except FileNotFoundError:
+        return True  # only plots: a report stopped before its report.md
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def load_run(run_dir: Path) -> Run:
@@ -164,9 +183,33 @@ def read_json(run_dir: Path, name: str) -> dict[str, Any]:
 
 
 def read_required_jsonl(run_dir: Path, name: str, what: str = "a finished run") -> list[dict[str, Any]]:
-    if not (run_dir / name).is_file():
+    """The records of a finished run's log; a line that is not a JSON object (but a last line torn by a crash), or
+    a log without one dev evaluation, is one MtbertError naming the file (and line)."""
+    path = run_dir / name
+    if not path.is_file():
         raise MtbertError(f"{run_dir}: not {what} ({name} is missing)")
-    return read_jsonl(run_dir / name)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise MtbertError(f"{path}: cannot be read ({err.strerror or err})") from None
+    records = []
+    lines = data.splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            record = None
+        if record is None and number == len(lines) and not data.endswith(b"\n"):
+            continue  # a last line torn by a crash
+        if not isinstance(record, dict):
+            raise MtbertError(f"{path}, line {number}: not a JSON record of mtbert train (the file is damaged)")
+        records.append(record)
+    if not dev_lines(records):
+        raise MtbertError(f"{path}: holds no dev evaluation (a record with a numeric epoch), so it is not the log "
+                          "of a finished run")
+    return records
 
 
 def dev_lines(lines: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -374,7 +417,10 @@ def new_figure(width: float, height: float) -> Figure:
 
 
 def save(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=DPI, facecolor="white")
+    """The figure as a PNG file, written atomically (a full disk leaves the earlier plot)."""
+    buffer = BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def plot_overall(runs: list[Run], path: Path) -> list[str]:

@@ -10,19 +10,23 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   (its labels are class indices that may be given by name: `label_names` are then resolved from the data);
 - data: `read_text(value, column)` (a row's input field -> (text, None) or (None, reason to skip the row)),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
-  (the inputs of one line typed on standard input), `text_groups(examples, architecture)` (the texts the
-  tokenizer encodes, one group per encoder input), `collate(encoded, indices, pad_token_id, packed, row_width)`
-  (a batch, padded or packed into rows) and `label_tensor(labels)` (a batch's labels as the loss reads them);
-- model: `head_architecture(architecture)`, `check_architecture(spec, architecture)`, `head_outputs(spec)`
-  (the head's width per unit), `init_output(spec, linear)`, `cosine_start(spec)` (a bi-cosine head's start),
-  `shape_outputs(spec, outputs)`;
+  (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
+  architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
+  default it encodes `text_groups(examples, architecture)`, one group per encoder input),
+  `collate(encoded, indices, pad_token_id, packed, row_width)` (a batch, padded or packed into rows) and
+  `label_tensor(labels)` (a batch's labels as the loss reads them);
+- model: `features(hidden, attention_mask, pooling)` (what the head reads of the encoder's hidden states: one
+  pooled vector per example by default, or every token's), `head_architecture(architecture)`,
+  `check_architecture(spec, architecture)`, `head_outputs(spec)` (the head's width per unit),
+  `init_output(spec, linear)`, `cosine_start(spec)` (a bi-cosine head's start), `shape_outputs(spec, outputs)`;
 - training: `loss(spec, outputs, labels, regression_loss)`, SUMMED over the batch's units: sample weighting
   (`1/n_i`) divides it by the number of units a step drew (for today's kinds an example); `divergence(spec,
   outputs, reference)` (SMART's per-unit divergence);
-- evaluation: `decide(spec, outputs)` (predictions and the scores a soft ensemble averages), `metric(spec)` (the
-  primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`, `resampled_metric(spec, p, y)`
-  (the same metric on each row of resampled arrays, vectorised for the bootstrap), `task_score(spec, value)`
-  (its share of the overall score);
+- evaluation: `decide(spec, outputs, batch)` (a batch's predictions and the scores a soft ensemble averages, one
+  item per example), `gather(n, done)` (every batch's items in the examples' order), `label_array(labels)`,
+  `metric(spec)` (the primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`,
+  `resampled_metric(spec, predictions, labels, indices)` (the metric on each row of resampled example indices,
+  vectorised for the bootstrap), `task_score(spec, value)` (its share of the overall score);
 - files: `format_value(spec, value)` (a prediction as written), `score_columns(spec)` (the scores file's
   columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None);
 - ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
@@ -73,6 +77,15 @@ METRICS: dict[str, Metric] = {
 }
 
 
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """One vector per example of hidden states (examples, tokens, hidden): the first token (`cls`) or the mean
+    of the tokens the mask keeps (`mean`)."""
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
 @dataclass(frozen=True)
 class ExportPlan:
     """What a task's head becomes on export: the library class, the call that reproduces `mtbert predict`,
@@ -120,6 +133,23 @@ class TaskKind:
                     architecture: str) -> list[tuple[list[str], list[str] | None]]:
         raise NotImplementedError
 
+    def encode(self, tokenizer: Any, spec: TaskSpec, examples: Sequence[Any], max_length: int,
+               architecture: str) -> tuple[list[list[list[int]]], list[list[list[int]]], list[Any] | None]:
+        """(token ids, token type ids, extras): per example one id list per encoder input, truncated to
+        `max_length`, unpadded; `extras` (None here) is anything else per example that `collate` and `decide`
+        need."""
+        features: list[list[list[int]]] = [[] for _ in examples]
+        token_types: list[list[list[int]]] = [[] for _ in examples]
+        for first, second in self.text_groups(spec, examples, architecture):
+            if not examples:
+                break
+            enc = tokenizer(first, second, truncation=True, max_length=max_length, return_token_type_ids=True)
+            types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
+            for i, (ids, tt) in enumerate(zip(enc["input_ids"], types, strict=True)):
+                features[i].append(list(ids))
+                token_types[i].append(list(tt))
+        return features, token_types, None
+
     def label_tensor(self, labels: Sequence[Any]) -> torch.Tensor:
         return torch.tensor(list(labels), dtype=torch.float)
 
@@ -143,6 +173,10 @@ class TaskKind:
         return {"inputs": inputs, "labels": labels}
 
     # ---- model ----------------------------------------------------------------------------------
+    def features(self, hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+        """What the head reads: one pooled vector per example (`pool`)."""
+        return pool(hidden, attention_mask, pooling)
+
     def head_architecture(self, architecture: str) -> str:
         return "cross"
 
@@ -170,8 +204,23 @@ class TaskKind:
         raise NotImplementedError
 
     # ---- evaluation -----------------------------------------------------------------------------
-    def decide(self, spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decide(self, spec: TaskSpec, outputs: torch.Tensor,
+               batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def gather(self, n: int, done: list[tuple[list[int], Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """(predictions, scores) of `n` examples from each batch's (indices, predictions, scores): one number per
+        example, and one row of scores."""
+        predictions = np.zeros(n)
+        scores = np.zeros((n, done[0][2].shape[-1])) if done else np.zeros((0, 1))
+        for indices, pred, score in done:
+            predictions[indices] = pred
+            scores[indices] = score
+        return predictions, scores
+
+    def label_array(self, labels: Sequence[Any]) -> np.ndarray:
+        """Examples' labels as the metrics read them."""
+        return np.asarray(labels, dtype=float)
 
     def metric(self, spec: TaskSpec) -> str:
         raise NotImplementedError
@@ -179,7 +228,8 @@ class TaskKind:
     def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
         raise NotImplementedError
 
-    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
+                         indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def task_score(self, spec: TaskSpec, value: float) -> float:

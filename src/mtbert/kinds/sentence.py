@@ -199,7 +199,8 @@ class ClassificationKind(SentenceKind):
         log_p, log_q = F.log_softmax(reference, dim=-1), F.log_softmax(outputs, dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(-1)
 
-    def decide(self, spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decide(self, spec: TaskSpec, outputs: torch.Tensor,
+               batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if self.is_binary(spec):
             return (outputs > 0).long(), torch.sigmoid(outputs).unsqueeze(-1)
         return outputs.argmax(-1), torch.softmax(outputs, dim=-1)
@@ -210,8 +211,10 @@ class ClassificationKind(SentenceKind):
     def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
         return float(accuracy_score(np.asarray(labels, float).astype(int), np.asarray(predictions, float).astype(int)))
 
-    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return (predictions.astype(int) == labels.astype(int)).mean(1)
+    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
+                         indices: np.ndarray) -> np.ndarray:
+        p, y = np.asarray(predictions, dtype=float)[indices], np.asarray(labels, dtype=float)[indices]
+        return (p.astype(int) == y.astype(int)).mean(1)
 
     def format_value(self, spec: TaskSpec, value: float) -> str:
         if spec.label_names is not None:
@@ -309,7 +312,8 @@ class RegressionKind(SentenceKind):
     def divergence(self, spec: TaskSpec, outputs: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         return (outputs.float() - reference.float()) ** 2
 
-    def decide(self, spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def decide(self, spec: TaskSpec, outputs: torch.Tensor,
+               batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return outputs, outputs.unsqueeze(-1)
 
     def metric(self, spec: TaskSpec) -> str:
@@ -321,11 +325,12 @@ class RegressionKind(SentenceKind):
             return 0.0
         return float(pearsonr(predictions, labels).statistic)
 
-    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        pc = predictions - predictions.mean(1, keepdims=True)
-        yc = labels - labels.mean(1, keepdims=True)
+    def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
+                         indices: np.ndarray) -> np.ndarray:
+        p, y = np.asarray(predictions, dtype=float)[indices], np.asarray(labels, dtype=float)[indices]
+        pc, yc = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
         denom = np.sqrt((pc**2).sum(1) * (yc**2).sum(1))
-        return np.divide((pc * yc).sum(1), denom, out=np.zeros(len(predictions)), where=denom > 0)
+        return np.divide((pc * yc).sum(1), denom, out=np.zeros(len(p)), where=denom > 0)
 
     def format_value(self, spec: TaskSpec, value: float) -> str:
         return f"{float(value):.6g}"

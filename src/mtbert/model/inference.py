@@ -49,13 +49,7 @@ def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad
         model, device = quantized(model, quantize), "cpu"
     batches = ranks.shard(list(length_sorted_batches(encoded, batch_size)))
     done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress, packed))
-    n = len(encoded)
-    predictions = np.zeros(n)
-    scores = np.zeros((n, done[0][2].shape[-1])) if done else np.zeros((0, 1))
-    for indices, pred, score in done:
-        predictions[indices] = pred
-        scores[indices] = score
-    return predictions, scores
+    return encoded.spec.task_kind.gather(len(encoded), done)
 
 
 def quantized(model: MultiTaskModel, kind: str) -> MultiTaskModel:
@@ -90,7 +84,7 @@ def _predict_batches(model: MultiTaskModel, encoded: EncodedSet, batches: list[l
             batch = collate(encoded, indices, pad_token_id)
         inputs = [{k: v.to(device) for k, v in x.items()} for x in batch["inputs"]]
         outputs = model(encoded.spec.name, inputs).float()
-        pred, score = model.decide(encoded.spec.name, outputs)
+        pred, score = model.decide(encoded.spec.name, outputs, batch)
         done.append((indices, pred.cpu().numpy(), score.cpu().numpy()))
     model.train(was_training)
     return done

@@ -13,6 +13,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer
 
 from mtbert.errors import MtbertError
+from mtbert.kinds.base import pool
 from mtbert.kinds.sentence import cosent_loss  # noqa: F401 - importable from here as before
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
 from mtbert.model.hub import checkpoint_folder
@@ -140,8 +141,8 @@ class MultiTaskModel(nn.Module):
         hidden = encoder.config.hidden_size
         self.heads = nn.ModuleDict({s.name: TaskHead(s, hidden, pair_architecture, dropout) for s in specs})
 
-    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`).
+    def hidden_states(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The encoder's last hidden states in the padded layout (examples, tokens, hidden).
 
         `inputs` is a padded batch (`collate`) or a packed one (`collate_packed`; see model/packing.py).
         """
@@ -149,16 +150,18 @@ class MultiTaskModel(nn.Module):
         if "token_type_ids" in kwargs and getattr(self.encoder.config, "type_vocab_size", 0) < 2:
             kwargs.pop("token_type_ids")
         if is_packed(inputs):
-            hidden = packed_hidden(self.encoder, kwargs)  # padded layout; falls back to a padded batch
-        else:
-            hidden = self.encoder(**kwargs).last_hidden_state
-        if self.pooling == "cls":
-            return hidden[:, 0]
-        mask = inputs["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            return packed_hidden(self.encoder, kwargs)  # padded layout; falls back to a padded batch
+        return self.encoder(**kwargs).last_hidden_state
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Pool the encoder's last hidden states: the first token (`cls`) or the masked mean (`mean`)."""
+        return pool(self.hidden_states(inputs), inputs["attention_mask"], self.pooling)
 
     def forward(self, task: str, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
-        return self.heads[task]([self.embed(x) for x in inputs])
+        """The task's raw outputs: its head on what its kind reads of the encoder (pooled, or per token)."""
+        kind = self.specs[task].task_kind
+        return self.heads[task]([kind.features(self.hidden_states(x), x["attention_mask"], self.pooling)
+                                 for x in inputs])
 
     def reset_head(self, task: str) -> None:
         """Re-initialise one task's head (stage 2 of two-step fine-tuning)."""
@@ -226,24 +229,27 @@ class MultiTaskModel(nn.Module):
     tokenizer: Any = None  # set by from_pretrained; `predict` needs it
     max_length: int | None = None  # tokens per sequence when predicting (from_pretrained: the run's max_length)
 
-    def decide(self, task: str, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`decide` for this model's task `task`: (predictions, scores) of its raw outputs."""
-        return decide(self.specs[task], outputs)
+    def decide(self, task: str, outputs: torch.Tensor, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decide` for this model's task `task`: (predictions, scores) of a batch's raw outputs."""
+        return decide(self.specs[task], outputs, batch)
 
     def predict(self, task: str, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
                 max_length: int | None = None, quantize: str | None = None) -> TaskPredictions:
         """Labels and scores of `task` for `texts` (strings, or pairs of strings for a pair task), in input order:
         length-sorted packed batches of `batch_size` under `torch.inference_mode`, as `mtbert predict` runs them.
 
-        `max_length` defaults to the saved run's (else 512 tokens); `quantize="int8"` predicts on the CPU with
-        int8 linear layers."""
+        `max_length` defaults to the saved run's (else 512 tokens), within the encoder's positions;
+        `quantize="int8"` predicts on the CPU with int8 linear layers."""
         from mtbert.model.inference import predict_texts  # it imports data/, which imports model.packing
 
         if self.tokenizer is None:
             raise MtbertError("predict: the model has no tokenizer; load it with MultiTaskModel.from_pretrained or "
                               "set model.tokenizer")
-        return predict_texts(self, self.tokenizer, task, texts, max_length or self.max_length or 512, batch_size,
-                             quantize=quantize)
+        from mtbert.config import config_positions
+
+        positions = config_positions(self.encoder.config) or 512
+        length = min(max_length or self.max_length or 512, positions)  # within the encoder's positions
+        return predict_texts(self, self.tokenizer, task, texts, length, batch_size, quantize=quantize)
 
 
 def saved_max_length(checkpoint: Path) -> int | None:
@@ -282,7 +288,7 @@ def task_loss(spec: TaskSpec, outputs: torch.Tensor, labels: torch.Tensor, sts_l
     return spec.task_kind.loss(spec, outputs, labels, sts_loss)
 
 
-def decide(spec: TaskSpec, outputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(predictions, scores) as the task's kind decides them: class / 0-1 / value, and probabilities or values
-    for soft ensembles."""
-    return spec.task_kind.decide(spec, outputs)
+def decide(spec: TaskSpec, outputs: torch.Tensor, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predictions, scores) as the task's kind decides them from a batch's outputs (the batch as collated, for
+    kinds that need more than the outputs): class / 0-1 / value, and probabilities or values for soft ensembles."""
+    return spec.task_kind.decide(spec, outputs, batch)

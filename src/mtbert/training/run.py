@@ -3,23 +3,26 @@ or two (two-step)."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
 import torch
 
-from mtbert.config import TrainConfig, save_config
+from mtbert.config import TrainConfig, check_model_limits, encoder_positions, save_config, stage2_config
 from mtbert.data.loading import DATA_HELP, read_split, resolve_labels
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.finished import usable_examples
 from mtbert.methods.method import check_method_options
-from mtbert.model.multitask import check_backbone
+from mtbert.model.multitask import ENCODER_DIR, check_backbone, default_backbone
 from mtbert.runs.layout import LOCK, RunDir
 from mtbert.runs.lock import RunLock
 from mtbert.training.mlm import pretrain_mlm
 from mtbert.training.stage import ModelStart, train_stage
 from mtbert.training.two_step import resolve_best, train_two_step
+
+logger = logging.getLogger(__name__)
 
 
 def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite_output_dir: bool = False) -> dict:
@@ -32,6 +35,7 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
     ranks = start_ranks(cfg.ddp_mode)
     ranks.main_only(check_inputs, cfg)
     with RunLock(run.root, ranks if ranks.distributed else None):
+        resume = resume_point(run, resume_from_checkpoint) if cfg.two_step is None else resume_from_checkpoint
         ranks.main_only(prepare_output_dir, run.root, resume_from_checkpoint, overwrite_output_dir)
         if ranks.is_main:
             save_config(cfg, run.config)
@@ -41,7 +45,7 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
             backbone = ranks.main_only(pretrain_mlm, cfg, run.mlm, ranks.device)
         if settings is None:
             start = ModelStart(backbone=str(backbone) if backbone is not None else None)
-            return train_stage(cfg, run.root, start, resume_from_checkpoint=resume_from_checkpoint)
+            return train_stage(cfg, run.root, start, resume_from_checkpoint=resume)
         return train_two_step(cfg, run.root, resume_from_checkpoint, backbone)
 
 
@@ -65,9 +69,28 @@ def check_inputs(cfg: TrainConfig) -> None:
                 usable_examples(result)  # one sentence when no row is usable or a quote never closes
     settings = cfg.two_step_settings
     if settings is not None and settings.init_from:
-        resolve_best(Path(settings.init_from))
+        encoder = str(resolve_best(Path(settings.init_from)) / ENCODER_DIR)
     else:
         check_backbone(cfg.model_name_or_path, cfg.trust_remote_code)
+        encoder = cfg.model_name_or_path or default_backbone()
+    positions = encoder_positions(encoder, cfg.trust_remote_code)  # max_length within the encoder's positions
+    check_model_limits(cfg, positions, encoder)
+    if settings is not None:
+        check_model_limits(stage2_config(cfg), positions, encoder, prefix="two_step.")
+
+
+def resume_point(run: RunDir, resume: str | None) -> str | None:
+    """`--resume_from_checkpoint last` of a run stopped before its first checkpoint starts it again from step 0
+    (a kill at any moment can be resumed); a finished run without checkpoints is refused in one sentence. (Two-step
+    runs decide this per stage.)"""
+    if resume != "last" or run.checkpoints() or not run.config.is_file():
+        return resume  # no run started here: find_checkpoint says there is nothing to resume
+    if run.results.is_file():
+        raise MtbertError(f"--resume_from_checkpoint last: {run.root} is a finished run and holds no checkpoint; "
+                          "pass --overwrite_output_dir to train it again")
+    logger.warning("%s: no checkpoint yet (the run stopped before its first one); training starts again from step 0",
+                   run.root)
+    return None
 
 
 def prepare_output_dir(output_dir: Path, resume: str | None, overwrite: bool) -> None:

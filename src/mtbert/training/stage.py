@@ -201,7 +201,7 @@ class Stage:
                     self.evaluate(step, losses)
                 saved = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < self.total_steps)
                 if saved:
-                    self.save_checkpoint(step)
+                    saved = self.save_checkpoint(step, periodic=True)
                 if stop.should_stop(self.ranks):
                     self.preempted(stop, step, saved=bool(saved))
         self.log.close()
@@ -275,16 +275,24 @@ class Stage:
                     self.scaler.get_scale())
 
     def skip_bad_step(self, step: int, losses: dict[str, float]) -> None:
-        """A non-finite loss or gradient: the step is skipped; after max_bad_steps in a row training stops."""
+        """A non-finite loss or gradient: the step is skipped; training stops after max_bad_steps in a row, or at
+        once when the weights themselves are no longer finite (every remaining step would be skipped)."""
         self.state.bad_steps += 1
         bad = [t for t, v in losses.items() if not math.isfinite(v)] or list(losses)
         logger.warning("step %d: non-finite loss or gradient (tasks: %s); step skipped", step, ", ".join(bad))
+        if not finite_parameters(self.model):
+            raise self.diverged(step, "because the model's weights are no longer finite, so every remaining "
+                                      "step would be skipped")
         if self.state.bad_steps >= self.cfg.max_bad_steps:
-            raise MtbertError(
-                f"training stopped at step {step} after {self.state.bad_steps} non-finite steps in a row "
-                f"(tasks: {', '.join(bad)}); lower learning_rate or check the data; the last good checkpoint "
-                f"is in {self.run_dir.root}"
-            )
+            raise self.diverged(step, f"after {self.state.bad_steps} non-finite steps in a row "
+                                      f"(tasks: {', '.join(bad)})")
+
+    def diverged(self, step: int, why: str) -> MtbertError:
+        """The one sentence that stops a diverged run: why, what to change, and the last good checkpoint."""
+        saved = ckpt.list_checkpoints(self.run_dir.root)  # none is written in a run of non-finite steps
+        where = (f"the last good checkpoint is {saved[-1]}" if saved else
+                 f"{self.run_dir.root} holds no checkpoint from before it")
+        return MtbertError(f"training stopped at step {step} {why}; lower learning_rate or check the data; {where}")
 
     def eval_due(self, step: int, end_of_epoch: bool) -> bool:
         strategy = self.cfg.eval_strategy
@@ -309,6 +317,10 @@ class Stage:
     def improves(self, metrics: dict[str, float]) -> bool:
         """Whether an evaluation beats the best one so far on `metric_for_best_model`."""
         value, best = metrics[self.cfg.metric_for_best_model], self.state.best_metric
+        if not all(math.isfinite(v) for v in metrics.values() if isinstance(v, float)):
+            return False  # a model with a non-finite output (a diverged one) is never best
+        if not math.isfinite(value):
+            return False
         if best is None:
             return True
         return value < best if self.cfg.greater_is_better is False else value > best
@@ -342,17 +354,31 @@ class Stage:
         self.save_best(start)
 
     def save_best(self, model: MultiTaskModel) -> None:
+        if not finite_parameters(model):
+            raise self.diverged(self.state.global_step, "because the model's weights are no longer finite")
         self.ranks.main_only(atomic_dir, self.run_dir.best, lambda tmp: model.save_pretrained(tmp, self.tokenizer))
 
-    def save_checkpoint(self, step: int) -> None:
+    def save_checkpoint(self, step: int, periodic: bool = False) -> bool:
+        """Write checkpoint-<step>; a periodic one is left out inside a run of non-finite steps, so that the
+        rotation (save_total_limit) never drops the last good checkpoint for one of a diverging model."""
+        if not finite_parameters(self.model):
+            raise self.diverged(step, "because the model's weights are no longer finite")
+        if periodic and self.state.bad_steps:
+            logger.warning("step %d: no checkpoint while steps are non-finite", step)
+            return False
         state = {**self.state.to_dict(), **self.method.state_dict(),
                  **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
         self.ranks.main_only(ckpt.save_checkpoint, self.run_dir.root, step, self.model, self.optimizer,
                              self.scheduler, self.sampler, self.method.generator, state, self.cfg.save_total_limit,
                              rank_rng=self.ranks.rng_states())
+        return True
 
     def finish(self) -> dict[str, Any]:
         """Results, prediction files and ensemble scores of the best model; automatic checkpoints removed."""
+        if not self.run_dir.is_model(self.run_dir.best):
+            metric = self.cfg.metric_for_best_model
+            raise self.diverged(self.state.global_step, f"because no evaluation gave finite metrics ({metric} "
+                                "and every task's), so there is no best model")
         best = MultiTaskModel.from_pretrained(self.run_dir.best).to(self.device)
         results = finish_run(best, {s.name: self.data[s.name] for s in self.active}, self.cfg, self.run_dir.root,
                              self.pad_id, self.device, self.ranks, dev_outputs=self.best_outputs)
@@ -366,6 +392,11 @@ class Stage:
                 ckpt.remove_checkpoints(self.run_dir.root)  # only the automatic end-of-epoch ones; asked-for stay
         self.ranks.barrier()  # the stage's files are in place before any rank goes on
         return results
+
+
+def finite_parameters(model: torch.nn.Module) -> bool:
+    """Whether every parameter of `model` is finite (a diverged model's are not)."""
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
 
 
 def adapt(model: MultiTaskModel, cfg: TrainConfig) -> None:

@@ -27,7 +27,7 @@ class SingleOrdinal(ClassificationKind):
     def divergence(self, spec, outputs, reference):
         return (outputs.float() - reference.float()) ** 2
 
-    def decide(self, spec, outputs):
+    def decide(self, spec, outputs, batch=None):
         classes = outputs.round().clamp(0, spec.num_labels - 1).long()
         return classes, outputs.unsqueeze(-1)
 

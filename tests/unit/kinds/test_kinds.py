@@ -18,7 +18,8 @@ from mtbert.kinds.base import TaskKind
 from mtbert.tasks import BUILTIN_TASKS, task_from_config
 
 SRC = Path(__file__).resolve().parents[3] / "src" / "mtbert"
-BRANCHES = re.compile(r"\.is_regression\b|\.is_pair\b|\.num_outputs\b|\.kind\s*==|\.kind\s+in\s*\(|kind\s+in\s*\(")
+BRANCHES = re.compile(r"\.is_regression\b|\.is_pair\b|\.num_outputs\b|\.kind\s*(==|!=)"
+                      r"|\.kind\s+(not\s+)?in\s*\(\s*[\"']|[\"'](single|pair)[-a-z]*[\"']\s*(==|!=|in\b)")
 
 
 def test_every_kind_of_the_registry_is_a_kind_module_instance():
