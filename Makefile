@@ -1,4 +1,6 @@
-# mtbert: `make run` trains the CPU main job, `make test` runs the whole test suite.
+# mtbert: `make run` trains the CPU main job, `make test` runs the whole test suite, `make wheel` builds the wheel,
+# `make wheel-check` installs it outside the checkout and runs it, `make docs` builds the documentation site.
+# Every install takes the exact versions of constraints.txt (pyproject.toml declares ranges).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,15 +8,15 @@ STAMP := $(VENV)/.installed
 MTBERT_DATA ?= data
 export MTBERT_DATA
 
-.PHONY: install run test lint bench-step clean
+.PHONY: install run test lint bench-step clean wheel wheel-check docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[dev,methods,bench,tensorboard,mlflow,wandb]"
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev,methods,bench,tensorboard,mlflow,wandb]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -52,11 +54,25 @@ run: $(STAMP)
 # module fixtures are built once). TEST_WORKERS=0 runs the suite in this one process.
 TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(min(8, len(os.sched_getaffinity(0))))" 2>/dev/null || echo 2)
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks examples docs/hooks
+
+# `make wheel`: dist/mtbert-VERSION-py3-none-any.whl (the presets of configs/ inside it as mtbert/presets/).
+wheel: $(STAMP)
+	rm -rf build dist/*.whl
+	$(BIN)/pip wheel -q --no-deps -w dist .
+
+# `make wheel-check`: the wheel installed into fresh virtual environments outside the checkout, then trained,
+# evaluated and driven from Python there (.ci/wheel-check; WHEEL_CHECK_DIR keeps its folder).
+wheel-check: wheel
+	PYTHON=$(PYTHON) .ci/wheel-check dist/mtbert-*.whl
+
+# `make docs`: the documentation site into site/ (mkdocs build --strict: a broken link or reference fails).
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info
+	rm -rf $(VENV) build dist site src/*.egg-info

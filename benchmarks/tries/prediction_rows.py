@@ -11,7 +11,7 @@ from common import N, dev_model, side_by_side
 
 from mtbert.data import length_sorted_batches
 from mtbert.data.encoding import collate_packed
-from mtbert.evaluation import evaluate
+from mtbert.model import inference as evaluate  # predict_set and its row width live in model/inference.py
 from mtbert.model.packing import packed_tokens
 
 WIDTHS = (0, 64, 128, 256)

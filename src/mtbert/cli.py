@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from mtbert.distribution import version
 from mtbert.errors import MtbertError
 from mtbert.io import to_json
 
@@ -23,7 +24,8 @@ def _train_parser(sub) -> None:
         lines.append(f"  --{f.name:<30} {f.metadata.get('help', '')} [default: {default}]")
     p = sub.add_parser("train", help="train a run from a YAML config", epilog="\n".join(lines),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("config", help="YAML config file, or a preset's name (quick, smoke, paper/pcgrad, ...: "
+                   "`mtbert presets`)")
     p.add_argument("--resume_from_checkpoint", metavar="PATH|last",
                    help="continue from a checkpoint folder, or from the newest one in output_dir")
     p.add_argument("--overwrite_output_dir", action="store_true", help="train into a non-empty output_dir")
@@ -31,7 +33,7 @@ def _train_parser(sub) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtbert", description="Fine-tune one shared encoder on several tasks.")
-    parser.add_argument("--version", action="version", version="mtbert 0.1.0")
+    parser.add_argument("--version", action="version", version=f"mtbert {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
 
@@ -82,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--if_missing", action="store_true",
                    help="fetch nothing when every required file is already there (what `make run` does)")
 
+    sub.add_parser("presets", help="the shipped configs that `mtbert train NAME` and `--configs NAME` take")
+
     p = sub.add_parser("report", help="tables and plots of runs")
     p.add_argument("run_dirs", nargs="+", help="run folders")
     p.add_argument("--output_dir", required=True, help="where report.md and the PNG plots go")
@@ -105,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--output_dir", required=True, help="folder of the table and its runs (finished rows are reused)")
     b.add_argument("--rows", help="comma-separated rows to run (default: all)")
     b.add_argument("--budget", type=float, default=1.0, help="scale every stage's training samples by this")
-    b.add_argument("--configs", default="configs/bench", help="folder of the row configs and their table.yaml")
+    b.add_argument("--configs", default="cs224n", help="folder of the row configs and their table.yaml, or a "
+                   "shipped table: cs224n (all-MiniLM-L6-v2, the default), cs224n-base (all-mpnet-base-v2)")
     b.add_argument("--backbone", metavar="PATH_OR_NAME",
                    help="train every row (and embed the floor) with this encoder in place of the configs' "
                    "model_name_or_path; rows trained with another backbone are trained again")
@@ -155,9 +160,10 @@ def _is_rank0() -> bool:
 def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "train":
         from mtbert.config import load_config, parse_overrides
+        from mtbert.presets import config_path
         from mtbert.training.run import train
 
-        cfg = load_config(args.config, parse_overrides(extra))
+        cfg = load_config(config_path(args.config), parse_overrides(extra))
         results = train(cfg, args.resume_from_checkpoint, args.overwrite_output_dir)
         if _is_rank0():
             print(to_json(results, indent=2))
@@ -216,6 +222,16 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
         for name, state in download(target, args.url or BASE_URL, if_missing=args.if_missing):
             if state != "present":  # --if_missing says nothing when the data is there
                 print(f"{target / name}: {state}")
+        return 0
+    if args.command == "presets":
+        from mtbert.presets import TABLES, names, root
+
+        print(f"training presets (mtbert train NAME), in {root()}:")
+        for name in names():
+            print(f"  {name}")
+        print("bench tables (mtbert bench quality --configs NAME):")
+        for name, folder in TABLES.items():
+            print(f"  {name:<12} {folder}/")
         return 0
     if args.command == "report":
         from mtbert.evaluation.report import build_report

@@ -144,6 +144,12 @@ class TrainConfig:
         'stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR, keep_stage1: true)')
 
 
+    def __post_init__(self) -> None:
+        """Check and convert every value as a YAML file's are: a bad one is a ConfigError naming its key."""
+        for name in _FIELDS:
+            setattr(self, name, _coerce(name, getattr(self, name)))
+        _check_config(self)
+
     # ---- derived views -------------------------------------------------------------------------
     def task_specs(self) -> list[TaskSpec]:
         return [task_from_config(entry, f"tasks[{i}]") for i, entry in enumerate(self.tasks)]
@@ -562,20 +568,20 @@ def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     """Validate a mapping of keys and return the TrainConfig; unknown keys and bad values name the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping of keys to values")
-    values = {}
-    for key, value in raw.items():
+    for key in raw:
         if key not in _FIELDS:
             raise ConfigError(f"{key}: unknown config key (see `mtbert train --help` for the keys)")
-        values[key] = _coerce(key, value)
-    cfg = TrainConfig(**values)
+    return TrainConfig(**raw)  # checked on construction (`_check_config`)
+
+
+def _check_config(cfg: TrainConfig) -> None:
+    """Every check of a whole config: its values, then stage 2's settings of a two-step run."""
     _check_values(cfg)
     settings = cfg.two_step_settings
     if settings is not None:
         if cfg.mlm_steps and settings.init_from:
             raise ConfigError("mlm_steps: has no effect with two_step.init_from (stage 1 is not trained); remove one")
-        stage2 = stage2_config(cfg)
-        _check_values(stage2, prefix="two_step.")
-    return cfg
+        stage2_config(cfg)  # checked on construction, its errors prefixed with `two_step.`
 
 
 def stage2_config(cfg: TrainConfig) -> TrainConfig:
@@ -589,7 +595,10 @@ def stage2_config(cfg: TrainConfig) -> TrainConfig:
             raise ConfigError(f"two_step.{key}: not a key that stage 2 can change")
         values[key] = _coerce(f"two_step.{key}", value)
     values["task_ratio"] = None
-    return TrainConfig(**values)
+    try:
+        return TrainConfig(**values)
+    except ConfigError as err:
+        raise ConfigError(f"two_step.{err}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

@@ -22,9 +22,10 @@ def main(args: argparse.Namespace) -> int:
         results = bench_throughput(args.examples)
     else:
         from mtbert.bench.quality import bench_quality
+        from mtbert.presets import table_dir
 
         results = bench_quality(Path(args.output_dir), args.rows.split(",") if args.rows else None, args.budget,
-                                Path(args.configs), getattr(args, "backbone", None),
+                                table_dir(args.configs), getattr(args, "backbone", None),
                                 Path(args.from_table) if getattr(args, "from_table", None) is not None else None)
     print(json.dumps(results, indent=2))
     if getattr(args, "json", None):

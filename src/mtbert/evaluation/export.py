@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mtbert.distribution import install_hint
 from mtbert.errors import MtbertError
 from mtbert.kinds import ExportPlan
 from mtbert.runs.layout import RunDir
@@ -49,7 +50,7 @@ def export_task(run_dir: str | Path, task: str, output: str | Path,
     try:
         import sentence_transformers  # noqa: F401
     except ImportError:
-        raise MtbertError('mtbert export: needs sentence-transformers; pip install "mtbert[export]"') from None
+        raise MtbertError(f"mtbert export: needs sentence-transformers; {install_hint('export')}") from None
     run = RunDir(run_dir)
     output = Path(output)
     cfg = load_run_config(run.root)

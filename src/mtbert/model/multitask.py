@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +16,12 @@ from mtbert.errors import MtbertError
 from mtbert.kinds.base import pool
 from mtbert.kinds.sentence import cosent_loss  # noqa: F401 - importable from here as before
 from mtbert.model.adapters import ADAPTER_DIR, load_adapter, save_encoder
+from mtbert.model.hub import checkpoint_folder
 from mtbert.model.packing import is_packed, packed_hidden
 from mtbert.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from mtbert.model.inference import TaskPredictions
 
 HEADS_FILE = "heads.safetensors"
 CONFIG_FILE = "mtbert_config.json"
@@ -202,19 +206,65 @@ class MultiTaskModel(nn.Module):
         (path / CONFIG_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dropout: float | None = None) -> MultiTaskModel:
-        """Load a checkpoint folder written by save_pretrained (never unpickles)."""
-        path = Path(path)
+    def from_pretrained(cls, path: str | Path, dropout: float | None = None,
+                        revision: str | None = None) -> MultiTaskModel:
+        """Load a checkpoint written by save_pretrained (never unpickles): a folder, or a Hub model repo id
+        (`user/repo`, at `revision`) downloaded through huggingface_hub's cache (model/hub.py). The model keeps its
+        tokenizer as `model.tokenizer`, for `predict`."""
+        path = checkpoint_folder(path, revision)
         if not (path / CONFIG_FILE).is_file():
             raise MtbertError(f"{path}: not an mtbert checkpoint ({CONFIG_FILE} is missing)")
         settings = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         specs = [_spec_from_dict(t) for t in settings["tasks"]]
         drop = settings["dropout"] if dropout is None else dropout
-        encoder, _ = load_encoder(str(path / ENCODER_DIR), drop)
+        encoder, tokenizer = load_encoder(str(path / ENCODER_DIR), drop)
         encoder = load_adapter(encoder, path / ADAPTER_DIR)  # the run's LoRA adapters, if it has any
         model = cls(encoder, specs, settings["pair_architecture"], settings["pooling"], drop)
         model.heads.load_state_dict(load_file(str(path / HEADS_FILE)))
+        model.tokenizer = tokenizer
+        model.max_length = saved_max_length(path)
         return model
+
+    # ---- prediction (model/inference.py) -------------------------------------------------------
+    tokenizer: Any = None  # set by from_pretrained; `predict` needs it
+    max_length: int | None = None  # tokens per sequence when predicting (from_pretrained: the run's max_length)
+
+    def decide(self, task: str, outputs: torch.Tensor, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`decide` for this model's task `task`: (predictions, scores) of a batch's raw outputs."""
+        return decide(self.specs[task], outputs, batch)
+
+    def predict(self, task: str, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
+                max_length: int | None = None, quantize: str | None = None) -> TaskPredictions:
+        """Labels and scores of `task` for `texts` (strings, or pairs of strings for a pair task), in input order:
+        length-sorted packed batches of `batch_size` under `torch.inference_mode`, as `mtbert predict` runs them.
+
+        `max_length` defaults to the saved run's (else 512 tokens), within the encoder's positions;
+        `quantize="int8"` predicts on the CPU with int8 linear layers."""
+        from mtbert.model.inference import predict_texts  # it imports data/, which imports model.packing
+
+        if self.tokenizer is None:
+            raise MtbertError("predict: the model has no tokenizer; load it with MultiTaskModel.from_pretrained or "
+                              "set model.tokenizer")
+        from mtbert.config import config_positions
+
+        positions = config_positions(self.encoder.config) or 512
+        length = min(max_length or self.max_length or 512, positions)  # within the encoder's positions
+        return predict_texts(self, self.tokenizer, task, texts, length, batch_size, quantize=quantize)
+
+
+def saved_max_length(checkpoint: Path) -> int | None:
+    """`max_length` of the run a checkpoint was saved by (its config.yaml beside it: `best/` and
+    `tasks/<task>/best/` of a run), or None when the folder stands alone."""
+    import yaml
+
+    for config in (checkpoint.parent / "config.yaml", checkpoint.parent.parent.parent / "config.yaml"):
+        try:
+            value = yaml.safe_load(config.read_text(encoding="utf-8")).get("max_length")
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
 
 
 def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:

@@ -15,7 +15,7 @@ folder's `trackers.json`; TensorBoard reads the event files of one folder as one
 run repeats (those after its checkpoint that were logged before the interruption) are not sent again, so each
 step has one point.
 
-Each needs its extra: `pip install "mtbert[tensorboard]"`, `"mtbert[mlflow]"`, `"mtbert[wandb]"`. Open the trackers
+Each needs its extra (`tensorboard`, `mlflow`, `wandb`; `mtbert.distribution.install_hint` says how). Open the trackers
 on the main process only; they do not synchronise between processes.
 """
 
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbert.config import KNOWN_TRACKERS, parse_report_to  # noqa: F401 - defined with the config, still here
+from mtbert.distribution import install_hint
 from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json, read_json
 from mtbert.runs.layout import TENSORBOARD, RunDir
@@ -114,7 +115,7 @@ def open_trackers(report_to: str | list[str] | None, output_dir: str | Path, run
         try:
             importlib.import_module(_MODULES[name])
         except ImportError:
-            raise MtbertError(f'report_to: {name} needs the {name} package (pip install "mtbert[{name}]")') from None
+            raise MtbertError(f"report_to: {name} needs the {name} package ({install_hint(name)})") from None
     if not names:
         return Trackers([])
     output_dir = Path(output_dir)

@@ -46,7 +46,8 @@ def test_no_tracker_logs_nothing(tmp_path):
 
 def test_a_tracker_that_is_not_installed_names_its_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb now raises ImportError
-    message = r'^report_to: wandb needs the wandb package \(pip install "mtbert\[wandb\]"\)$'
+    message = (r'^report_to: wandb needs the wandb package \(pip install -e "\.\[wandb\]" in the mtbert checkout, or '
+               r'pip install "mtbert-.+-py3-none-any\.whl\[wandb\]" with the built wheel \(make wheel\)\)$')
     with pytest.raises(MtbertError, match=message):
         open_trackers(["tensorboard", "wandb"], tmp_path, "run", CONFIG)
     assert not (tmp_path / "tensorboard").exists()  # nothing was started
