@@ -90,13 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("step", help="seconds per training step of each gradient method")
     b.add_argument("--methods", default="sum,pcgrad",
-                   help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd (for comparison)")
-    b.add_argument("--steps", type=int, default=10, help="timed steps per method")
+                   help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd, torchjd-autogram "
+                        "(for comparison)")
+    b.add_argument("--steps", type=int, default=10, help="timed steps per method (at least 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")
     b.add_argument("--trainable", default="full",
                    help="comma-separated: full, lora, frozen-embeddings (several: each in its own process, with its "
                         "peak memory)")
+    b.add_argument("--memory", action="store_true",
+                   help="also each method's peak resident memory, alone in its own process")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     b = bench.add_parser("throughput", help="training and prediction speed against Trainer and CrossEncoder")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")

@@ -15,7 +15,7 @@ def main(args: argparse.Namespace) -> int:
         from mtbert.bench.step import bench_step
 
         results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size,
-                             args.trainable.split(","))
+                             args.trainable.split(","), memory=getattr(args, "memory", False))
     elif args.bench == "throughput":
         from mtbert.bench.throughput import bench_throughput
 
