@@ -77,7 +77,7 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
     prediction (prediction runs are short, so they get more); `model_path` and `data_dir` default to the
     bundled backbone and $MTBERT_DATA.
     """
-    from mtbert.bench.machine import machine
+    from mtbert.bench.machine import machine, theoretical_fp32_peak
 
     source = model_path or default_backbone()
     folder = Path(data_dir) if data_dir is not None else build_config({}).resolved_data_dir()
@@ -88,8 +88,6 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
         "repeats": {"training": repeats, "prediction": predict_repeats},
         "max_length": max_length, **machine(),
     }
-    from mtbert.bench.machine import theoretical_fp32_peak
-
     config = load_encoder(source, 0.0)[0].config
     gemm_shape = (batch_size * 32, config.hidden_size, config.intermediate_size)  # 32 tokens an example
     gemm = [bench_gemm(*gemm_shape, device=device) for _ in range(GEMM_MEASUREMENTS)]
