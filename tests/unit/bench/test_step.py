@@ -74,3 +74,39 @@ def test_the_goal_is_met_only_when_the_whole_interval_is_at_or_below_it():
     assert step_goals(slow)["pcgrad_vs_sum"] == {"goal": "paired ratio <= 1.05", "paired_ratio": 1.225,
                                                  "ci95": step_goals(slow)["pcgrad_vs_sum"]["ci95"], "verdict": "missed"}
     assert step_goals({"sum": [1.0] * 5}) == {}
+
+
+def test_the_torchjd_autogram_row_gives_pcgrads_encoder_gradient(tiny_model_dir):
+    """Two tasks, no dropout: torchjd's Gramian weighting and mtbert's buffer compute the same PCGrad update."""
+    import copy
+
+    import torch
+
+    from mtbert.bench.step import torchjd_autogram_step
+    from mtbert.data import collate
+    from mtbert.data.encoding import EncodedSet
+    from mtbert.methods.method import Method, plain_objective
+    from mtbert.model import MultiTaskModel, load_encoder
+    from mtbert.tasks import BUILTIN_TASKS
+
+    torch.manual_seed(0)
+    encoder, _ = load_encoder(str(tiny_model_dir), 0.0)
+    specs = [BUILTIN_TASKS["sst"], BUILTIN_TASKS["sts"]]
+    model = MultiTaskModel(encoder, specs, dropout=0.0).train()
+    sst = EncodedSet(specs[0], ["a", "b"], [[[101, 7, 8, 102]], [[101, 9, 102]]], [[[0] * 4], [[0] * 3]], [1, 3])
+    sts = EncodedSet(specs[1], ["c", "d"], [[[101, 5, 6, 102, 11, 102]], [[101, 12, 102, 13, 14, 102]]],
+                     [[[0, 0, 0, 0, 1, 1]], [[0, 0, 0, 1, 1, 1]]], [4.0, 1.0])
+    batches = {"sst": collate(sst, [0, 1], 0), "sts": collate(sts, [0, 1], 0)}
+    scale = {"sst": 0.5, "sts": 0.5}
+    other, summed = copy.deepcopy(model), copy.deepcopy(model)
+    Method("pcgrad", model, ["sst", "sts"], seed=0).backward(batches, scale, plain_objective(model, "cpu"))
+    Method("sum", summed, ["sst", "sts"], seed=0).backward(batches, scale, plain_objective(summed, "cpu"))
+    assert not all(torch.allclose(p.grad, q.grad, rtol=1e-3) for p, q in zip(  # the tasks conflict: PCGrad acts
+        model.encoder.parameters(), summed.encoder.parameters(), strict=True) if p.grad is not None)
+    torchjd_autogram_step(other, scale)(batches)
+    compared = 0
+    for (name, mine), theirs in zip(model.encoder.named_parameters(), other.encoder.parameters(), strict=True):
+        if mine.grad is not None or theirs.grad is not None:
+            torch.testing.assert_close(theirs.grad, mine.grad, rtol=1e-4, atol=1e-6, msg=name)
+            compared += 1
+    assert compared > 10
