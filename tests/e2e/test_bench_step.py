@@ -1,4 +1,5 @@
-"""`mtbert bench step` on the bundled backbone and the tiny data: every method of issue 9 is timed."""
+"""`mtbert bench step` on the bundled backbone and the tiny data: every method of issue 9 is timed; and a tiny
+`bench scaling` run (its rows each in their own process for peak memory)."""
 
 from __future__ import annotations
 
@@ -91,3 +92,22 @@ def test_bench_step_names_an_unknown_trainable_kind(tiny_data_dir, monkeypatch, 
     assert main(["bench", "step", "--methods", "sum", "--trainable", "full,adapters"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --trainable: unknown kind 'adapters' (known: full, lora, frozen-embeddings)")
+
+
+def test_a_tiny_scaling_run_has_the_pinned_json(tiny_model_dir, tiny_data_dir, monkeypatch):
+    pytest.importorskip("torchjd")
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    from mtbert.bench.scaling import ROWS, bench_scaling
+
+    results = bench_scaling([2, 3], steps=5, warmup=0, samples_per_step=4, model_path=str(tiny_model_dir),
+                            memory_steps=1)
+    assert json.loads(json.dumps(results)) == results
+    assert list(results["tasks"]) == ["2", "3"]
+    for per_row in results["tasks"].values():
+        assert list(per_row) == ["sum", "pcgrad", "pcgrad-k2", "torchjd"]
+        assert per_row["sum"]["ratio_to_sum"] == 1.0
+        for row in per_row.values():
+            assert row["seconds_per_step"] > 0 and row["peak_mb"] > 50 and row["ratio_to_sum"] > 0
+            low, high = row["ratio_ci95"]
+            assert low <= row["ratio_to_sum"] <= high
+    assert set(results["marginal_seconds_per_task"]) == set(ROWS)
