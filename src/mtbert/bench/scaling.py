@@ -8,8 +8,8 @@ step (`mtbert.bench.step.rotated_rounds`):
 
 - `sum`: the summed loss of all T tasks;
 - `pcgrad`: PCGrad over all T tasks (a T x P buffer);
-- `pcgrad-k2`: PCGrad over 2 tasks drawn (seeded, uniformly) each step, the step's samples split between
-  them (a 2 x P buffer: what `tasks_per_step: 2` is to do);
+- `pcgrad-k2`: PCGrad over 2 tasks drawn each step as `tasks_per_step: 2` draws them (`tasks_of_step`, equal
+  shares), the step's samples split between them (a 2 x P buffer, as training builds it with that key);
 - `torchjd`: torchjd's `mtl_backward` + `jac_to_grad(PCGrad())` over all T tasks.
 
 Per T and row: median seconds per step, its paired ratio to `sum` (median of the per-step ratios), and the peak
@@ -36,6 +36,7 @@ from mtbert.bench.step import MIN_ROUNDS, bootstrap_interval, paired_ratios, rot
 from mtbert.config import build_config
 from mtbert.data import collate, load_task_data
 from mtbert.data.encoding import collate_packed
+from mtbert.data.sampling import tasks_of_step
 from mtbert.errors import MtbertError
 from mtbert.methods.method import Method, plain_objective
 from mtbert.model import MultiTaskModel, load_encoder
@@ -142,8 +143,8 @@ def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup:
                 for t in tasks}
 
     all_batches = []
-    for _ in range(steps + warmup):
-        sampled = sorted(draw.sample(names, SAMPLED_TASKS), key=names.index)
+    for step in range(1, steps + warmup + 1):
+        sampled = tasks_of_step(dict.fromkeys(names, 1), SAMPLED_TASKS, 0, step)  # as `tasks_per_step: 2` draws
         all_batches.append({"all": batches_of(names, samples_per_step // count),
                             "k2": batches_of(sampled, samples_per_step // SAMPLED_TASKS)})
     optimizer = make_optimizer(model, replace(cfg, learning_rate=1e-5), torch.device("cpu"))
