@@ -90,21 +90,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", help="run folders")
     p.add_argument("--output_dir", required=True, help="where report.md and the PNG plots go")
 
-    p = sub.add_parser("bench", help="benchmarks: step, throughput, quality")
+    p = sub.add_parser("bench", help="benchmarks: step, scaling, throughput, quality")
     bench = p.add_subparsers(dest="bench", required=True)
     b = bench.add_parser("step", help="seconds per training step of each gradient method")
     b.add_argument("--methods", default="sum,pcgrad",
-                   help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd (for comparison)")
-    b.add_argument("--steps", type=int, default=10, help="timed steps per method")
+                   help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd, torchjd-autogram "
+                        "(for comparison)")
+    b.add_argument("--steps", type=int, default=10, help="timed steps per method (at least 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")
     b.add_argument("--trainable", default="full",
                    help="comma-separated: full, lora, frozen-embeddings (several: each in its own process, with its "
                         "peak memory)")
+    b.add_argument("--memory", action="store_true",
+                   help="also each method's peak resident memory, alone in its own process")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     b = bench.add_parser("throughput", help="training and prediction speed against Trainer and CrossEncoder")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     b.add_argument("--examples", type=int, default=256, help="examples per measurement")
+    b = bench.add_parser("scaling", help="seconds per step and peak memory as the number of tasks grows")
+    b.add_argument("--tasks", default="2,4,8,16,32", help="comma-separated numbers of tasks T")
+    b.add_argument("--steps", type=int, default=8, help="timed steps per T (at least 5)")
+    b.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    b.add_argument("--samples_per_step", type=int, default=64, help="samples per step in all, spread over the tasks")
+    b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     b = bench.add_parser("quality", help="the quality table (the CS224N report's results table) on this machine")
     b.add_argument("--output_dir", required=True, help="folder of the table and its runs (finished rows are reused)")
     b.add_argument("--rows", help="comma-separated rows to run (default: all)")

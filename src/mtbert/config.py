@@ -29,6 +29,7 @@ SURGERY_SCOPES = ("global", "per-layer")
 # the names `mtbert.methods` implements (tests/unit/methods check the two agree) and the trackers of report_to
 METHODS = ("single", "sum", "pcgrad", "cagrad", "gradvac", "imtl-g", "mgda", "upgrad", "aligned-mtl", "nash-mtl",
            "uncertainty", "famo")
+SURGERY_METHODS = METHODS[1:-2]  # sum and the gradient-surgery methods: those that aggregate a per-task buffer
 KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
 
 
@@ -116,6 +117,9 @@ class TrainConfig:
     sampling_temperature: float = key(2.0, 'T of temperature sampling (shares proportional to size^(1/T))')
     surgery_scope: str = key("global",
         'global | per-layer: aggregate the whole shared vector or each encoder layer separately')
+    tasks_per_step: int | None = key(None,
+        "k: each step trains k of the active tasks, drawn by the sampling's shares (seeded, the same on every "
+        "rank), surgery over those k (a k-row buffer); empty: every task every step")
     smart_weight: float = key(0.0, "weight of SMART's smoothness penalty on each task's loss (0: off)")
     smart_step_size: float = key(1e-3, "SMART's ascent step and perturbation bound (max-norm, on the word embeddings)")
     smart_noise: float = key(1e-5, "std of SMART's initial Gaussian noise")
@@ -562,6 +566,12 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("method", f"single trains one task, but tasks lists {len(specs)}")
     cfg.ratios()
     check_sizes(cfg, prefix)
+    if cfg.tasks_per_step is not None:
+        if cfg.method not in SURGERY_METHODS:
+            raise bad("tasks_per_step", f"works with the gradient-surgery methods and sum, not {cfg.method}")
+        active = sum(1 for r in cfg.ratios().values() if r > 0)
+        if not 1 <= cfg.tasks_per_step <= active:
+            raise bad("tasks_per_step", f"must be between 1 and the {active} active tasks, not {cfg.tasks_per_step}")
 
 
 def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:

@@ -1,4 +1,5 @@
-"""`mtbert bench step` on the bundled backbone and the tiny data: every method of issue 9 is timed."""
+"""`mtbert bench step` on the bundled backbone and the tiny data: every method of issue 9 is timed; and a tiny
+`bench scaling` run (its rows each in their own process for peak memory)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,48 @@ from mtbert.cli import main
 from mtbert.methods.aggregators import AGGREGATORS
 
 pytestmark = pytest.mark.e2e
-METHODS = [*AGGREGATORS, "uncertainty", "famo", "pcgrad-per-layer", "torchjd"]
+METHODS = [*AGGREGATORS, "uncertainty", "famo", "pcgrad-per-layer", "torchjd", "torchjd-autogram"]
 
 
 def test_bench_step_times_every_method_against_sum(tiny_data_dir, tmp_path, monkeypatch, capsys):
     pytest.importorskip("torchjd")
     monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
     out = tmp_path / "step.json"
-    code = main(["bench", "step", "--methods", ",".join(METHODS), "--steps", "2", "--warmup", "0",
+    code = main(["bench", "step", "--methods", ",".join(METHODS), "--steps", "5", "--warmup", "0",
                  "--batch_size", "2", "--json", str(out)])
     assert code == 0
-    methods = json.loads(out.read_text())["methods"]
+    results = json.loads(out.read_text())
+    methods = results["methods"]
     assert list(methods) == METHODS
-    assert methods["sum"]["ratio_to_sum"] == 1.0
+    assert methods["sum"]["ratio_to_sum"] == 1.0 and methods["sum"]["paired_ratio_to_sum"] == 1.0
     for name, result in methods.items():
-        assert len(result["all_seconds"]) == 2 and result["median_seconds"] > 0, name
+        assert len(result["all_seconds"]) == 5 and result["median_seconds"] > 0, name
         assert result["ratio_to_sum"] == pytest.approx(result["median_seconds"] / methods["sum"]["median_seconds"],
                                                        rel=1e-2, abs=1e-3), name
+        ratios = [a / b for a, b in zip(result["all_seconds"], methods["sum"]["all_seconds"], strict=True)]
+        assert result["all_paired_ratios"] == pytest.approx(ratios, rel=2e-2, abs=2e-3), name  # from the JSON
+        low, high = result["paired_ratio_ci95"]
+        assert low <= result["paired_ratio_to_sum"] <= high, name
+    assert results["goals"]["pcgrad_vs_sum"]["verdict"] in ("met", "missed", "undecided")
+
+
+def test_bench_step_memory_runs_each_method_alone(tiny_data_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    out = tmp_path / "step.json"
+    assert main(["bench", "step", "--methods", "sum,pcgrad", "--steps", "5", "--warmup", "0", "--batch_size", "2",
+                 "--memory", "--json", str(out)]) == 0
+    memory = json.loads(out.read_text())["memory"]
+    assert memory["diagnostics"] is False and set(memory["peak_rss_mb"]) == {"sum", "pcgrad"}
+    assert all(v > 100 for v in memory["peak_rss_mb"].values())
+    assert memory["ratio_to_sum"]["pcgrad"] == pytest.approx(
+        memory["peak_rss_mb"]["pcgrad"] / memory["peak_rss_mb"]["sum"], abs=1e-3)
+
+
+def test_bench_step_needs_five_rounds(tiny_data_dir, monkeypatch, capsys):
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    assert main(["bench", "step", "--methods", "sum,pcgrad", "--steps", "4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --steps: 4 timed steps is too few for a paired interval (at least 5)")
 
 
 def test_bench_step_names_an_unknown_method(tiny_data_dir, monkeypatch, capsys):
@@ -40,7 +66,7 @@ def test_bench_step_measures_full_lora_and_frozen_embedding_training_each_in_its
         tiny_data_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
     out = tmp_path / "step.json"
-    code = main(["bench", "step", "--methods", "sum,pcgrad", "--steps", "1", "--warmup", "0", "--batch_size", "2",
+    code = main(["bench", "step", "--methods", "sum,pcgrad", "--steps", "5", "--warmup", "0", "--batch_size", "2",
                  "--trainable", "full,lora,frozen-embeddings", "--json", str(out)])
     assert code == 0
     runs = json.loads(out.read_text())["trainable"]
@@ -66,3 +92,22 @@ def test_bench_step_names_an_unknown_trainable_kind(tiny_data_dir, monkeypatch, 
     assert main(["bench", "step", "--methods", "sum", "--trainable", "full,adapters"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --trainable: unknown kind 'adapters' (known: full, lora, frozen-embeddings)")
+
+
+def test_a_tiny_scaling_run_has_the_pinned_json(tiny_model_dir, tiny_data_dir, monkeypatch):
+    pytest.importorskip("torchjd")
+    monkeypatch.setenv("MTBERT_DATA", str(tiny_data_dir))
+    from mtbert.bench.scaling import ROWS, bench_scaling
+
+    results = bench_scaling([2, 3], steps=5, warmup=0, samples_per_step=4, model_path=str(tiny_model_dir),
+                            memory_steps=1)
+    assert json.loads(json.dumps(results)) == results
+    assert list(results["tasks"]) == ["2", "3"]
+    for per_row in results["tasks"].values():
+        assert list(per_row) == ["sum", "pcgrad", "pcgrad-k2", "torchjd"]
+        assert per_row["sum"]["ratio_to_sum"] == 1.0
+        for row in per_row.values():
+            assert row["seconds_per_step"] > 0 and row["peak_mb"] > 50 and row["ratio_to_sum"] > 0
+            low, high = row["ratio_ci95"]
+            assert low <= row["ratio_to_sum"] <= high
+    assert set(results["marginal_seconds_per_task"]) == set(ROWS)

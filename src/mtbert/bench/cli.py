@@ -1,4 +1,4 @@
-"""`mtbert bench step | throughput | quality`: run one benchmark and print (and optionally save) its JSON."""
+"""`mtbert bench step | scaling | throughput | quality`: run one benchmark and print (and optionally save) its JSON."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from mtbert.errors import MtbertError
 from mtbert.io import atomic_write_json
 
 
@@ -15,7 +16,15 @@ def main(args: argparse.Namespace) -> int:
         from mtbert.bench.step import bench_step
 
         results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size,
-                             args.trainable.split(","))
+                             args.trainable.split(","), memory=getattr(args, "memory", False))
+    elif args.bench == "scaling":
+        from mtbert.bench.scaling import bench_scaling
+
+        try:
+            counts = [int(t) for t in args.tasks.split(",")]
+        except ValueError:
+            raise MtbertError(f"--tasks: '{args.tasks}' is not a comma-separated list of numbers") from None
+        results = bench_scaling(counts, args.steps, args.warmup, args.samples_per_step)
     elif args.bench == "throughput":
         from mtbert.bench.throughput import bench_throughput
 

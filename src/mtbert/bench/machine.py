@@ -29,3 +29,56 @@ def cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def cpu_fields() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty elsewhere)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if not line.strip():
+                break
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
+def theoretical_fp32_peak(cores: int | None = None, fields: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """The CPU's theoretical fp32 peak: cores x clock x FLOPs per cycle per core, with how each was derived.
+
+    FLOPs per cycle = fp32 lanes of the vector datapath (its width / 32 bits) x 2 (a fused multiply-add is two
+    FLOPs) x 2 FMA units (what current x86 server cores have). The datapath is 512 bits with AVX-512, except on
+    AMD Zen 4 (family 25 with AVX-512), which runs 512-bit instructions on 256-bit units; 256 bits with AVX2 and
+    FMA; else 128 bits. The clock is the highest cpufreq allows, else /proc/cpuinfo's `cpu MHz` (the base clock
+    in a VM; turbo is not counted). `cores`: the threads the benchmark runs (default torch's), one core each.
+    None where /proc/cpuinfo is missing (not Linux).
+    """
+    fields = cpu_fields() if fields is None else fields
+    if not fields:
+        return None
+    flags = set(fields.get("flags", "").split())
+    zen4 = fields.get("vendor_id") == "AuthenticAMD" and fields.get("cpu family") == "25"
+    if "avx512f" in flags:
+        width, why = (256, "AVX-512 on Zen 4's 256-bit units") if zen4 else (512, "AVX-512")
+    elif {"avx2", "fma"} <= flags:
+        width, why = 256, "AVX2 with FMA"
+    else:
+        width, why = 128, "SSE"
+    fma_units = 2
+    per_cycle = width // 32 * 2 * fma_units
+    ghz, clock_source = None, None
+    try:
+        khz = int(Path("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq").read_text().strip())
+        ghz, clock_source = khz / 1e6, "cpufreq cpuinfo_max_freq"
+    except (OSError, ValueError):
+        if fields.get("cpu MHz"):
+            ghz, clock_source = float(fields["cpu MHz"]) / 1000, "/proc/cpuinfo cpu MHz"
+    if ghz is None:
+        return None
+    cores = cores or torch.get_num_threads()
+    return {"gflops_per_second": round(cores * ghz * per_cycle, 1), "cores": cores, "ghz": round(ghz, 3),
+            "flops_per_cycle_per_core": per_cycle,
+            "derivation": f"{cores} cores x {ghz:.3f} GHz ({clock_source}) x {per_cycle} FLOPs/cycle ({why}: "
+                          f"{width}-bit datapath, {width // 32} fp32 lanes x 2 for FMA x {fma_units} FMA units)"}

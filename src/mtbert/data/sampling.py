@@ -10,9 +10,13 @@ gives every active task at least one sample, so a step always has a batch from e
   https://arxiv.org/abs/1902.02671).
 - `annealed`: PALs' annealed sampling, size^alpha with alpha = 1 - 0.8 (e - 1) / (E - 1) going from
   proportional in the first epoch to nearly uniform in the last.
+
+With `tasks_per_step: k`, `tasks_of_step` draws which k of the active tasks a step trains.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 SAMPLING_STRATEGIES = ("fixed-ratio", "proportional", "temperature", "annealed")
 
@@ -48,3 +52,15 @@ def samples_per_step(strategy: str, sizes: dict[str, int], ratios: dict[str, int
         largest = max(counts, key=counts.get)
         counts[largest] -= 1
     return counts
+
+
+def tasks_of_step(per_step: dict[str, int], k: int, seed: int, step: int) -> list[str]:
+    """The k tasks step `step` trains: drawn without replacement with chances proportional to their samples per
+    step (the strategy's shares), from a generator seeded by (seed, step) alone, so that every rank draws the same
+    tasks and a resumed run the same as an uninterrupted one. In `per_step`'s order."""
+    names = list(per_step)
+    if k >= len(names):
+        return names
+    weights = np.array([per_step[t] for t in names], dtype=np.float64)
+    chosen = np.random.default_rng([seed, step]).choice(len(names), size=k, replace=False, p=weights / weights.sum())
+    return [names[i] for i in sorted(chosen)]

@@ -27,6 +27,7 @@ from mtbert.config import TrainConfig, save_config
 from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data, samples_per_step
 from mtbert.data.encoding import collate_packed
 from mtbert.data.loading import resolve_labels
+from mtbert.data.sampling import tasks_of_step
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
@@ -134,7 +135,9 @@ class Stage:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
                                                                               self.steps_per_epoch)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.method = make_method(cfg.method, self.model, list(self.sizes), ranks, cfg.seed, cfg.surgery_scope,
+        # optional: tasks_per_step k; an aggregator's buffer rows go by the step's tasks in order, so k rows
+        tasks = list(self.sizes)[: cfg.tasks_per_step] if cfg.tasks_per_step else list(self.sizes)
+        self.method = make_method(cfg.method, self.model, tasks, ranks, cfg.seed, cfg.surgery_scope,
                                   cfg.method_options)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -230,6 +233,8 @@ class Stage:
         cfg = self.cfg
         per_step = samples_per_step(cfg.sampling, self.sizes, self.ratios, self.unit, cfg.sampling_temperature,
                                     epoch=(step - 1) // self.steps_per_epoch + 1, num_epochs=self.num_epochs)
+        if cfg.tasks_per_step:  # optional: k of the tasks this step
+            per_step = {t: per_step[t] for t in tasks_of_step(per_step, cfg.tasks_per_step, cfg.seed, step)}
         loss_scale = {t: 1.0 / (n if cfg.sample_weighting else self.unit) for t, n in per_step.items()}
         make = collate_packed if cfg.packing else collate  # optional: packed rows instead of padding
         batches = {}

@@ -19,21 +19,34 @@ def test_two_step_variants_are_compared_with_two_step_pcgrad_and_mlm_steps_scale
 
 
 def test_a_sitting_keeps_its_wall_time_in_the_marker_while_it_trains(tmp_path, monkeypatch):
-    """A sitting killed mid-run (SIGKILL runs no `finally`) still adds its time: the marker takes it as it goes."""
+    """A sitting killed mid-run (SIGKILL runs no `finally`) still adds its time: the marker takes it as it goes.
+
+    The clock is injected (quality's `time.perf_counter`), so the figures are exact whatever the machine's load."""
     import json
     import time
+    import types
 
     import mtbert.training.run
     from mtbert.bench import quality
     from mtbert.config import TrainConfig
 
-    monkeypatch.setattr(quality, "CLOCK_SECONDS", 0.05)
+    now = [1000.0]
+    monkeypatch.setattr(quality, "time", types.SimpleNamespace(perf_counter=lambda: now[0]))
+    monkeypatch.setattr(quality, "CLOCK_SECONDS", 0.01)
     marker_file = tmp_path / quality.MARKER
     seen = []
 
+    def wall_seconds_before() -> float:
+        return json.loads(marker_file.read_text())["wall_seconds_before"]
+
     def training(cfg, resume_from_checkpoint=None, overwrite_output_dir=False):
-        time.sleep(0.5)
-        seen.append(json.loads(marker_file.read_text())["wall_seconds_before"])  # what a kill now would keep
+        now[0] += 0.4  # 0.4 s into the sitting
+        for _ in range(6000):  # until the clock's thread has written it (a hang guard, not a time bound)
+            if wall_seconds_before() == 100.4:
+                break
+            time.sleep(0.01)
+        seen.append(wall_seconds_before())  # what a kill now would keep
+        now[0] += 0.3
         return {"overall": 0.5}
 
     monkeypatch.setattr(mtbert.training.run, "train", training)
@@ -44,6 +57,6 @@ def test_a_sitting_keeps_its_wall_time_in_the_marker_while_it_trains(tmp_path, m
     monkeypatch.setattr(quality.RunDir, "checkpoints", lambda self: [tmp_path / "checkpoint-4"])  # left to resume
     cfg = TrainConfig(output_dir=str(tmp_path))
     results, marker = quality.train_run(cfg, tmp_path, budget=1.0)
-    assert 100.3 <= seen[0] < 100.5 + 0.2  # written during the sitting, the earlier sitting's 100 s kept
-    assert 100.5 <= marker["wall_seconds"] < 101.5 and results == {"overall": 0.5}
-    assert json.loads(marker_file.read_text())["wall_seconds"] == marker["wall_seconds"]
+    assert seen == [100.4]  # written during the sitting, the earlier sitting's 100 s kept
+    assert marker["wall_seconds"] == 100.7 and results == {"overall": 0.5}
+    assert json.loads(marker_file.read_text())["wall_seconds"] == 100.7

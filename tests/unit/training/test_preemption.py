@@ -17,7 +17,8 @@ from mtbert.distributed import ONE_PROCESS
 from mtbert.training.preemption import Preempted, Preemption, resume_advice
 
 
-def _wait_for(condition, seconds: float = 5.0) -> None:
+def _wait_for(condition, seconds: float = 60.0) -> None:
+    """Wait for `condition` (a signal handled); `seconds` only guards against a hang, it bounds no timing."""
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline

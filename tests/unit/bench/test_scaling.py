@@ -1,0 +1,42 @@
+"""`mtbert bench scaling`: the T tasks, their disjoint shares, the arithmetic (a tiny run: tests/e2e)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mtbert.bench.scaling import ROWS, marginal_cost, scaled_tasks, scaling_goals, task_shares
+
+
+def test_t_tasks_cycle_over_the_course_files_with_their_own_names_and_disjoint_shares():
+    specs = scaled_tasks(5)
+    assert [s.name for s in specs] == ["sst-0", "para-1", "sts-2", "sst-3", "para-4"]
+    assert [s.kind for s in specs] == [specs[0].kind, specs[1].kind, specs[2].kind, specs[0].kind, specs[1].kind]
+    shares = task_shares(5, {"sst": 10, "para": 7, "sts": 4})
+    assert list(shares["sst-0"]) == [0, 2, 4, 6, 8] and list(shares["sst-3"]) == [1, 3, 5, 7, 9]
+    assert set(shares["para-1"]).isdisjoint(shares["para-4"]) and list(shares["sts-2"]) == [0, 1, 2, 3]
+
+
+def test_the_marginal_cost_is_the_slope_over_t_and_the_goals_read_their_t():
+    tasks = {str(t): {row: {"seconds_per_step": 1.0 + 0.1 * t * (2 if row == "pcgrad" else 1)} for row in ROWS}
+             for t in (2, 4, 8)}
+    slopes = marginal_cost(tasks)
+    assert slopes["sum"] == pytest.approx(0.1) and slopes["pcgrad"] == pytest.approx(0.2)
+    assert marginal_cost({"2": tasks["2"]}) == {row: None for row in ROWS}
+    rows = {"pcgrad": {"ratio_to_sum": 1.04, "peak_ratio_to_sum": 1.4, "seconds_per_step": 1.0},
+            "pcgrad-k2": {"seconds_per_step": 1.0}}
+    goals = scaling_goals({"2": {**rows, "pcgrad-k2": {"seconds_per_step": 1.0}}, "16": rows,
+                           "32": {**rows, "pcgrad-k2": {"seconds_per_step": 1.2}}})
+    assert goals["pcgrad_step_at_16"]["met"] is True and goals["pcgrad_peak_at_16"]["met"] is False
+    assert goals["pcgrad_k2_32_vs_2"] == {"goal": "<= 1.1", "ratio": 1.2, "met": False}
+    assert scaling_goals({"4": rows}) == {}
+
+
+def test_the_scaling_command_refuses_bad_counts(capsys):
+    from mtbert.cli import main
+
+    assert main(["bench", "scaling", "--tasks", "2,x"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --tasks: '2,x' is not a comma-separated list of numbers")
+    assert main(["bench", "scaling", "--tasks", "1,4"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --tasks: each count must be at least 2 (got [1, 4])")
