@@ -135,9 +135,8 @@ class Stage:
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
                                                                               self.steps_per_epoch)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        # optional: tasks_per_step k; an aggregator's buffer rows go by the step's tasks in order, so k rows
-        tasks = list(self.sizes)[: cfg.tasks_per_step] if cfg.tasks_per_step else list(self.sizes)
-        self.method = make_method(cfg.method, self.model, tasks, ranks, cfg.seed, cfg.surgery_scope,
+        # the engine's buffer holds a row per task a step collects: k rows with tasks_per_step k
+        self.method = make_method(cfg.method, self.model, list(self.sizes), ranks, cfg.seed, cfg.surgery_scope,
                                   cfg.method_options)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
