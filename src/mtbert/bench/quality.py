@@ -83,6 +83,7 @@ class Reference:
     extra_row_note: str
     columns: dict[str, str]  # the task metrics shown (`<task>_<metric>`), each with its column's header
     footnote: str = ""  # said under the table (what makes its numbers differ from the reference's)
+    throughput_tasks: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # `bench throughput`: training, prediction
     backbone: str | None = None  # --backbone: model_name_or_path of every row and the floor
 
     @property
@@ -142,8 +143,9 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         mark = getattr(err, "problem_mark", None)
         raise ConfigError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML") from None
     where = str(path)
-    top = mapping(raw, where, ("backbone", "reference", "columns", "footnote", "rows", "ensemble", "extra_row_note"),
-                  ("backbone", "reference", "columns", "rows", "extra_row_note"))
+    top = mapping(raw, where, ("backbone", "reference", "columns", "footnote", "throughput", "rows", "ensemble",
+                               "extra_row_note"), ("backbone", "reference", "columns", "rows", "extra_row_note"))
+    timed = mapping(top.get("throughput") or {}, f"{where}: throughput", ("train_tasks", "predict_tasks"), ())
     columns = {str(k): text_value(v, f"{where}: columns.{k}")
                for k, v in mapping(top["columns"], f"{where}: columns", None, ()).items()}
     if not columns or OVERALL in columns:
@@ -166,6 +168,8 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         ensemble_members=names_value(ensemble.get("members", []), f"{where}: ensemble.members"),
         extra_row_note=text_value(top["extra_row_note"], f"{where}: extra_row_note"), columns=columns,
         footnote=text_value(top["footnote"], f"{where}: footnote") if top.get("footnote") is not None else "",
+        throughput_tasks=(names_value(timed.get("train_tasks", []), f"{where}: throughput.train_tasks"),
+                          names_value(timed.get("predict_tasks", []), f"{where}: throughput.predict_tasks")),
         backbone=backbone,
     )
     check_reference(ref, where)

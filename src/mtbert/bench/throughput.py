@@ -49,10 +49,11 @@ import torch
 from mtbert.config import build_config
 from mtbert.data import EncodedSet, Example, collate, encode_examples, read_task_file
 from mtbert.data.encoding import collate_packed
+from mtbert.errors import MtbertError
 from mtbert.evaluation.evaluate import predict_set, quantized
 from mtbert.methods.method import make_method, plain_objective
 from mtbert.model import MultiTaskModel, default_backbone, load_encoder, task_loss
-from mtbert.tasks import BUILTIN_TASKS, TaskSpec
+from mtbert.tasks import TaskSpec, task_from_config
 from mtbert.training.optim import make_optimizer
 
 GOALS = {"training": 1.6, "training_grouped": 1.2, "training_utilization": 0.6, "prediction": 1.3,
@@ -68,16 +69,23 @@ BACKENDS_NOTE = ("CrossEncoder(backend='onnx'|'openvino') needs optimum-onnx 0.1
 
 def bench_throughput(examples: int = 256, model_path: str | None = None, data_dir: str | Path | None = None,
                      batch_size: int = 16, eval_batch_size: int = 64, repeats: int = 3, predict_repeats: int = 7,
-                     max_length: int = 128, memory_steps: int = 5,
-                     train_tasks: tuple[str, ...] = ("sst", "sts"),
-                     predict_tasks: tuple[str, ...] = ("para", "sts")) -> dict[str, Any]:
+                     max_length: int = 128, memory_steps: int = 5, train_tasks: tuple[str, ...] | None = None,
+                     predict_tasks: tuple[str, ...] | None = None, table: str = "cs224n") -> dict[str, Any]:
     """Run the three comparisons and return one JSON-ready dict with each figure, its ratio and the goals.
 
     `examples` is per measurement; `repeats` and `predict_repeats` are the timed rounds of training and of
     prediction (prediction runs are short, so they get more); `model_path` and `data_dir` default to the
-    bundled backbone and $MTBERT_DATA.
+    bundled backbone and $MTBERT_DATA; the timed tasks default to the `throughput` section of the bench
+    table's table.yaml (`table`: a shipped table's name or a folder).
     """
     from mtbert.bench.machine import machine, theoretical_fp32_peak
+    from mtbert.bench.quality import load_reference
+    from mtbert.presets import table_dir
+
+    listed = load_reference(table_dir(table)).throughput_tasks
+    train_tasks, predict_tasks = train_tasks or listed[0], predict_tasks or listed[1]
+    if not train_tasks or not predict_tasks:
+        raise MtbertError(f"{table}: its table.yaml names no throughput.train_tasks or throughput.predict_tasks")
 
     source = model_path or default_backbone()
     folder = Path(data_dir) if data_dir is not None else build_config({}).resolved_data_dir()
@@ -91,9 +99,10 @@ def bench_throughput(examples: int = 256, model_path: str | None = None, data_di
     config = load_encoder(source, 0.0)[0].config
     gemm_shape = (batch_size * 32, config.hidden_size, config.intermediate_size)  # 32 tokens an example
     gemm = [bench_gemm(*gemm_shape, device=device) for _ in range(GEMM_MEASUREMENTS)]
-    results["training"] = {t: bench_training(BUILTIN_TASKS[t], source, folder, examples, batch_size, repeats,
+    specs = {t: task_from_config(t, "throughput") for t in {*train_tasks, *predict_tasks}}
+    results["training"] = {t: bench_training(specs[t], source, folder, examples, batch_size, repeats,
                                              max_length, device) for t in train_tasks}
-    results["prediction"] = {t: bench_prediction(BUILTIN_TASKS[t], source, folder, examples, eval_batch_size,
+    results["prediction"] = {t: bench_prediction(specs[t], source, folder, examples, eval_batch_size,
                                                  predict_repeats, max_length, device) for t in predict_tasks}
     gemm += [bench_gemm(*gemm_shape, device=device) for _ in range(GEMM_MEASUREMENTS)]
     results["gemm"] = gemm_summary(gemm_shape, [g["gflops_per_second"] for g in gemm])
@@ -564,7 +573,8 @@ def bench_memory(model_path: str | None, data_dir: Path, steps: int, batch_size:
 
     steps = max(steps, MIN_ROUNDS)
     measured = method_memory(list(methods), batch_size, model_path, steps, data_dir)
-    out: dict[str, Any] = {"steps": steps, "tasks": ["sst", "para", "sts"], "batch_size_per_task": batch_size,
+    tasks = [spec.name for spec in build_config({}).task_specs()]  # bench step's tasks: the default config's
+    out: dict[str, Any] = {"steps": steps, "tasks": tasks, "batch_size_per_task": batch_size,
                            "diagnostics": False, "peak_rss_mb": measured["peak_rss_mb"]}
     if "sum" in out["peak_rss_mb"] and "pcgrad" in out["peak_rss_mb"]:
         out["ratio"] = ratio(out["peak_rss_mb"]["pcgrad"], out["peak_rss_mb"]["sum"])
