@@ -56,7 +56,8 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
         rates = figures["samples_per_second"].values()
         assert all(f["per_second"] > 0 and len(f["all_per_second"]) == 1 for f in rates)
         assert figures["ratio"] > 0 and figures["ratio_grouped"] > 0 and figures["optimizer"]["trainer"]
-        assert figures["ratio_compiled"] > 0 and figures["compile_seconds"] > -1
+        # compile_seconds is the warm-up pass less the median pass: any sign on a loaded machine, so no bound
+        assert figures["ratio_compiled"] > 0 and isinstance(figures["compile_seconds"], float)
         assert figures["useful_gflop"] > 0
         assert set(figures["utilization"]) == set(figures["useful_gflops_per_second"]) == set(
             figures["samples_per_second"])
