@@ -112,9 +112,12 @@ class TaskKind:
 
     # ---- data -----------------------------------------------------------------------------------
     def read_text(self, value: Any, column: str) -> tuple[Any, str | None]:
-        """A row's input field as text: (text, None), or (None, why the row is skipped)."""
+        """A row's input field as text (a list of words joined by single spaces): (text, None), or (None, why the
+        row is skipped)."""
         if value is None:
             return None, f"'{column}' is empty (null)"
+        if isinstance(value, list | tuple) and value and all(isinstance(w, str) for w in value):
+            return " ".join(w.strip() for w in value), None  # a list of words (a token column): one text
         if not isinstance(value, str):
             return None, f"'{column}' is {type_name(value)}, not text"
         return value.strip(), None
