@@ -43,6 +43,8 @@ class TaskSpec:
     train_split: str = "train"
     dev_split: str = "validation"
     test_split: str | None = "test"
+    conll_columns: tuple[int, int] | None = None  # a CoNLL file's word and tag columns (default: first and last)
+    label_all_subwords: bool = False  # token tasks: every subword of a word carries its tag (not only the first)
 
     @property
     def task_kind(self) -> TaskKind:
@@ -146,8 +148,8 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
     base = BUILTIN_TASKS.get(name)
     if base is None and "kind" not in values:
         raise ConfigError(f"{where}.kind: task '{name}' needs a kind ({' | '.join(KINDS)})")
-    for key in ("text_columns", "head_hidden_sizes", "label_names"):
-        if key in values and not (key == "label_names" and values[key] is None):
+    for key in ("text_columns", "head_hidden_sizes", "label_names", "conll_columns"):
+        if key in values and not (key in ("label_names", "conll_columns") and values[key] is None):
             if not isinstance(values[key], list | tuple):
                 raise ConfigError(f"{where}.{key}: must be a list")
             values[key] = tuple(values[key])

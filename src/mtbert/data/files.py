@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from mtbert.data.conll import CONLL_SUFFIXES, read_conll
 from mtbert.data.rows import (  # noqa: F401 - the reading API, re-exported
     Example,
     LabelParser,
@@ -38,7 +39,8 @@ def delimiter_of(path: Path, spec: TaskSpec, first_line: str) -> str:
 
 def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True,
                    parse: LabelParser | None = None, report: bool = True) -> ReadResult:
-    """Read one task file of any supported format (by suffix: .json, .jsonl/.ndjson, .parquet, else delimited).
+    """Read one task file of any supported format (by suffix: .json, .jsonl/.ndjson, .parquet, .conll/.bio, else
+    delimited).
 
     Every row is loaded or recorded in `skipped` with its line (row for JSON arrays and Parquet) and reason;
     a summary warning counts the skipped rows. Raises DataError, one sentence naming the file (and line), when
@@ -52,7 +54,9 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True,
 
     parse = parse or label_parser(spec)
     suffix = path.suffix.lower()
-    if suffix in formats.JSON_SUFFIXES:
+    if suffix in CONLL_SUFFIXES:
+        result = read_conll(path, spec, labeled, parse)
+    elif suffix in formats.JSON_SUFFIXES:
         result = formats.read_json(path, spec, labeled, parse)
     elif suffix in formats.PARQUET_SUFFIXES:
         result = formats.read_parquet(path, spec, labeled, parse)
@@ -110,6 +114,12 @@ def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParse
                     if labeled:
                         label, reason = parse(row[positions[spec.label_column]])
                 if reason is None:
+                    read = [spec.task_kind.read_text(row[positions[c]], c) for c in spec.text_columns]
+                    texts = tuple(text for text, _ in read)
+                    reason = next((why for _, why in read if why is not None), None)
+                    if reason is None and labeled:
+                        reason = spec.task_kind.match_label(spec, texts, label)
+                if reason is None:
                     example_id = row[positions[id_column]].strip() if id_column else str(start)
                     if not example_id:
                         reason = "empty id"
@@ -119,7 +129,6 @@ def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParse
                     result.skipped.append((start, reason))
                     continue
                 seen_ids[example_id] = start
-                texts = tuple(row[positions[c]].strip() for c in spec.text_columns)
                 result.examples.append(Example(id=example_id, texts=texts, label=label, line=start))
     except UnicodeDecodeError:
         raise DataError(f"{path}, line {line}: not valid UTF-8 text") from None

@@ -53,6 +53,9 @@ class RowBuilder:
             label, reason = self.parse(row[self.spec.label_column])
             if reason is not None:
                 return self.skip(number, reason)
+            reason = self.spec.task_kind.match_label(self.spec, tuple(texts), label)
+            if reason is not None:
+                return self.skip(number, reason)
         if self.id_column is None:
             example_id = str(number)
         else:
@@ -165,10 +168,13 @@ def _json_rows(path: Path, data: Any) -> list[Any]:
 
 
 def _is_text_type(arrow_type: Any) -> bool:
+    """A column of texts, or of lists of words."""
     import pyarrow as pa
 
     if pa.types.is_dictionary(arrow_type):
         arrow_type = arrow_type.value_type
+    if pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type):
+        return _is_text_type(arrow_type.value_type)
     return pa.types.is_string(arrow_type) or pa.types.is_large_string(arrow_type) or \
         pa.types.is_string_view(arrow_type) or pa.types.is_null(arrow_type)
 
@@ -264,8 +270,21 @@ def class_label_names(spec: TaskSpec, data_dir: Path) -> tuple[str, ...] | None:
 
     splits = load_dataset_splits(spec, data_dir)
     train = splits.get(spec.train_split)
-    feature = train.features.get(spec.label_column) if train is not None else None
+    feature = _inner_feature(train.features.get(spec.label_column)) if train is not None else None
     return tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+
+
+def _inner_feature(feature: Any) -> Any:
+    """The feature of a list column's items (a token task's words or tags), else the feature itself."""
+    import datasets
+
+    while isinstance(feature, datasets.Sequence | datasets.List | datasets.LargeList):
+        feature = feature.feature
+    return feature
+
+
+class _NotAClass(Exception):
+    """A dataset's class index that names no class."""
 
 
 def read_dataset_split(spec: TaskSpec, split: str, labeled: bool, parse: LabelParser, data_dir: Path,
@@ -285,18 +304,26 @@ def read_dataset_split(spec: TaskSpec, split: str, labeled: bool, parse: LabelPa
     id_column = spec.id_column or ("id" if "id" in features else None)
     _check_columns(where, spec, labeled, id_column, set(features), "missing column", list(features))
     for column in spec.text_columns:
-        feature = features[column]
+        feature = _inner_feature(features[column])  # a text, or a list of words
         if not (isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")):
-            raise DataError(f"{where}: column '{column}' holds {feature}, not text")
-    label_feature = features.get(spec.label_column) if labeled else None
+            raise DataError(f"{where}: column '{column}' holds {features[column]}, not text")
+    label_feature = _inner_feature(features.get(spec.label_column)) if labeled else None
     if isinstance(label_feature, datasets.ClassLabel) and spec.label_names is not None:
         names = label_feature.names
         inner = parse
 
-        def parse(raw: Any) -> tuple[float | None, str | None]:  # a class index of the dataset -> its name
-            if isinstance(raw, int) and not isinstance(raw, bool) and not 0 <= raw < len(names):
-                return None, "empty label" if raw == -1 else f"label {raw} is not a class of the dataset"
-            return inner(names[raw] if isinstance(raw, int) and not isinstance(raw, bool) else raw)
+        def name_of(raw: Any) -> Any:  # a class index of the dataset -> its name
+            if isinstance(raw, int) and not isinstance(raw, bool):
+                if not 0 <= raw < len(names):
+                    raise _NotAClass("empty label" if raw == -1 else f"label {raw} is not a class of the dataset")
+                return names[raw]
+            return raw
+
+        def parse(raw: Any) -> tuple[float | None, str | None]:
+            try:
+                return inner([name_of(r) for r in raw] if isinstance(raw, list) else name_of(raw))
+            except _NotAClass as why:
+                return None, str(why)
 
     result = ReadResult(path=Path(str(spec.dataset)), unit="row", source=where)
     builder = RowBuilder(result, spec, labeled, parse, id_column)

@@ -89,15 +89,17 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
         seen: set[str] = set()
 
         def collect(raw: Any) -> tuple[float | None, str | None]:
-            text = (raw if isinstance(raw, str) else as_text(raw)).strip()
-            if not text:
-                return None, "empty label"
-            try:
-                float(text)
-            except ValueError:
-                seen.add(text)
-                return 0.0, None
-            raise _NumericLabel
+            for name in spec.task_kind.label_names_in(raw):
+                text = (name if isinstance(name, str) else as_text(name)).strip()
+                if not text:
+                    return None, "empty label"
+                try:
+                    float(text)
+                except ValueError:
+                    seen.add(text)
+                    continue
+                raise _NumericLabel
+            return 0.0, None
 
         try:
             read_split(spec, "train", data_dir, labeled=True, parse=collect, report=False)

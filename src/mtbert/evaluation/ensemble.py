@@ -154,7 +154,7 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
     return dict(BUILTIN_TASKS), Path(os.environ.get("MTBERT_DATA") or "data"), None
 
 
-def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, float] | None:
+def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, Any] | None:
     """{id: label} of the task's dev file (its first `limit` usable rows), or None when the file is absent."""
     from mtbert.data import read_task_file
     from mtbert.evaluation.finished import usable_examples
@@ -166,7 +166,7 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, f
     examples = usable_examples(read_task_file(data_dir / spec.dev_file, spec))
     if limit is not None:
         examples = examples[:limit]
-    return {e.id: float(e.label) for e in examples}
+    return {e.id: e.label for e in examples}
 
 
 # ---- the command ---------------------------------------------------------------------------------

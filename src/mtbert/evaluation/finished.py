@@ -12,11 +12,12 @@ from safetensors import SafetensorError
 
 from mtbert.config import TrainConfig, config_positions, load_config
 from mtbert.data import Example, ReadResult, encode_examples, read_task_file
+from mtbert.data.conll import CONLL_SUFFIXES
 from mtbert.data.quotes import runaway_quote_line
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.evaluate import predict_set
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
-from mtbert.evaluation.predict import format_value, write_cs224n, write_csv
+from mtbert.evaluation.predict import format_value, write_csv
 from mtbert.io import read_json
 from mtbert.model import MultiTaskModel, load_tokenizer
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
@@ -128,7 +129,10 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
         for example_id, value in zip(ids, predictions, strict=True):
             print(f"{example_id}\t{format_value(spec, value)}")
         return
-    (write_cs224n if fmt == "cs224n" else write_csv)(output, spec, ids, predictions)
+    if fmt == "cs224n":  # the run's own prediction file format (a token task's JSON Lines and CoNLL copy)
+        spec.task_kind.write_predictions(Path(output), spec, ids, predictions, encoded.extras)
+    else:
+        write_csv(output, spec, ids, predictions)
 
 
 def stdin_lines() -> list[str]:
@@ -169,8 +173,8 @@ def usable_examples(result: ReadResult) -> list[Example]:
     DataError naming the line where the quote opened, even when the rows above it were usable.
     """
     path = result.path
-    delimited = result.unit == "line" and not result.source and path.suffix.lower() not in (".json", ".jsonl",
-                                                                                             ".ndjson")
+    delimited = result.unit == "line" and not result.source and path.suffix.lower() not in (
+        ".json", ".jsonl", ".ndjson", *CONLL_SUFFIXES)
     opened = runaway_quote_line(path) if delimited else None
     if opened is not None:
         usable = f"{len(result.examples)} usable" if result.examples else "no usable rows"

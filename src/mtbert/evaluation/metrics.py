@@ -9,12 +9,15 @@ from mtbert.tasks import TaskSpec, overall_score, task_score
 
 def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
     """The task's primary metric as its kind computes it: accuracy of classes, Pearson r of values, ..."""
-    return spec.task_kind.metric_value(spec, np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))
+    return spec.task_kind.metric_value(spec, predictions, labels)
 
 
 def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Metrics of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {metric_key: value}."""
-    metrics = {spec.metric_key: task_metric(spec, p, y) for spec, p, y in results.values()}
+    """Every metric of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {`<task>_<metric>`:
+    value}; the overall score reads each task's primary metric (`metric_key`)."""
+    metrics = {}
+    for spec, p, y in results.values():
+        metrics.update({f"{spec.name}_{key}": value for key, value in spec.task_kind.metric_values(spec, p, y).items()})
     metrics["overall"] = overall_score([spec for spec, _, _ in results.values()], metrics)
     return metrics
 

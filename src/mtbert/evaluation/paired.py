@@ -6,34 +6,33 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.ensemble import dev_labels
 from mtbert.evaluation.metrics import Results, bootstrap_difference
+from mtbert.kinds.base import values_array
 from mtbert.tasks import TaskSpec
 
 
 def dev_triples(folders: list[Path], specs: list[TaskSpec], labels: dict[str, dict[str, float] | None]) -> Results:
     """{task: (spec, dev predictions, labels)} from the CS224N dev files in `folders` (in a run's `predictions/`
     or, for an ensemble, the folder itself); MtbertError when a task has no labels, no file or missing ids."""
-    from mtbert.evaluation.predict import read_cs224n
-
     triples = {}
     for spec in specs:
-        files = [f / sub / f"{spec.name}-dev-output.csv" for f in folders for sub in ("predictions", ".")]
-        found = [f for f in files if f.is_file()]
+        kind = spec.task_kind
+        name = f"{spec.name}-dev-output{kind.prediction_suffix}"
+        found = [f / sub / name for f in folders for sub in ("predictions", ".") if (f / sub / name).is_file()]
         task_labels = labels.get(spec.name)
         if task_labels is None:
             raise MtbertError(f"{folders[0]}: no dev labels for task {spec.name}")
         if not found:
-            raise MtbertError(f"{folders[0]}: no {spec.name}-dev-output.csv")
-        _, values = read_cs224n(found[0])
+            raise MtbertError(f"{folders[0]}: no {name}")
+        values = kind.read_predictions(found[0], spec)
         missing = [i for i in task_labels if i not in values]
         if missing:
             raise MtbertError(f"{found[0]}: {len(missing)} dev ids of task {spec.name} have no prediction")
-        triples[spec.name] = (spec, np.array([values[i] for i in task_labels]), np.array(list(task_labels.values())))
+        triples[spec.name] = (spec, values_array([values[i] for i in task_labels]),
+                              kind.label_array(list(task_labels.values())))
     return triples
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mtbert.kinds import pair_classification, pair_regression, single, single_regression
+from mtbert.kinds import pair_classification, pair_regression, single, single_regression, token
 from mtbert.kinds.base import METRICS, ExportPlan, Metric, TaskKind
 
 if TYPE_CHECKING:
@@ -19,6 +19,7 @@ KINDS: dict[str, TaskKind] = {
     single_regression.KIND.name: single_regression.KIND,
     pair_classification.KIND.name: pair_classification.KIND,
     pair_regression.KIND.name: pair_regression.KIND,
+    token.KIND.name: token.KIND,
 }
 
 

@@ -9,7 +9,9 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
 - config: `validate(spec, where)` (its own checks, one ConfigError sentence naming the key), `has_classes`
   (its labels are class indices that may be given by name: `label_names` are then resolved from the data);
 - data: `read_text(value, column)` (a row's input field -> (text, None) or (None, reason to skip the row)),
-  `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
+  `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `label_names_in(raw)` (the
+  class names a raw label holds), `match_label(spec, texts, label)` (why texts and label do not fit),
+  `texts_from_line(spec, line)`
   (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
   default it encodes `text_groups(examples, architecture)`, one group per encoder input),
@@ -25,10 +27,13 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
 - evaluation: `decide(spec, outputs, batch)` (a batch's predictions and the scores a soft ensemble averages, one
   item per example), `gather(n, done)` (every batch's items in the examples' order), `label_array(labels)`,
   `metric(spec)` (the primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`,
+  `metric_values(spec, predictions, labels)` (every metric it computes), `example_correct(...)` (per example),
   `resampled_metric(spec, predictions, labels, indices)` (the metric on each row of resampled example indices,
   vectorised for the bootstrap), `task_score(spec, value)` (its share of the overall score);
 - files: `format_value(spec, value)` (a prediction as written), `score_columns(spec)` (the scores file's
-  columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None);
+  columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None),
+  `prediction_suffix`, `write_predictions(path, spec, ids, predictions, extras)` and `read_predictions(path,
+  spec)` (a split's prediction file);
 - ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,7 +80,22 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "acc": Metric("acc", "accuracy", "accuracy", "Accuracy"),
     "corr": Metric("corr", "Pearson r", "pearsonr", "Pearson correlation", correlation=True),
+    "f1": Metric("f1", "F1", "f1", "F1"),
+    "precision": Metric("precision", "precision", "precision", "Precision"),
+    "recall": Metric("recall", "recall", "recall", "Recall"),
+    "token_acc": Metric("token_acc", "word accuracy", "accuracy", "Word accuracy"),
 }
+
+
+def values_array(values: Sequence[Any]) -> np.ndarray:
+    """Per-example values as one array: numbers as a float array, anything else (a token task's tag arrays) as
+    an object array of one item per example."""
+    if all(isinstance(v, int | float | np.number) for v in values):
+        return np.asarray(values, dtype=float)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -131,6 +152,14 @@ class TaskKind:
 
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         raise NotImplementedError
+
+    def label_names_in(self, raw: Any) -> list[Any]:
+        """The class names a raw label holds (one; a token task's tags), to find a task's classes."""
+        return [raw]
+
+    def match_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> str | None:
+        """Why a row's parsed texts and label do not fit together (a token task: one tag per word), or None."""
+        return None
 
     def text_groups(self, spec: TaskSpec, examples: Sequence[Any],
                     architecture: str) -> list[tuple[list[str], list[str] | None]]:
@@ -235,6 +264,14 @@ class TaskKind:
                          indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Every metric the kind computes, by key (without the task's prefix); the primary one among them."""
+        return {self.metric(spec): self.metric_value(spec, predictions, labels)}
+
+    def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Whether each example's prediction is right (the frame accuracy of tasks that share an input)."""
+        raise NotImplementedError
+
     def task_score(self, spec: TaskSpec, value: float) -> float:
         return METRICS[self.metric(spec)].score(value)
 
@@ -247,6 +284,27 @@ class TaskKind:
 
     def check_prediction(self, spec: TaskSpec, value: float) -> str | None:
         return None
+
+    prediction_suffix: str = ".csv"  # of `predictions/<task>-<split>-output<suffix>`
+
+    def write_predictions(self, path: Path, spec: TaskSpec, ids: Sequence[str], predictions: np.ndarray,
+                          extras: Sequence[Any] | None) -> None:
+        """A split's prediction file: the CS224N layout (`id \t header`, then `{id} , {prediction} `)."""
+        from mtbert.evaluation.predict import write_cs224n
+
+        write_cs224n(path, spec, list(ids), predictions)
+
+    def write_scores(self, path: Path, spec: TaskSpec, ids: Sequence[str], scores: np.ndarray) -> None:
+        """A split's scores file (what a soft ensemble averages): one row per example, `id` and `score_columns`."""
+        from mtbert.evaluation.predict import write_scores
+
+        write_scores(path, spec, list(ids), scores)
+
+    def read_predictions(self, path: Path, spec: TaskSpec) -> dict[str, Any]:
+        """{id: prediction} of a file `write_predictions` wrote (class names read back as indices)."""
+        from mtbert.evaluation.predict import read_cs224n
+
+        return read_cs224n(path, spec)[1]
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -276,7 +276,7 @@ def _spec_to_dict(spec: TaskSpec) -> dict[str, Any]:
 def _spec_from_dict(values: dict[str, Any]) -> TaskSpec:
     """A saved task spec (JSON lists back to tuples); keys of older checkpoints take their defaults."""
     values = dict(values)
-    for key in ("text_columns", "head_hidden_sizes", "label_names"):
+    for key in ("text_columns", "head_hidden_sizes", "label_names", "conll_columns"):
         if values.get(key) is not None:
             values[key] = tuple(values[key])
     return TaskSpec(**values)

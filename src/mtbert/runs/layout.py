@@ -108,9 +108,10 @@ class RunDir:
                  and p.name[len(CHECKPOINT_PREFIX):].isdigit()]
         return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
-    def prediction(self, task: str, split: str) -> Path:
-        """The CS224N-format prediction file of a task and split (`dev` or `test`)."""
-        return self.root / PREDICTIONS / f"{task}-{split}-output.csv"
+    def prediction(self, task: str, split: str, suffix: str = ".csv") -> Path:
+        """The prediction file of a task and split (`dev` or `test`): CS224N-format `.csv`, or the task kind's
+        `prediction_suffix` (a token task's `.jsonl`)."""
+        return self.root / PREDICTIONS / f"{task}-{split}-output{suffix}"
 
     def scores(self, task: str, split: str) -> Path:
         """The probabilities (or values) file of a task and split, for soft ensembles."""

@@ -32,7 +32,6 @@ from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
 from mtbert.evaluation.evaluate import evaluate_sets, predict_set, score_outputs
-from mtbert.evaluation.predict import write_cs224n, write_scores
 from mtbert.io import atomic_dir, atomic_write_json
 from mtbert.methods.method import make_method
 from mtbert.model import MultiTaskModel, load_encoder, load_tokenizer, task_loss
@@ -438,13 +437,16 @@ def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfi
         metrics, raw = evaluate_sets(model, dev_sets, cfg.per_device_eval_batch_size, pad_id, device,
                                      with_interval=True, ranks=ranks)
     for task, task_data in data.items():
+        kind = task_data.spec.task_kind
         if ranks.is_main:
-            write_cs224n(run.prediction(task, "dev"), task_data.spec, task_data.dev.ids, raw[task][0])
-            write_scores(run.scores(task, "dev"), task_data.spec, task_data.dev.ids, raw[task][1])
+            kind.write_predictions(run.prediction(task, "dev", kind.prediction_suffix), task_data.spec,
+                                   task_data.dev.ids, raw[task][0], task_data.dev.extras)
+            kind.write_scores(run.scores(task, "dev"), task_data.spec, task_data.dev.ids, raw[task][1])
         if task_data.test is not None and len(task_data.test):
             predictions, scores = predict_set(model, task_data.test, cfg.per_device_eval_batch_size, pad_id, device,
                                               ranks=ranks)
             if ranks.is_main:
-                write_cs224n(run.prediction(task, "test"), task_data.spec, task_data.test.ids, predictions)
-                write_scores(run.scores(task, "test"), task_data.spec, task_data.test.ids, scores)
+                kind.write_predictions(run.prediction(task, "test", kind.prediction_suffix), task_data.spec,
+                                       task_data.test.ids, predictions, task_data.test.extras)
+                kind.write_scores(run.scores(task, "test"), task_data.spec, task_data.test.ids, scores)
     return metrics

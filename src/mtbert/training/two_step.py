@@ -13,8 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mtbert.config import TrainConfig, stage2_config
 from mtbert.distributed import start as start_ranks
 from mtbert.errors import MtbertError
@@ -125,13 +123,14 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
 def dev_predictions_with_labels(cfg: TrainConfig, spec: TaskSpec, run_dir: Path):
     """(spec, dev predictions, dev labels) of a finished run, read back from its files."""
     from mtbert.data.loading import read_split, resolve_labels
-    from mtbert.evaluation.predict import read_cs224n
+    from mtbert.kinds.base import values_array
 
     spec = resolve_labels(spec, cfg.resolved_data_dir())
-    _, values = read_cs224n(RunDir(run_dir).prediction(spec.name, "dev"), spec)
+    kind = spec.task_kind
+    values = kind.read_predictions(RunDir(run_dir).prediction(spec.name, "dev", kind.prediction_suffix), spec)
     examples = read_split(spec, "dev", cfg.resolved_data_dir(), report=False).examples
     if cfg.max_eval_samples:
         examples = examples[: cfg.max_eval_samples]
-    predictions = np.array([values[e.id] for e in examples])
-    labels = np.array([e.label for e in examples])
+    predictions = values_array([values[e.id] for e in examples])
+    labels = kind.label_array([e.label for e in examples])
     return spec, predictions, labels
