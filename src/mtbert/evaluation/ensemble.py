@@ -18,6 +18,7 @@ import numpy as np
 
 from mtbert.errors import DataError, MtbertError
 from mtbert.io import atomic_write_json, read_json
+from mtbert.kinds.base import values_array
 from mtbert.kinds.sentence import majority  # noqa: F401 - importable from here as before
 from mtbert.runs.layout import PREDICTIONS, SCORES, RunDir
 from mtbert.runs.output import claim_output_dir
@@ -51,8 +52,9 @@ def resolve_member(path: Path) -> Member:
     raise MtbertError(f"{path}: ensemble member not found (give a run folder or its predictions/ folder)")
 
 
-def prediction_file(task: str, split: str) -> str:
-    return f"{task}-{split}-output.csv"
+def prediction_file(task: str, split: str, suffix: str = ".csv") -> str:
+    """A task's prediction file name (`suffix`: its kind's `prediction_suffix`)."""
+    return f"{task}-{split}-output{suffix}"
 
 
 def score_file(task: str, split: str) -> str:
@@ -69,7 +71,8 @@ def score_columns(spec: TaskSpec) -> list[str]:
 
 def vote(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
     """Combine members' predictions (members x examples) by the rule of the task's kind (see the module)."""
-    return spec.task_kind.vote(spec, np.asarray(predictions, dtype=float))
+    predictions = np.asarray(predictions)
+    return spec.task_kind.vote(spec, predictions if predictions.dtype == object else predictions.astype(float))
 
 
 def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -79,18 +82,21 @@ def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
 
 
 def soft(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
-    """Combine members' scores (members x examples x columns) by averaging, then decide."""
-    return decide_scores(spec, np.asarray(scores, dtype=float).mean(axis=0))
+    """Combine members' scores (members x examples x columns, or members x examples of per-word arrays) by
+    averaging, then decide."""
+    scores = np.asarray(scores)
+    if scores.dtype != object:
+        return decide_scores(spec, scores.astype(float).mean(axis=0))
+    return spec.task_kind.decide_scores(spec, values_array([np.mean(np.stack(list(column)), axis=0)
+                                                            for column in scores.T]))
 
 
 # ---- reading members' files ----------------------------------------------------------------------
 
 
-def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
-    """A member's CS224N file as {id: prediction}, checking that classes are classes of the task."""
-    from mtbert.evaluation.predict import read_cs224n
-
-    _, values = read_cs224n(path, spec)  # class names (label_names) back to class indices
+def read_predictions(path: Path, spec: TaskSpec) -> dict[str, Any]:
+    """A member's prediction file as {id: prediction}, checking that classes are classes of the task."""
+    values = spec.task_kind.read_predictions(path, spec)  # class names (label_names) back to class indices
     for example_id, value in values.items():
         why = spec.task_kind.check_prediction(spec, value)
         if why is not None:
@@ -99,7 +105,11 @@ def read_predictions(path: Path, spec: TaskSpec) -> dict[str, float]:
 
 
 def read_scores(path: Path, spec: TaskSpec) -> dict[str, np.ndarray]:
-    """A member's scores file as {id: row of probabilities or the value}, checking its columns."""
+    """A member's scores file as {id: row of probabilities or the value}, checking its columns (a kind with its
+    own scores file reads it)."""
+    own = spec.task_kind.read_scores(path, spec)
+    if own is not None:
+        return own
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
@@ -174,8 +184,6 @@ def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, A
 
 def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> dict:
     """Combine members' dev and test predictions into `output_dir` (CS224N files and results.json)."""
-    from mtbert.evaluation.predict import format_value, parse_value, write_cs224n
-
     output_dir = Path(output_dir)
     resolved = check_members([Path(m) for m in members], output_dir, mode)
     specs, data_dir, max_eval_samples = resolve_tasks(resolved)
@@ -188,14 +196,14 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
             combined = combine_split(resolved, spec, split, mode)
             if combined is None:
                 continue
-            ids, predictions, per_member = combined
-            name = prediction_file(spec.name, split)
-            write_cs224n(output_dir / name, spec, ids, predictions)
+            ids, predictions, per_member, extras = combined
+            name = prediction_file(spec.name, split, spec.task_kind.prediction_suffix)
+            spec.task_kind.write_predictions(output_dir / name, spec, ids, predictions, extras)
             written.append(name)
             if split == "dev":
                 # score the predictions as written (regression values are rounded in the file)
-                as_written = np.array([parse_value(spec, format_value(spec, v)) for v in predictions])
-                dev[spec.name] = (spec, ids, as_written, per_member)
+                read_back = spec.task_kind.read_predictions(output_dir / name, spec)
+                dev[spec.name] = (spec, ids, values_array([read_back[i] for i in ids]), per_member)
     if not written:
         pattern = "predictions/{task}-{split}-output.csv" if mode == "vote" else "scores/{task}-{split}.tsv"
         raise MtbertError(f"ensemble: the members share no prediction files ({pattern})")
@@ -245,9 +253,12 @@ def is_ensemble_output(folder: Path) -> bool:
 
 
 def combine_split(members: list[Member], spec: TaskSpec, split: str,
-                  mode: str) -> tuple[list[str], np.ndarray, list[np.ndarray]] | None:
-    """(ids, ensemble predictions, each member's predictions) of one task and split; None when not shared."""
-    name = prediction_file(spec.name, split) if mode == "vote" else score_file(spec.name, split)
+                  mode: str) -> tuple[list[str], np.ndarray, list[np.ndarray], list[Any] | None] | None:
+    """(ids, ensemble predictions, each member's predictions, what the kind writes beside the predictions) of one
+    task and split; None when not shared."""
+    kind = spec.task_kind
+    name = prediction_file(spec.name, split, kind.prediction_suffix) if mode == "vote" else score_file(spec.name,
+                                                                                                         split)
     paths = [(m.predictions if mode == "vote" else m.scores) / name for m in members]
     lacking = [str(m.path) for m, p in zip(members, paths, strict=True) if not p.is_file()]
     if len(lacking) == len(members):
@@ -261,12 +272,22 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str,
         tables = [read_scores(p, spec) for p in paths]
     check_ids(name, members, tables)
     ids = list(tables[0])
-    rows = [[table[i] for i in ids] for table in tables]
+    rows = [values_array([table[i] for i in ids]) for table in tables]
+    first = members[0].predictions / prediction_file(spec.name, split, kind.prediction_suffix)
+    found = kind.prediction_extras(first, spec) if first.is_file() else None
+    extras = [found[i] for i in ids] if found is not None else None
+    if rows[0].dtype == object:  # per-example arrays (a token task's tags): members x examples of arrays
+        stack = np.empty((len(members), len(ids)), dtype=object)
+        for m, row in enumerate(rows):
+            stack[m] = row
+        if mode == "vote":
+            return ids, vote(spec, stack), list(stack), extras
+        return ids, soft(spec, stack), [kind.decide_scores(spec, s) for s in stack], extras
     if mode == "vote":
         stack = np.array(rows, dtype=float).reshape(len(members), len(ids))
-        return ids, vote(spec, stack), list(stack)
+        return ids, vote(spec, stack), list(stack), extras
     stack = np.array(rows, dtype=float).reshape(len(members), len(ids), len(score_columns(spec)))
-    return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack]
+    return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack], extras
 
 
 def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]], data_dir: Path,
@@ -282,7 +303,7 @@ def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.nd
             continue
         position = {example_id: k for k, example_id in enumerate(ids)}
         scored = [example_id for example_id in labels if example_id in position]
-        name = prediction_file(task, "dev")
+        name = prediction_file(task, "dev", spec.task_kind.prediction_suffix)
         if not scored:
             logger.warning("%s: no predicted id has a dev label; its dev metrics are left out", name)
             continue
@@ -290,7 +311,7 @@ def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.nd
             logger.warning("%s: %d of %d dev labels have no prediction; metrics use the %d that do",
                            name, len(labels) - len(scored), len(labels), len(scored))
         index = np.array([position[i] for i in scored])
-        y = np.array([labels[i] for i in scored])
+        y = spec.task_kind.label_array([labels[i] for i in scored])
         ensemble[task] = (spec, predictions[index], y)
         for k, own in enumerate(per_member):
             members[k][task] = (spec, own[index], y)
@@ -303,8 +324,10 @@ def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.nd
 
 def note_unknown_files(members: list[Member], specs: dict[str, TaskSpec], mode: str) -> None:
     """Log files in members' folders that belong to no known task (they are not combined)."""
-    known = {prediction_file(t, s) for t in specs for s in SPLITS} | {score_file(t, s) for t in specs for s in SPLITS}
-    pattern = "*-output.csv" if mode == "vote" else "*.tsv"
+    known = {prediction_file(t, s, specs[t].task_kind.prediction_suffix) for t in specs for s in SPLITS}
+    known |= {score_file(t, s) for t in specs for s in SPLITS}
+    known |= {Path(name).with_suffix(".conll").name for name in known}  # a token task's CoNLL copies
+    pattern = "*-output.*" if mode == "vote" else "*.tsv"
     for member in members:
         folder = member.predictions if mode == "vote" else member.scores
         if folder is None or not folder.is_dir():

@@ -300,6 +300,14 @@ class TaskKind:
 
         write_scores(path, spec, list(ids), scores)
 
+    def read_scores(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
+        """{id: scores} of a scores file of this kind's own layout, or None: the one-row-per-example layout."""
+        return None
+
+    def prediction_extras(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
+        """{id: extra} that `write_predictions` needs, read back from a prediction file (None: it needs none)."""
+        return None
+
     def read_predictions(self, path: Path, spec: TaskSpec) -> dict[str, Any]:
         """{id: prediction} of a file `write_predictions` wrote (class names read back as indices)."""
         from mtbert.evaluation.predict import read_cs224n

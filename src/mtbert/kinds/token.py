@@ -331,28 +331,61 @@ class TokenClassification(TaskKind):
             lines += ["\t".join([example_id, str(w), *(f"{v:.6g}" for v in row)]) for w, row in enumerate(rows)]
         atomic_write_text(path, "\n".join(lines) + "\n")
 
-    def read_predictions(self, path: Path, spec: TaskSpec) -> dict[str, Any]:
-        """{id: tag indices} of a JSON Lines prediction file written by `write_predictions`."""
-        names = {name: k for k, name in enumerate(spec.label_names or ())}
-        values: dict[str, Any] = {}
+    def read_scores(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
+        """{id: probabilities (words x tags)} of a scores file written by `write_scores`."""
+        expected = ["id", "word", *self.score_columns(spec)]
         try:
             lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as err:
             raise DataError(f"{path}: cannot be read ({err})") from None
+        if not lines or lines[0].split("\t") != expected:
+            raise DataError(f"{path}, line 1: expected the columns id, word, prob_0.. for task {spec.name}")
+        rows: dict[str, list[np.ndarray]] = {}
+        for number, line in enumerate(lines[1:], start=2):
+            parts = line.split("\t")
+            try:
+                if len(parts) != len(expected) or int(parts[1]) != len(rows.get(parts[0], [])):
+                    raise ValueError
+                rows.setdefault(parts[0], []).append(np.array([float(v) for v in parts[2:]]))
+            except ValueError:
+                raise DataError(f"{path}, line {number}: expected the next word's {len(expected) - 2} tag "
+                                "probabilities") from None
+        return {example_id: np.stack(words) for example_id, words in rows.items()}
+
+    def _rows(self, path: Path) -> list[tuple[int, dict[str, Any]]]:
+        """The JSON objects of a prediction file with their line numbers (each with id, tokens and tags)."""
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise DataError(f"{path}: cannot be read ({err})") from None
+        rows = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
-                tags = row["tags"]
-                example_id = str(row["id"])
+                ok = isinstance(row, dict) and isinstance(row["tags"], list) and isinstance(row["tokens"], list)
             except (ValueError, KeyError, TypeError):
-                raise DataError(f"{path}, line {number}: expected a JSON object with id and tags") from None
-            unknown = [t for t in tags if t not in names] if isinstance(tags, list) else [tags]
+                ok = False
+            if not ok or "id" not in row or len(row["tags"]) != len(row["tokens"]):
+                raise DataError(f"{path}, line {number}: expected a JSON object with id, tokens and as many tags")
+            rows.append((number, row))
+        return rows
+
+    def read_predictions(self, path: Path, spec: TaskSpec) -> dict[str, Any]:
+        """{id: tag indices} of a JSON Lines prediction file written by `write_predictions`."""
+        names = {name: k for k, name in enumerate(spec.label_names or ())}
+        values: dict[str, Any] = {}
+        for number, row in self._rows(path):
+            unknown = [t for t in row["tags"] if t not in names]
             if unknown:
                 raise DataError(f"{path}, line {number}: tag {unknown[0]!r:.30} is not a tag of task {spec.name}")
-            values[example_id] = np.array([names[t] for t in tags], dtype=int)
+            values[str(row["id"])] = np.array([names[t] for t in row["tags"]], dtype=int)
         return values
+
+    def prediction_extras(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
+        """{id: its words} of a prediction file, to write an ensemble's."""
+        return {str(row["id"]): Words(tuple(row["tokens"]), ()) for _, row in self._rows(path)}
 
     def check_prediction(self, spec: TaskSpec, value: Any) -> str | None:
         return None
