@@ -214,7 +214,7 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
 
             check_push(args.push_to_hub)  # before anything is written
         out, plan = export_task(Path(args.run_dir), args.task, Path(args.output), load_as=args.push_to_hub)
-        print(f"wrote {out}: a sentence-transformers {plan.library_class}; {plan.returns}")
+        print(f"wrote {out}: a {plan.library} {plan.library_class}; {plan.returns}")
         if args.push_to_hub is not None:
             from mtbert.evaluation.hub import push_folder
 

@@ -71,10 +71,18 @@ def export_task(run_dir: str | Path, task: str, output: str | Path,
         encoder_dir = Path(staging) / "encoder"
         plain_encoder(model.encoder).save_pretrained(encoder_dir, safe_serialization=True)
         tokenizer.save_pretrained(encoder_dir)
-        st_model = build_model(spec, head, model.pooling, encoder_dir, cfg.max_length)
+        if plan.library_class == TOKEN_CLASSIFICATION:
+            exported = build_token_model(spec, head, encoder_dir)
+        else:
+            exported = build_model(spec, head, model.pooling, encoder_dir, cfg.max_length)
 
         def fill(tmp: Path) -> None:
-            st_model.save_pretrained(str(tmp), create_model_card=False)
+            if plan.library_class == TOKEN_CLASSIFICATION:
+                exported.save_pretrained(str(tmp), safe_serialization=True)
+                tokenizer.model_max_length = cfg.max_length
+                tokenizer.save_pretrained(str(tmp))
+            else:
+                exported.save_pretrained(str(tmp), create_model_card=False)
             _write_card(tmp, run, cfg, spec, plan, load_as or output.as_posix(), public=load_as is not None)
 
         from mtbert.io import atomic_dir
@@ -169,6 +177,35 @@ def build_model(spec: TaskSpec, head: nn.Module, pooling: str, encoder_dir: Path
     modules.append(_dense(linears[-1], nn.Identity(), output_name="scores"))
     activation = nn.Sigmoid() if plan.activation == "sigmoid" else nn.Identity()
     return _cpu(CrossEncoder(modules=modules, activation_fn=activation, device="cpu"))
+
+
+TOKEN_CLASSIFICATION = "AutoModelForTokenClassification"
+
+
+def build_token_model(spec: TaskSpec, head: nn.Module, encoder_dir: Path):
+    """A transformers token-classification model: the encoder saved in `encoder_dir` and the head's one linear
+    layer as its classifier, with the task's tags as `id2label`."""
+    from transformers import AutoModelForTokenClassification
+    from transformers.utils import logging as hf_logging
+
+    linear = head_linears(spec, head)[-1]
+    names = list(spec.label_names or [str(k) for k in range(linear.out_features)])
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the encoder's pooler is not used, the classifier is set below
+    try:
+        model = AutoModelForTokenClassification.from_pretrained(
+            str(encoder_dir), num_labels=len(names), id2label=dict(enumerate(names)),
+            label2id={name: k for k, name in enumerate(names)})
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    classifier = getattr(model, "classifier", None)
+    if not isinstance(classifier, nn.Linear) or classifier.weight.shape != linear.weight.shape:
+        raise MtbertError(f"--task {spec.name}: {type(model).__name__} has no linear classifier of the head's shape; "
+                          "cannot export this task")
+    with torch.no_grad():
+        classifier.weight.copy_(linear.weight)
+        classifier.bias.copy_(linear.bias)
+    return _cpu(model)
 
 
 def _cpu(model):

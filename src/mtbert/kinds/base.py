@@ -118,6 +118,8 @@ class ExportPlan:
     activation: str = "identity"  # "sigmoid" | "identity": the CrossEncoder's activation_fn
     pipeline_tag: str = "text-classification"
     usage: str = ""  # Python code with `{location}` for the folder or Hub id
+    library: str = "sentence-transformers"  # the library that loads the folder
+    layout: str = "the task's MLP head as `Dense` modules"  # what the head became, in words
 
 
 class TaskKind:

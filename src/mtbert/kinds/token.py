@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mtbert.errors import ConfigError, DataError
+from mtbert.errors import ConfigError, DataError, MtbertError
 from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind, type_name
 
 if TYPE_CHECKING:
@@ -418,10 +418,17 @@ class TokenClassification(TaskKind):
         return self.head_outputs(spec), list(labels)
 
     def export_plan(self, spec: TaskSpec, architecture: str) -> ExportPlan:
+        """A transformers `AutoModelForTokenClassification` (the encoder and one linear classifier per token)."""
+        if spec.head_hidden_sizes:
+            raise MtbertError(
+                f"--task {spec.name}: a token head with hidden layers (head_hidden_sizes "
+                f"{list(spec.head_hidden_sizes)}) cannot be exported, because AutoModelForTokenClassification has "
+                "one linear classifier on the encoder; train with head_hidden_sizes: [] to export this task")
         return ExportPlan("AutoModelForTokenClassification", "cross",
                           "pipeline(\"token-classification\") returns the entities (or, without aggregation, a tag "
                           "per subword: a word's tag is its first subword's)",
-                          pipeline_tag="token-classification", usage=USAGE_TOKENS)
+                          pipeline_tag="token-classification", usage=USAGE_TOKENS, library="transformers",
+                          layout="the head's linear layer as the classifier on every token")
 
     def hub_task_type(self, spec: TaskSpec) -> str:
         return "token-classification"

@@ -440,10 +440,10 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
             metrics = {}
     name = f"mtbert-{run_dir.root.name}-{spec.name}"
     data = ModelCardData(
-        model_name=name, base_model=base_model_id(cfg.model_name_or_path), library_name="sentence-transformers",
+        model_name=name, base_model=base_model_id(cfg.model_name_or_path), library_name=plan.library,
         pipeline_tag=plan.pipeline_tag,
-        tags=_tags(cfg, [spec], "sentence-transformers", "cross-encoder" if plan.library_class == "CrossEncoder"
-                   else "sentence-transformer"),
+        tags=_tags(cfg, [spec], plan.library, {"CrossEncoder": "cross-encoder", "SentenceTransformer":
+                                               "sentence-transformer"}.get(plan.library_class, plan.pipeline_tag)),
         datasets=_hub_datasets([spec]), eval_results=eval_results([spec], metrics) or None,
     )
     usage = plan.usage.format(location=location)
@@ -451,8 +451,8 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
         f"# {name}",
         "",
         f"Task `{spec.name}` ({spec.kind}) of the mtbert run `{run_dir.root.name}`, exported as a "
-        f"sentence-transformers `{plan.library_class}` ({plan.architecture} architecture, `{cfg.pooling}` "
-        f"pooling, the task's MLP head as `Dense` modules). It reproduces `mtbert predict` on this task: "
+        f"{plan.library} `{plan.library_class}` ({plan.architecture} architecture, `{cfg.pooling}` "
+        f"pooling, {plan.layout}). It reproduces `mtbert predict` on this task: "
         f"{plan.returns}. Inputs are truncated to {cfg.max_length} tokens, as in training.",
         "",
         "## Results (dev set)",
@@ -461,7 +461,7 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
         "",
         "## How to load it",
         "",
-        "Only sentence-transformers is needed (the folder was written with sentence-transformers 6.2.0):",
+        f"Only {plan.library} is needed (the folder was written with {plan.library} {_version(plan.library)}):",
         "",
         "```python",
         usage,
@@ -472,3 +472,13 @@ def export_card(run_dir: RunDir, cfg: TrainConfig, spec: TaskSpec, plan: ExportP
         _citation_section(citations(cfg)),
     ]
     return str(_card(data, "\n".join(body)))
+
+
+def _version(package: str) -> str:
+    """The installed version of `package` (as the card names it), or "(version unknown)"."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "(version unknown)"
