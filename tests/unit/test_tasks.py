@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -12,14 +13,13 @@ from sklearn.metrics import accuracy_score
 
 from mtbert.errors import ConfigError
 from mtbert.evaluation.metrics import compute_metrics
-from mtbert.tasks import BUILTIN_TASKS, overall_score, task_from_config, task_score
+from mtbert.kinds import KINDS
+from mtbert.tasks import BUILTIN_TASKS, TaskSpec, overall_score, task_from_config, task_score
 
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
 
 
-KNOWN_TASK_KEYS = ("dataset, dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, id_column, kind, "
-                   "label_column, label_max, label_min, label_names, name, num_labels, output_header, test_file, "
-                   "test_split, text_columns, train_file, train_split")
+KNOWN_TASK_KEYS = ", ".join(sorted(f.name for f in dataclasses.fields(TaskSpec)))
 
 
 BAD_TASKS = [
@@ -29,10 +29,9 @@ BAD_TASKS = [
     ({"kind": "single"}, "tasks[0].name: a task needs a name made of letters, digits and underscores"),
     ({"name": "my-task", "kind": "single"}, "tasks[0].name: a task needs a name made of letters, digits and "
                                             "underscores"),
-    ({"name": "x"}, "tasks[0].kind: task 'x' needs a kind (single | single-regression | pair-classification | "
-                    "pair-regression)"),
-    ({"name": "x", "kind": "triple"}, "tasks[0].kind: 'triple' is not one of single | single-classification | "
-                                      "single-regression | pair-classification | pair-regression"),
+    ({"name": "x"}, f"tasks[0].kind: task 'x' needs a kind ({' | '.join(KINDS)})"),
+    ({"name": "x", "kind": "triple"}, "tasks[0].kind: 'triple' is not one of "
+                                      + " | ".join(n for k in KINDS.values() for n in (k.name, *k.aliases))),
     ({"name": "x", "kind": "single", "text_columns": ["a", "b"]},
      "tasks[0].text_columns: a single task needs 1 text column(s)"),
     ({"name": "x", "kind": "pair-regression"}, "tasks[0].text_columns: a pair-regression task needs 2 text column(s)"),

@@ -272,7 +272,7 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str,
         tables = [read_scores(p, spec) for p in paths]
     check_ids(name, members, tables)
     ids = list(tables[0])
-    rows = [values_array([table[i] for i in ids]) for table in tables]
+    rows = [_rows_array([table[i] for i in ids]) for table in tables]
     first = members[0].predictions / prediction_file(spec.name, split, kind.prediction_suffix)
     found = kind.prediction_extras(first, spec) if first.is_file() else None
     extras = [found[i] for i in ids] if found is not None else None
@@ -288,6 +288,15 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str,
         return ids, vote(spec, stack), list(stack), extras
     stack = np.array(rows, dtype=float).reshape(len(members), len(ids), len(score_columns(spec)))
     return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack], extras
+
+
+def _rows_array(values: list[Any]) -> np.ndarray:
+    """A member's values in the ids' order: numbers, or rows of scores of one width, as a float array; per-word
+    arrays of different lengths (a token task's) as an object array."""
+    if all(isinstance(v, np.ndarray) for v in values) and len({v.shape for v in values}) == 1 and values:
+        if values[0].ndim <= 1:
+            return np.array(values, dtype=float)
+    return values_array(values)
 
 
 def dev_metrics(dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]], data_dir: Path,

@@ -19,6 +19,7 @@ from mtbert.data.files import read_task_file
 from mtbert.data.loading import load_task_data, read_split, resolve_labels
 from mtbert.errors import ConfigError, DataError
 from mtbert.evaluation.predict import read_cs224n, write_cs224n, write_csv
+from mtbert.kinds import KINDS
 from mtbert.tasks import TaskSpec, task_from_config
 
 MOOD = TaskSpec(name="mood", kind="single", text_columns=("text",), label_names=("neg", "pos"), num_labels=2)
@@ -203,8 +204,9 @@ def test_numeric_labels_stay_class_indices_and_given_names_keep_their_order(tmp_
     ({"kind": "single", "delimiter": ";;"}, "tasks[0].delimiter: must be one character, such as ',' or '\\t'"),
     ({"kind": "single", "dataset": "glue", "train_file": "x.csv"},
      "tasks[0].dataset: give either dataset or train_file/dev_file/test_file, not both"),
-    ({"kind": "pair", "text_columns": ["a", "b"]}, "tasks[0].kind: 'pair' is not one of single | single-classification"
-                                                   " | single-regression | pair-classification | pair-regression"),
+    ({"kind": "pair", "text_columns": ["a", "b"]}, "tasks[0].kind: 'pair' is not one of "
+                                                   + " | ".join(n for k in KINDS.values()
+                                                                for n in (k.name, *k.aliases))),
 ])
 def test_bad_new_task_keys(entry, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
