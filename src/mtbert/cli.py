@@ -47,13 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sts", metavar="FILE", help="labeled file for task sts")
     p.add_argument("--quantize", choices=("int8",), help="predict with dynamically int8-quantized linear layers (CPU)")
 
-    p = sub.add_parser("predict", help="predictions of a run's model for one task")
+    p = sub.add_parser("predict", help="predictions of a run's model for one task, or for every task of an "
+                       "input_group")
     p.add_argument("run_dir", help="a run folder (plain or two-step)")
-    p.add_argument("--task", required=True, help="task name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", help="task name")
+    which.add_argument("--group", help="an input_group: every task of it for each input, one encoder pass, as JSON "
+                       "Lines {\"id\", the text column(s), each task's prediction}")
     p.add_argument("--input", required=True, help="task file, or - to read examples from standard input "
                    "(one per line; pairs tab-separated)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
-    p.add_argument("--format", choices=("cs224n", "csv"), default="cs224n", help="output format")
+    p.add_argument("--format", choices=("cs224n", "csv"), default="cs224n", help="output format (--task)")
     p.add_argument("--quantize", choices=("int8",), help="predict with dynamically int8-quantized linear layers (CPU)")
 
     p = sub.add_parser("ensemble", help="combine runs' predictions (vote or soft)")
@@ -192,8 +196,11 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             atomic_write_json(args.json, metrics)
         return 0
     if args.command == "predict":
-        from mtbert.evaluation.finished import predict_run
+        from mtbert.evaluation.finished import predict_group_run, predict_run
 
+        if args.group is not None:
+            predict_group_run(Path(args.run_dir), args.group, args.input, args.output, quantize=args.quantize)
+            return 0
         predict_run(Path(args.run_dir), args.task, args.input, args.output, args.format, quantize=args.quantize)
         return 0
     if args.command == "ensemble":
