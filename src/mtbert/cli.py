@@ -100,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="sum,pcgrad",
                    help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd, torchjd-autogram "
                         "(for comparison)")
+    b.add_argument("--config", metavar="CONFIG", help="time a shared-input step of this config's tasks (it has an "
+                   "input_group): methods sum, pcgrad (exact), pcgrad-representation, torchjd, torchjd-autogram, ...")
     b.add_argument("--steps", type=int, default=10, help="timed steps per method (at least 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")
+    b.add_argument("--batch_size", type=int, default=None,
+                   help="samples per task per step (default 16; with --config, the config's)")
     b.add_argument("--trainable", default="full",
                    help="comma-separated: full, lora, frozen-embeddings (several: each in its own process, with its "
                         "peak memory)")

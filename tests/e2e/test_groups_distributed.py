@@ -1,7 +1,8 @@
 """Two CPU processes (torchrun, gloo) train an input_group beside a separate task exactly as one process does on the
 union of their batches: exact PCGrad (each task's gradient through the shared forward, the per-task buffer averaged
 over the ranks) and PCGrad at `surgery_scope: representation` (the Gramian of the hidden states' gradients averaged
-over the ranks). Each rank draws its share of the group's one stream; without dropout the weights agree to float rounding."""
+over the ranks). Each rank draws its share of the group's one stream; without dropout the weights agree to float
+rounding."""
 
 from __future__ import annotations
 
