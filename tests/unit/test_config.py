@@ -97,8 +97,9 @@ BAD = [
                                  "or declare one as a mapping with name, kind and files"),
     ({"tasks": [{"name": "sst", "colour": 1}]}, "tasks[0].colour: unknown task key; known keys are dataset, "
                                                 "dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, "
-                                                "id_column, kind, label_column, label_max, label_min, label_names, "
-                                                "name, num_labels, output_header, test_file, test_split, "
+                                                "id_column, input_group, kind, label_column, label_max, label_min, "
+                                                "label_names, loss_weight, name, num_labels, output_header, "
+                                                "test_file, test_split, "
                                                 "text_columns, train_file, train_split"),
     ({"two_step": {"learning_rate": "x"}}, "two_step.learning_rate: must be a number, not 'x'"),
     ({"two_step": {"max_length": 0}}, "two_step.max_length: must be a positive integer, not 0"),

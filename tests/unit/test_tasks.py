@@ -17,8 +17,9 @@ from mtbert.tasks import BUILTIN_TASKS, overall_score, task_from_config, task_sc
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
 
 
-KNOWN_TASK_KEYS = ("dataset, dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, id_column, kind, "
-                   "label_column, label_max, label_min, label_names, name, num_labels, output_header, test_file, "
+KNOWN_TASK_KEYS = ("dataset, dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, id_column, "
+                   "input_group, kind, label_column, label_max, label_min, label_names, loss_weight, name, "
+                   "num_labels, output_header, test_file, "
                    "test_split, text_columns, train_file, train_split")
 
 
