@@ -47,13 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sts", metavar="FILE", help="labeled file for task sts")
     p.add_argument("--quantize", choices=("int8",), help="predict with dynamically int8-quantized linear layers (CPU)")
 
-    p = sub.add_parser("predict", help="predictions of a run's model for one task")
+    p = sub.add_parser("predict", help="predictions of a run's model for one task, or for every task of an "
+                       "input_group")
     p.add_argument("run_dir", help="a run folder (plain or two-step)")
-    p.add_argument("--task", required=True, help="task name")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", help="task name")
+    which.add_argument("--group", help="an input_group: every task of it for each input, one encoder pass, as JSON "
+                       "Lines {\"id\", the text column(s), each task's prediction}")
     p.add_argument("--input", required=True, help="task file, or - to read examples from standard input "
                    "(one per line; pairs tab-separated)")
     p.add_argument("--output", default="-", help="output file (default: standard output)")
-    p.add_argument("--format", choices=("cs224n", "csv"), default="cs224n", help="output format")
+    p.add_argument("--format", choices=("cs224n", "csv"), default="cs224n", help="output format (--task)")
     p.add_argument("--quantize", choices=("int8",), help="predict with dynamically int8-quantized linear layers (CPU)")
 
     p = sub.add_parser("ensemble", help="combine runs' predictions (vote or soft)")
@@ -96,9 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="sum,pcgrad",
                    help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd, torchjd-autogram "
                         "(for comparison)")
+    b.add_argument("--config", metavar="CONFIG", help="time a shared-input step of this config's tasks (it has an "
+                   "input_group): methods sum, pcgrad (exact), pcgrad-representation, torchjd, torchjd-autogram, ...")
     b.add_argument("--steps", type=int, default=10, help="timed steps per method (at least 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    b.add_argument("--batch_size", type=int, default=16, help="samples per task per step")
+    b.add_argument("--batch_size", type=int, default=None,
+                   help="samples per task per step (default 16; with --config, the config's)")
     b.add_argument("--trainable", default="full",
                    help="comma-separated: full, lora, frozen-embeddings (several: each in its own process, with its "
                         "peak memory)")
@@ -192,8 +199,11 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
             atomic_write_json(args.json, metrics)
         return 0
     if args.command == "predict":
-        from mtbert.evaluation.finished import predict_run
+        from mtbert.evaluation.finished import predict_group_run, predict_run
 
+        if args.group is not None:
+            predict_group_run(Path(args.run_dir), args.group, args.input, args.output, quantize=args.quantize)
+            return 0
         predict_run(Path(args.run_dir), args.task, args.input, args.output, args.format, quantize=args.quantize)
         return 0
     if args.command == "ensemble":

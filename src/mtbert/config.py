@@ -18,14 +18,14 @@ import yaml
 
 from mtbert.data.sampling import SAMPLING_STRATEGIES
 from mtbert.errors import ConfigError
-from mtbert.tasks import TaskSpec, task_from_config
+from mtbert.tasks import TaskSpec, check_input_groups, input_groups, task_from_config, task_streams
 
 PAIR_ARCHITECTURES = ("cross", "bi-cosine", "bi-concat")
 POOLINGS = ("cls", "mean")
 EVAL_STRATEGIES = ("epoch", "steps", "no")
 STS_LOSSES = ("mse", "cosent")
 DDP_MODES = ("exact", "local")
-SURGERY_SCOPES = ("global", "per-layer")
+SURGERY_SCOPES = ("global", "per-layer", "representation")
 # the names `mtbert.methods` implements (tests/unit/methods check the two agree) and the trackers of report_to
 METHODS = ("single", "sum", "pcgrad", "cagrad", "gradvac", "imtl-g", "mgda", "upgrad", "aligned-mtl", "nash-mtl",
            "uncertainty", "famo")
@@ -68,7 +68,9 @@ class TrainConfig:
         'any Hugging Face encoder, by hub name or local folder (default: bundled all-MiniLM-L6-v2)')
     data_dir: str | None = key(None, 'folder of the task files (default: $MTBERT_DATA, else ./data)')
     tasks: list[Any] = field(default_factory=lambda: ["sst", "para", "sts"], metadata={"help":
-        'built-in task names (sst, para, sts) or mappings declaring your own task'})
+        'built-in task names (sst, para, sts) or mappings declaring your own task; a task\'s `input_group: NAME` '
+        'makes the tasks of that group (same data and text_columns) one batch with one encoder pass per step, '
+        'and its `loss_weight: W` (default 1.0) multiplies its loss'})
     method: str = key("sum",
         'single | sum | pcgrad | cagrad | gradvac | imtl-g | mgda | upgrad | aligned-mtl | nash-mtl (gradient'
         ' aggregation) | uncertainty | famo (loss weighting)')
@@ -116,7 +118,10 @@ class TrainConfig:
         'fixed-ratio (task_ratio) | proportional | temperature | annealed: samples of each task per step')
     sampling_temperature: float = key(2.0, 'T of temperature sampling (shares proportional to size^(1/T))')
     surgery_scope: str = key("global",
-        'global | per-layer: aggregate the whole shared vector or each encoder layer separately')
+        'global | per-layer: aggregate the tasks\' gradients of the whole shared encoder or of each encoder layer '
+        'separately (exact: tasks of an input_group backpropagate one by one through their shared forward) | '
+        'representation: aggregate the tasks\' gradients of the encoder\'s output hidden states, then one backward '
+        'through the encoder (MGDA-UB; keeps every batch\'s graph until the aggregation)')
     tasks_per_step: int | None = key(None,
         "k: each step trains k of the active tasks, drawn by the sampling's shares (seeded, the same on every "
         "rank), surgery over those k (a k-row buffer); empty: every task every step")
@@ -544,7 +549,8 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("early_stopping_patience", f"must be a positive integer or empty, not {cfg.early_stopping_patience}")
     if cfg.fp16 and cfg.bf16 == "true":
         raise bad("fp16", "cannot be combined with bf16: true; choose one")
-    metrics = ("overall", *(s.metric_key for s in cfg.task_specs()))
+    check_input_groups(cfg.task_specs())
+    metrics = ("overall", *(s.metric_key for s in cfg.task_specs()), *group_metric_keys(cfg.task_specs()))
     if cfg.metric_for_best_model not in metrics:
         raise bad("metric_for_best_model", f"'{cfg.metric_for_best_model}' is not one of {' | '.join(metrics)}")
     if cfg.eval_strategy == "steps" and not cfg.eval_steps:
@@ -564,14 +570,32 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("tasks", "task names must be unique")
     if cfg.method == "single" and len(specs) != 1:
         raise bad("method", f"single trains one task, but tasks lists {len(specs)}")
-    cfg.ratios()
+    ratios = cfg.ratios()
+    for group, members in input_groups(specs).items():
+        if len({ratios[s.name] for s in members}) > 1:
+            raise bad("task_ratio", f"'{cfg.task_ratio}' gives the tasks of input_group '{group}' different ratios; "
+                      "they share their examples, so give them the same")
+    if cfg.surgery_scope == "representation" and cfg.smart_weight:
+        raise bad("smart_weight", "SMART's penalty reaches the encoder through a second forward pass, not through "
+                  "the hidden states that surgery_scope representation aggregates; use surgery_scope global")
     check_sizes(cfg, prefix)
     if cfg.tasks_per_step is not None:
         if cfg.method not in SURGERY_METHODS:
             raise bad("tasks_per_step", f"works with the gradient-surgery methods and sum, not {cfg.method}")
-        active = sum(1 for r in cfg.ratios().values() if r > 0)
+        streams = task_streams(specs)
+        active = sum(1 for tasks in streams.values() if ratios[tasks[0]] > 0)
         if not 1 <= cfg.tasks_per_step <= active:
-            raise bad("tasks_per_step", f"must be between 1 and the {active} active tasks, not {cfg.tasks_per_step}")
+            raise bad("tasks_per_step", f"must be between 1 and the {active} active tasks, not {cfg.tasks_per_step} "
+                      "(the tasks of an input_group count as one)")
+
+
+def group_metric_keys(specs: list[TaskSpec]) -> list[str]:
+    """The metrics of the input groups whose tasks all judge each example right or wrong: `<group>_frame_acc`."""
+    import numpy as np
+
+    empty = np.zeros(0)
+    return [f"{group}_frame_acc" for group, members in input_groups(specs).items()
+            if all(s.task_kind.example_correct(s, empty, empty) is not None for s in members)]
 
 
 def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:

@@ -21,6 +21,8 @@ class TaskSpec:
 
     `id_column` None: the column `id` when the data has one, else the row's line or row number.
     `label_names`: class names in index order; labels are then names, and predictions are written as names.
+    `input_group`: the tasks that name the same group read the same data and text columns, and a step draws them as
+    one batch with one encoder forward pass (data/groups.py); `loss_weight` multiplies the task's loss.
     """
 
     name: str
@@ -45,6 +47,8 @@ class TaskSpec:
     test_split: str | None = "test"
     conll_columns: tuple[int, int] | None = None  # a CoNLL file's word and tag columns (default: first and last)
     label_all_subwords: bool = False  # token tasks: every subword of a word carries its tag (not only the first)
+    input_group: str | None = None  # tasks of one group read the same examples: one batch, one encoder pass
+    loss_weight: float = 1.0  # multiplies the task's loss (JointBERT's coefficient)
 
     @property
     def task_kind(self) -> TaskKind:
@@ -216,6 +220,58 @@ def _validate(spec: TaskSpec, where: str) -> None:
     spec.task_kind.validate(spec, where)
     if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
         raise ConfigError(f"{where}.head_hidden_sizes: every size must be a positive integer")
+    if spec.input_group is not None and (not isinstance(spec.input_group, str) or not spec.input_group.isidentifier()):
+        raise ConfigError(f"{where}.input_group: a group needs a name made of letters, digits and underscores")
+    weight = spec.loss_weight
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
+        raise ConfigError(f"{where}.loss_weight: must be a positive number, not {weight!r}")
+
+
+# what the tasks of one input_group must share: the same rows (files, or dataset, configuration and splits), ids and
+# inputs
+GROUP_SOURCE_KEYS = ("train_file", "dev_file", "test_file", "dataset", "dataset_config", "train_split", "dev_split",
+                     "test_split", "id_column", "text_columns")
+
+
+def input_groups(specs: list[TaskSpec]) -> dict[str, list[TaskSpec]]:
+    """The tasks of each `input_group`, in the tasks' order (tasks without a group are not listed)."""
+    groups: dict[str, list[TaskSpec]] = {}
+    for spec in specs:
+        if spec.input_group is not None:
+            groups.setdefault(spec.input_group, []).append(spec)
+    return groups
+
+
+def task_streams(specs: list[TaskSpec]) -> dict[str, list[str]]:
+    """The streams of examples a step samples from: each input_group (by its name, where its first task stands) and
+    each task without one (by the task's name), with the names of their tasks."""
+    streams: dict[str, list[str]] = {}
+    for spec in specs:
+        streams.setdefault(spec.input_group or spec.name, []).append(spec.name)
+    return streams
+
+
+def check_input_groups(specs: list[TaskSpec]) -> None:
+    """Raise ConfigError (`tasks[i].input_group: ...`) unless the tasks of each group read the same data and text
+    columns, and no group is named as a task is."""
+    names = {s.name for s in specs}
+    for group, members in input_groups(specs).items():
+        where = f"tasks[{specs.index(members[0])}].input_group"
+        if group in names:
+            raise ConfigError(f"{where}: the group '{group}' is named like a task; give the group another name")
+        first = members[0]
+        for spec in members[1:]:
+            for key in GROUP_SOURCE_KEYS:
+                if getattr(spec, key) != getattr(first, key):
+                    raise ConfigError(
+                        f"tasks[{specs.index(spec)}].input_group: task {spec.name} has {key} "
+                        f"{_shown(getattr(spec, key))} but task {first.name} of input_group '{group}' has "
+                        f"{_shown(getattr(first, key))}; the tasks of a group read the same data (files, or dataset, "
+                        "dataset_config and splits), id_column and text_columns")
+
+
+def _shown(value: Any) -> str:
+    return f"[{', '.join(value)}]" if isinstance(value, tuple) else repr(value)
 
 
 def task_score(spec: TaskSpec, value: float) -> float:

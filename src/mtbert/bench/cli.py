@@ -12,10 +12,16 @@ from mtbert.io import atomic_write_json
 
 def main(args: argparse.Namespace) -> int:
     """Run the benchmark `args.bench` names; print its results as JSON (and write them to `--json`)."""
-    if args.bench == "step":
+    if args.bench == "step" and getattr(args, "config", None):
+        from mtbert.bench.group_step import bench_group_step
+        from mtbert.presets import config_path
+
+        results = bench_group_step(config_path(args.config), args.methods.split(","), args.steps, args.warmup,
+                                   args.batch_size)
+    elif args.bench == "step":
         from mtbert.bench.step import bench_step
 
-        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size,
+        results = bench_step(args.methods.split(","), args.steps, args.warmup, args.batch_size or 16,
                              args.trainable.split(","), memory=getattr(args, "memory", False))
     elif args.bench == "scaling":
         from mtbert.bench.scaling import bench_scaling

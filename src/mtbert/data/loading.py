@@ -10,8 +10,9 @@ from typing import Any
 
 from mtbert.data.encoding import EncodedSet, encode_examples
 from mtbert.data.files import LabelParser, ReadResult, as_text, label_parser, read_task_file
+from mtbert.data.groups import align_sets
 from mtbert.errors import DataError
-from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec
+from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec, input_groups
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def load_task_data(specs: list[TaskSpec], data_dir: Path, tokenizer, max_length:
                    max_predict_samples: int | None = None,
                    splits: tuple[str, ...] = ("train", "dev", "test")) -> dict[str, TaskData]:
     """Read and tokenize every task's splits. A missing train or dev source is an error; a missing test one is
-    skipped. Each TaskData's spec has the task's label names resolved (see `resolve_labels`)."""
+    skipped. Each TaskData's spec has the task's label names resolved (see `resolve_labels`). The tasks of an
+    input_group keep the rows they all loaded, in the same order (`mtbert.data.groups.align_sets`)."""
     if any(spec.dataset is None for spec in specs) and not data_dir.is_dir():
         raise DataError(f"{data_dir}: data folder not found; {DATA_HELP}")
     out = {}
@@ -139,4 +141,9 @@ def load_task_data(specs: list[TaskSpec], data_dir: Path, tokenizer, max_length:
                 raise DataError(f"{result.where}: no usable rows")
             sets[split] = encode_examples(tokenizer, spec, examples, max_length, pair_architecture)
         out[spec.name] = TaskData(spec=spec, **sets)
+    for group, members in input_groups(specs).items():  # the tasks of a group keep the same rows, in one order
+        for split in splits:
+            aligned = align_sets(group, {s.name: getattr(out[s.name], split) for s in members})
+            for task, encoded in aligned.items():
+                setattr(out[task], split, encoded)
     return out

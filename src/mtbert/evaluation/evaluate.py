@@ -13,9 +13,11 @@ from mtbert.model.inference import (  # noqa: F401 - the prediction machinery, m
     PACKED_PREDICTION,
     PREDICTION_ROW_WIDTH,
     QUANTIZATIONS,
+    predict_group,
     predict_set,
     quantized,
 )
+from mtbert.tasks import input_groups
 
 
 def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_size: int, pad_token_id: int,
@@ -23,11 +25,20 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
                   ranks: Ranks = ONE_PROCESS) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Dev metrics of the given tasks (plus `overall`, and `overall_ci95` when asked) and the raw outputs.
 
-    With several ranks the prediction is spread over them, and rank 0's metrics are given to every rank, so
-    that all of them take the same decisions (the best model, early stops).
+    The tasks of an input_group are predicted together, with one encoder pass per batch (`predict_group`), and
+    each group's frame accuracy is among the metrics. With several ranks the prediction is spread over them, and
+    rank 0's metrics are given to every rank, so that all of them take the same decisions (the best model, early
+    stops).
     """
-    raw = {name: predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
-           for name, encoded in dev_sets.items()}
+    raw = {}
+    for members in input_groups([encoded.spec for encoded in dev_sets.values()]).values():
+        if len(members) > 1:  # tasks that share their input: one encoder pass for all of them
+            raw.update(predict_group(model, {s.name: dev_sets[s.name] for s in members}, batch_size, pad_token_id,
+                                     device, progress, ranks))
+    for name, encoded in dev_sets.items():
+        if name not in raw:
+            raw[name] = predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
+    raw = {name: raw[name] for name in dev_sets}
     return score_outputs(dev_sets, raw, with_interval, ranks), raw
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -13,12 +14,13 @@ from safetensors import SafetensorError
 from mtbert.config import TrainConfig, config_positions, load_config
 from mtbert.data import Example, ReadResult, encode_examples, read_task_file
 from mtbert.data.conll import CONLL_SUFFIXES
+from mtbert.data.groups import align_sets, encoding_task
 from mtbert.data.quotes import runaway_quote_line
 from mtbert.errors import DataError, MtbertError
-from mtbert.evaluation.evaluate import predict_set
+from mtbert.evaluation.evaluate import predict_group, predict_set
 from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.evaluation.predict import format_value, write_csv
-from mtbert.io import read_json
+from mtbert.io import atomic_write_text, read_json
 from mtbert.model import MultiTaskModel, load_tokenizer
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.tasks import TaskSpec
@@ -133,6 +135,53 @@ def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str
         spec.task_kind.write_predictions(Path(output), spec, ids, predictions, encoded.extras)
     else:
         write_csv(output, spec, ids, predictions)
+
+
+def predict_group_run(run_dir: Path, group: str, input_path: str, output: str, quantize: str | None = None) -> None:
+    """Every task of an input_group for each input of a file (or standard input), with one encoder pass per batch
+    (per model: a two-step run has one per task), written as JSON Lines: `{"id", each text column as read, each
+    task's prediction as its kind's JSON value}`."""
+    cfg = load_run_config(run_dir)
+    specs = trained_tasks(run_dir, cfg)
+    members = [s for s in specs if s.input_group == group]
+    if not members:
+        groups = sorted({s.input_group for s in specs if s.input_group is not None})
+        raise MtbertError(f"--group: the run has no input_group {group} (groups: {', '.join(groups) or 'none'})")
+    if input_path == "-":
+        lines = stdin_lines()
+        examples = {s.name: examples_from_lines(lines, s) for s in members}
+    else:
+        examples = {s.name: usable_examples(read_task_file(input_path, s, labeled=False)) for s in members}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    by_model: dict[Path, list[TaskSpec]] = {}
+    for spec in members:
+        by_model.setdefault(model_dirs(run_dir, cfg)[spec.name], []).append(spec)
+    predictions: dict[str, dict[str, Any]] = {}
+    ids: list[str] | None = None
+    texts: dict[str, tuple[Any, ...]] = {}
+    for path, tasks in by_model.items():
+        model, tokenizer = load_model(path, device)
+        sets = align_sets(group, {s.name: encode_examples(tokenizer, s, examples[s.name], usable_length(cfg, model),
+                                                          model.pair_architecture) for s in tasks})
+        first = encoding_task(sets)
+        if ids is None:
+            ids = sets[first].ids
+            read = {e.id: e.texts for e in examples[first]}
+            texts = {i: read[i] for i in ids}
+        outputs = predict_group(model, sets, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
+                                progress=output != "-", quantize=quantize)
+        for spec in tasks:
+            values = dict(zip(sets[spec.name].ids, outputs[spec.name][0], strict=True))
+            predictions[spec.name] = {i: spec.task_kind.json_value(spec, v) for i, v in values.items()}
+    ids = [i for i in ids if all(i in p for p in predictions.values())]  # rows every task could read
+    columns = members[0].text_columns
+    lines = [json.dumps({"id": i, **dict(zip(columns, texts[i], strict=True)),
+                         **{s.name: predictions[s.name][i] for s in members}}, ensure_ascii=False) for i in ids]
+    text = "".join(line + "\n" for line in lines)
+    if output == "-":
+        sys.stdout.write(text)
+    else:
+        atomic_write_text(output, text)
 
 
 def stdin_lines() -> list[str]:

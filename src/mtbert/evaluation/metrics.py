@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtbert.tasks import TaskSpec, overall_score, task_score
+from mtbert.tasks import TaskSpec, input_groups, overall_score, task_score
 
 
 def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
@@ -14,12 +14,28 @@ def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> 
 
 def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Every metric of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {`<task>_<metric>`:
-    value}; the overall score reads each task's primary metric (`metric_key`)."""
+    value}; the overall score reads each task's primary metric (`metric_key`); and the frame accuracy of each
+    input_group (`frame_accuracies`)."""
     metrics = {}
     for spec, p, y in results.values():
         metrics.update({f"{spec.name}_{key}": value for key, value in spec.task_kind.metric_values(spec, p, y).items()})
     metrics["overall"] = overall_score([spec for spec, _, _ in results.values()], metrics)
+    metrics.update(frame_accuracies(results))
     return metrics
+
+
+def frame_accuracies(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """`<group>_frame_acc` of each input_group among the results: the share of its examples on which every task of
+    the group is right (its kind's `example_correct`; the intent AND every slot tag). A group with a task whose kind
+    has no per-example right or wrong (a value), or whose tasks were scored on different numbers of examples, has
+    none."""
+    out = {}
+    for group, members in input_groups([spec for spec, _, _ in results.values()]).items():
+        correct = [s.task_kind.example_correct(s, results[s.name][1], results[s.name][2]) for s in members]
+        if any(c is None for c in correct) or len({len(c) for c in correct}) != 1 or not len(correct[0]):
+            continue
+        out[f"{group}_frame_acc"] = float(np.logical_and.reduce([np.asarray(c, dtype=bool) for c in correct]).mean())
+    return out
 
 
 Results = dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]

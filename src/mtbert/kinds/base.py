@@ -27,13 +27,15 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
 - evaluation: `decide(spec, outputs, batch)` (a batch's predictions and the scores a soft ensemble averages, one
   item per example), `gather(n, done)` (every batch's items in the examples' order), `label_array(labels)`,
   `metric(spec)` (the primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`,
-  `metric_values(spec, predictions, labels)` (every metric it computes), `example_correct(...)` (per example),
-  `resampled_metric(spec, predictions, labels, indices)` (the metric on each row of resampled example indices,
-  vectorised for the bootstrap), `task_score(spec, value)` (its share of the overall score);
-- files: `format_value(spec, value)` (a prediction as written), `score_columns(spec)` (the scores file's
-  columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None),
-  `prediction_suffix`, `write_predictions(path, spec, ids, predictions, extras)` and `read_predictions(path,
-  spec)` (a split's prediction file);
+  `metric_values(spec, predictions, labels)` (every metric it computes), `example_correct(spec, predictions,
+  labels)` (a bool per example, or None: an input_group's frame accuracy), `resampled_metric(spec, predictions,
+  labels, indices)` (the metric on each row of resampled example indices, vectorised for the bootstrap),
+  `task_score(spec, value)` (its share of the overall score);
+- files: `format_value(spec, value)` (a prediction as written), `json_value(spec, value)` (a prediction as a JSON
+  value), `score_columns(spec)` (the scores file's columns), `check_prediction(spec, value)` (why a read
+  prediction is not one of this task, or None), `prediction_suffix`, `write_predictions(path, spec, ids,
+  predictions, extras)`, `write_scores(...)`, `read_predictions(path, spec)`, `read_scores(path, spec)` and
+  `prediction_extras(path, spec)` (a split's prediction and scores files);
 - ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
@@ -270,18 +272,24 @@ class TaskKind:
         """Every metric the kind computes, by key (without the task's prefix); the primary one among them."""
         return {self.metric(spec): self.metric_value(spec, predictions, labels)}
 
-    def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        """Whether each example's prediction is right (the frame accuracy of tasks that share an input)."""
-        raise NotImplementedError
-
     def task_score(self, spec: TaskSpec, value: float) -> float:
         return METRICS[self.metric(spec)].score(value)
+
+    def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
+        """Whether the prediction of each example is right (a bool per example, for the frame accuracy of an
+        input_group: every task of the group right), or None for a kind whose predictions are not right or wrong
+        (a value)."""
+        return None
 
     # ---- files and ensembles --------------------------------------------------------------------
     def format_value(self, spec: TaskSpec, value: float) -> str:
         raise NotImplementedError
 
     def score_columns(self, spec: TaskSpec) -> list[str]:
+        raise NotImplementedError
+
+    def json_value(self, spec: TaskSpec, value: Any) -> Any:
+        """A prediction as a JSON value (`mtbert predict --group`'s lines): a class name, a number, a list of tags."""
         raise NotImplementedError
 
     def check_prediction(self, spec: TaskSpec, value: float) -> str | None:

@@ -221,6 +221,14 @@ class ClassificationKind(SentenceKind):
             return spec.label_names[int(value)]
         return str(int(value))
 
+    def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Whether each example's class is its label's."""
+        return np.asarray(predictions, dtype=float).astype(int) == np.asarray(labels, dtype=float).astype(int)
+
+    def json_value(self, spec: TaskSpec, value: float) -> Any:
+        """The class name (`label_names`), else the class index as a number."""
+        return spec.label_names[int(value)] if spec.label_names is not None else int(value)
+
     def score_columns(self, spec: TaskSpec) -> list[str]:
         return ["prob_1"] if self.is_binary(spec) else [f"prob_{k}" for k in range(self.head_outputs(spec))]
 
@@ -334,6 +342,10 @@ class RegressionKind(SentenceKind):
 
     def format_value(self, spec: TaskSpec, value: float) -> str:
         return f"{float(value):.6g}"
+
+    def json_value(self, spec: TaskSpec, value: float) -> Any:
+        """The value, as a number."""
+        return float(value)
 
     def score_columns(self, spec: TaskSpec) -> list[str]:
         return ["value"]

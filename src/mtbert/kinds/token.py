@@ -168,6 +168,7 @@ class TokenClassification(TaskKind):
         batch = super().collate(encoded, indices, pad_token_id, packed, row_width)
         extras = [encoded.extras[i] for i in indices]
         batch["word_ids"] = [x.word_ids for x in extras]
+        batch["word_counts"] = [len(x.words) for x in extras]
         batch["labels"] = None
         if encoded.labels and encoded.labels[indices[0]] is not None:
             spec = encoded.spec
@@ -212,17 +213,21 @@ class TokenClassification(TaskKind):
     # ---- evaluation -----------------------------------------------------------------------------
     def decide(self, spec: TaskSpec, outputs: torch.Tensor,
                batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example, each kept word's tag (the argmax at its first subword) and class probabilities, padded
-        with -1 (tags) and 0 (probabilities) to the batch's most words."""
+        """Per example, each word's tag (the argmax at its first subword; `O` for a word cut off by max_length)
+        and the kept words' tag probabilities, padded with -1 (tags) and 0 (probabilities) to the batch's most
+        words."""
         if batch is None or "word_ids" not in batch:
             raise ValueError("a token-classification task decides from the batch's word_ids")
         probabilities = torch.softmax(outputs.float(), dim=-1)
         firsts = [[p for p, w in enumerate(ids) if w >= 0 and (p == 0 or ids[p - 1] != w)]
                   for ids in batch["word_ids"]]
-        most = max((len(f) for f in firsts), default=0)
+        counts = batch.get("word_counts") or [len(f) for f in firsts]
+        most = max(counts, default=0)
         tags = torch.full((len(firsts), most), -1, dtype=torch.long)
         scores = torch.zeros((len(firsts), most, outputs.shape[-1]))
+        outside = list(spec.label_names or ()).index(OUTSIDE) if OUTSIDE in (spec.label_names or ()) else -1
         for row, positions in enumerate(firsts):
+            tags[row, len(positions): counts[row]] = outside
             if positions:
                 index = torch.tensor(positions, device=outputs.device)
                 scores[row, : len(positions)] = probabilities[row, index].cpu()
@@ -230,13 +235,15 @@ class TokenClassification(TaskKind):
         return tags, scores
 
     def gather(self, n: int, done: list[tuple[list[int], Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        """Per example an array of its kept words' tag indices, and one of their probabilities (words x tags)."""
+        """Per example an array of its words' tag indices, and one of the kept words' probabilities (words x
+        tags)."""
         predictions = np.empty(n, dtype=object)
         scores = np.empty(n, dtype=object)
         for indices, tags, probabilities in done:
             for row, i in enumerate(indices):
-                kept = int((np.asarray(tags[row]) >= 0).sum())
-                predictions[i] = np.asarray(tags[row][:kept], dtype=int)
+                words = int((np.asarray(tags[row]) >= 0).sum())
+                kept = int((np.asarray(probabilities[row]).sum(-1) > 0).sum())
+                predictions[i] = np.asarray(tags[row][:words], dtype=int)
                 scores[i] = np.asarray(probabilities[row][:kept], dtype=float)
         return predictions, scores
 
@@ -299,8 +306,9 @@ class TokenClassification(TaskKind):
         """A prediction as space-separated tag names."""
         return " ".join(self.tag_names(spec, value, len(value)))
 
-    def json_value(self, spec: TaskSpec, value: Any, words: int | None = None) -> Any:
-        return self.tag_names(spec, value, len(value) if words is None else words)
+    def json_value(self, spec: TaskSpec, value: Any) -> Any:
+        """The tag names of every word, as a list."""
+        return self.tag_names(spec, value, len(value))
 
     def score_columns(self, spec: TaskSpec) -> list[str]:
         return [f"prob_{k}" for k in range(self.head_outputs(spec))]

@@ -320,7 +320,8 @@ class GradientSurgery:
         buffer.collect(index)
         self._tasks.append(task)
 
-    def apply(self, diagnostics: bool = True, scaler: GradScale | None = None) -> dict[str, Any] | None:
+    def apply(self, diagnostics: bool = True, scaler: GradScale | None = None,
+              aggregator: Aggregator | None = None) -> dict[str, Any] | None:
         """Aggregate the collected rows, write the update into the shared `.grad`, and end the step.
 
         On several ranks the rows (`ddp_mode: exact`) and `other_params`' gradients are first averaged over the
@@ -328,6 +329,9 @@ class GradientSurgery:
         unscaled before the aggregation (methods such as Nash-MTL are not scale-equivariant) and the update is
         written back scaled, as `scaler.unscale_` expects `.grad`; rows that overflowed write NaN, so that the
         scaler skips the step.
+
+        `aggregator`: this step's rows are combined by it instead of the method (`sum_rows` averages one row over
+        the ranks: representation-level surgery has aggregated already).
 
         Returns (with `diagnostics`) the gradient statistics of `mtbert.methods.aggregators.diagnose`:
         `grad_norm` per task, `cosine` and `conflict` per task pair, and `removed_norm` (how far the update is
@@ -347,7 +351,9 @@ class GradientSurgery:
             grad_scale = float(scaler.get_scale())
             overflowed = not bool(torch.isfinite(grads).all())
             grads.div_(grad_scale)
-        if self.scope == "per-layer":
+        if aggregator is not None:
+            update = aggregator(grads, generator=self.generator)
+        elif self.scope == "per-layer":
             update = aggregate_per_layer(self.aggregate, grads, buffer.layer_groups(), self.generator)
         else:
             update = self.aggregate(grads, generator=self.generator)

@@ -18,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mtbert.data.encoding import EncodedSet, collate, collate_packed, encode_examples, length_sorted_batches
+from mtbert.data.groups import collate_group, encoding_task
 from mtbert.data.rows import Example
 from mtbert.distributed import ONE_PROCESS, Ranks
 from mtbert.errors import MtbertError
@@ -50,6 +51,42 @@ def predict_set(model: MultiTaskModel, encoded: EncodedSet, batch_size: int, pad
     batches = ranks.shard(list(length_sorted_batches(encoded, batch_size)))
     done = ranks.gather(_predict_batches(model, encoded, batches, pad_token_id, device, progress, packed))
     return encoded.spec.task_kind.gather(len(encoded), done)
+
+
+def predict_group(model: MultiTaskModel, sets: dict[str, EncodedSet], batch_size: int, pad_token_id: int,
+                  device: torch.device | str = "cpu", progress: bool = False, ranks: Ranks = ONE_PROCESS,
+                  packed: bool = PACKED_PREDICTION, quantize: str | None = None
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`predict_set` for tasks that share their input (an input_group's aligned sets, `data.groups.align_sets`):
+    ONE encoder pass per batch, then each task's head; each task's predictions and scores in the sets' order."""
+    if quantize is not None:
+        model, device = quantized(model, quantize), "cpu"
+    batches = ranks.shard(list(length_sorted_batches(sets[encoding_task(sets)], batch_size)))
+    done = ranks.gather(_predict_group_batches(model, sets, batches, pad_token_id, device, progress, packed))
+    return {task: encoded.spec.task_kind.gather(len(encoded), [(indices, out[task][0], out[task][1])
+                                                               for indices, out in done])
+            for task, encoded in sets.items()}
+
+
+@torch.inference_mode()
+def _predict_group_batches(model: MultiTaskModel, sets: dict[str, EncodedSet], batches: list[list[int]],
+                           pad_token_id: int, device: torch.device | str, progress: bool, packed: bool
+                           ) -> list[tuple[list[int], dict[str, tuple[np.ndarray, np.ndarray]]]]:
+    """(indices, {task: (predictions, scores)}) of each batch of a group."""
+    was_training = model.training
+    model.eval()
+    done = []
+    for indices in tqdm(batches, desc=f"predict {', '.join(sets)}", disable=not progress, leave=False):
+        batch = collate_group(sets, indices, pad_token_id, packed, PREDICTION_ROW_WIDTH if packed else 0)
+        inputs = [{k: v.to(device) for k, v in x.items()} for x in batch.inputs]
+        _, outputs = model.forward_group(list(sets), inputs)
+        results = {}
+        for task, task_batch in batch.tasks.items():
+            pred, score = model.decide(task, outputs[task].float(), task_batch)
+            results[task] = (pred.cpu().numpy(), score.cpu().numpy())
+        done.append((indices, results))
+    model.train(was_training)
+    return done
 
 
 def quantized(model: MultiTaskModel, kind: str) -> MultiTaskModel:

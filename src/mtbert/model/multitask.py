@@ -159,9 +159,22 @@ class MultiTaskModel(nn.Module):
 
     def forward(self, task: str, inputs: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """The task's raw outputs: its head on what its kind reads of the encoder (pooled, or per token)."""
+        return self.head_outputs(task, [self.hidden_states(x) for x in inputs], inputs)
+
+    def head_outputs(self, task: str, hidden: list[torch.Tensor], inputs: list[dict[str, torch.Tensor]]
+                     ) -> torch.Tensor:
+        """The task's raw outputs from the encoder's hidden states of each input (`hidden_states`), already run."""
         kind = self.specs[task].task_kind
-        return self.heads[task]([kind.features(self.hidden_states(x), x["attention_mask"], self.pooling)
-                                 for x in inputs])
+        return self.heads[task]([kind.features(h, x["attention_mask"], self.pooling)
+                                 for h, x in zip(hidden, inputs, strict=True)])
+
+    def forward_group(self, tasks: list[str], inputs: list[dict[str, torch.Tensor]]
+                      ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Tasks that share their input (an input_group): ONE encoder pass, then each task's head.
+
+        Returns the hidden states of each input (what every head reads) and each task's raw outputs."""
+        hidden = [self.hidden_states(x) for x in inputs]
+        return hidden, {task: self.head_outputs(task, hidden, inputs) for task in tasks}
 
     def reset_head(self, task: str) -> None:
         """Re-initialise one task's head (stage 2 of two-step fine-tuning)."""

@@ -2,7 +2,8 @@
 
 A step takes a batch from every active task (its share of per_device_train_batch_size samples), runs one
 forward and one backward per task, and the stage's Method (methods/method.py) turns the per-task losses into
-`.grad`: summed, weighted, or aggregated by gradient surgery.
+`.grad`: summed, weighted, or aggregated by gradient surgery. The tasks of an `input_group` share their examples:
+they are one stream of the sampler, drawn as one batch with one encoder forward pass and a loss per task.
 
 Launched on several processes (`torchrun`, `accelerate launch`), every rank takes its own share of each task's
 batches and the per-task gradients are averaged over the ranks before the aggregation, so N ranks take the
@@ -26,6 +27,7 @@ from transformers import get_scheduler
 from mtbert.config import TrainConfig, save_config
 from mtbert.data import MultiTaskSampler, TaskData, collate, load_task_data, samples_per_step
 from mtbert.data.encoding import collate_packed
+from mtbert.data.groups import GroupBatch, collate_group
 from mtbert.data.loading import resolve_labels
 from mtbert.data.sampling import tasks_of_step
 from mtbert.distributed import ONE_PROCESS, Ranks
@@ -45,6 +47,7 @@ from mtbert.model.adapters import (
 )
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.runs.model_card import write_model_card
+from mtbert.tasks import input_groups, task_streams
 from mtbert.training import checkpoint as ckpt
 from mtbert.training.checkpoint import StageState
 from mtbert.training.optim import make_optimizer
@@ -92,6 +95,9 @@ class Stage:
         ratios = cfg.ratios()
         self.ratios = ratios
         self.active = [s for s in self.specs if ratios[s.name] > 0]
+        # the sampler's streams: each input_group (its tasks share their examples) and each other task
+        self.streams = task_streams(self.active)
+        self.groups = {group: [s.name for s in members] for group, members in input_groups(self.active).items()}
         self.model, self.tokenizer = self._build_model()
         self.data = load_task_data(self.specs, cfg.resolved_data_dir(), self.tokenizer, cfg.max_length,
                                    cfg.pair_architecture, cfg.max_train_samples, cfg.max_eval_samples,
@@ -129,13 +135,14 @@ class Stage:
     def _build_optimisation(self) -> None:
         cfg, ranks = self.cfg, self.ranks
         self.unit = cfg.per_device_train_batch_size * cfg.gradient_accumulation_steps  # samples per optimizer step
-        self.sizes = {s.name: len(self.data[s.name].train) for s in self.active}
+        self.sizes = {stream: len(self.data[tasks[0]].train) for stream, tasks in self.streams.items()}
         self.steps_per_epoch = math.ceil(cfg.samples_per_task_per_epoch / (self.unit * ranks.world_size))
         self.total_steps = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.num_train_epochs *
                                                                               self.steps_per_epoch)
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         # the engine's buffer holds a row per task a step collects: k rows with tasks_per_step k
-        self.method = make_method(cfg.method, self.model, list(self.sizes), ranks, cfg.seed, cfg.surgery_scope,
+        self.method = make_method(cfg.method, self.model, [s.name for s in self.active], ranks, cfg.seed,
+                                  cfg.surgery_scope,
                                   cfg.method_options)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
@@ -176,7 +183,8 @@ class Stage:
                     break
                 log_now = step % cfg.logging_steps == 0 or step == self.total_steps
                 batches, loss_scale = self.next_batches(step)
-                losses, stats = self.method.backward(batches, loss_scale, self.objective, log_now, self.scaler)
+                losses, stats = self.method.backward(batches, loss_scale, self.objective, log_now, self.scaler,
+                                                     self.group_objective)
                 grad_norm = self.clip_gradients()
                 if self.scaler is not None and not math.isfinite(grad_norm.item()):
                     self.skip_overflow(step)  # optional: fp16's scaled gradients overflowed
@@ -221,28 +229,37 @@ class Stage:
             print(f"mtbert: {error}", file=sys.stderr)
         raise error
 
-    def next_batches(self, step: int) -> tuple[dict[str, dict], dict[str, float]]:
-        """Each active task's batch of this step (on this rank) and the scale of its summed loss.
+    def next_batches(self, step: int) -> tuple[dict[str, dict | GroupBatch], dict[str, float]]:
+        """Each active stream's batch of this step (on this rank): a task's own, or an input_group's `GroupBatch`;
+        and the scale of each task's summed loss.
 
         Sample weighting scales a task's summed loss by 1/n_i; without it by 1/unit, so that a task with more
-        samples per step weighs more (equal at ratio 1:1:1). With several ranks the gradients are averaged over
-        them, which gives the same scale over the union of their batches.
+        samples per step weighs more (equal at ratio 1:1:1); and by the task's `loss_weight`. With several ranks the
+        gradients are averaged over them, which gives the same scale over the union of their batches.
         """
         cfg = self.cfg
         per_step = samples_per_step(cfg.sampling, self.sizes, self.ratios, self.unit, cfg.sampling_temperature,
                                     epoch=(step - 1) // self.steps_per_epoch + 1, num_epochs=self.num_epochs)
         if cfg.tasks_per_step:  # optional: k of the tasks this step
             per_step = {t: per_step[t] for t in tasks_of_step(per_step, cfg.tasks_per_step, cfg.seed, step)}
-        loss_scale = {t: 1.0 / (n if cfg.sample_weighting else self.unit) for t, n in per_step.items()}
-        make = collate_packed if cfg.packing else collate  # optional: packed rows instead of padding
-        batches = {}
-        for task, n in per_step.items():
-            indices = self.sampler.draw(task, n)
+        specs = self.model.specs
+        loss_scale = {t: specs[t].loss_weight / (n if cfg.sample_weighting else self.unit)
+                      for stream, n in per_step.items() for t in self.streams[stream]}
+
+        def make(stream: str, indices: list[int]) -> dict | GroupBatch:
+            if stream in self.groups:  # one batch of the group's examples, each task's labels
+                sets = {t: self.data[t].train for t in self.streams[stream]}
+                return collate_group(sets, indices, self.pad_id, packed=cfg.packing)
+            return (collate_packed if cfg.packing else collate)(self.data[stream].train, indices, self.pad_id)
+
+        batches: dict[str, Any] = {}
+        for stream, n in per_step.items():
+            indices = self.sampler.draw(stream, n)
             if cfg.gradient_accumulation_steps == 1:
-                batches[task] = make(self.data[task].train, indices, self.pad_id)
+                batches[stream] = make(stream, indices)
             else:  # micro-batches whose gradients add up to the batch's
                 parts = np.array_split(np.array(indices), min(cfg.gradient_accumulation_steps, len(indices)))
-                batches[task] = [make(self.data[task].train, part.tolist(), self.pad_id) for part in parts]
+                batches[stream] = [make(stream, part.tolist()) for part in parts]
         return batches, loss_scale
 
     def objective(self, task: str, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -257,6 +274,25 @@ class Stage:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             penalty = smart_penalty(self.model, task, inputs, outputs, self.smoothness)
         return loss, loss + self.smoothness.weight * penalty
+
+    def group_objective(self, batch: GroupBatch
+                        ) -> tuple[list[torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """The tasks of a batch that share their input: ONE encoder forward pass, each task's summed loss and its
+        objective (with SMART's penalty), and the hidden states the heads read (`surgery_scope: representation`)."""
+        inputs = [{k: v.to(self.device) for k, v in x.items()} for x in batch.inputs]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            hidden, outputs = self.model.forward_group(list(batch.tasks), inputs)
+        results = {}
+        for task, task_batch in batch.tasks.items():
+            loss = task_loss(self.model.specs[task], outputs[task].float(), task_batch["labels"].to(self.device),
+                             self.cfg.sts_loss)
+            if self.smoothness is None:
+                results[task] = (loss, loss)
+                continue
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                penalty = smart_penalty(self.model, task, inputs, outputs[task], self.smoothness)
+            results[task] = (loss, loss + self.smoothness.weight * penalty)
+        return hidden, results
 
     def clip_gradients(self) -> torch.Tensor:
         """Clip `.grad` to max_grad_norm (unscaled first under fp16) and return the total norm before clipping."""

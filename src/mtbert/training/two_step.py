@@ -83,7 +83,7 @@ def read_results(run_dir: Path) -> dict:
 
 def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, dict]) -> dict:
     """Top-level metrics.jsonl, results.json and predictions/ of a two-step run, from the specialised models."""
-    from mtbert.evaluation.metrics import bootstrap_overall
+    from mtbert.evaluation.metrics import bootstrap_overall, frame_accuracies
     from mtbert.tasks import overall_score
 
     run = RunDir(output_dir)
@@ -95,6 +95,7 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
     # bootstrap over the specialised models' own dev predictions
     triples = {spec.name: dev_predictions_with_labels(cfg, spec, run.task(spec.name).root) for spec in specs}
     results["overall_ci95"] = list(bootstrap_overall(triples))
+    results.update(frame_accuracies(triples))  # each input_group's, from the specialised models' predictions
     stage1_seconds = read_results(run.stage1.root).get("train_seconds", 0.0) if run.stage1.results.is_file() else 0.0
     results["train_seconds"] = round(sum(r.get("train_seconds", 0.0) for r in per_task.values()) + stage1_seconds, 1)
     results["best_step"] = {spec.name: per_task[spec.name].get("best_step") for spec in specs}

@@ -211,3 +211,17 @@ def test_vote_is_per_word_majority():
     members = np.empty((3, 1), dtype=object)
     members[0, 0], members[1, 0], members[2, 0] = np.array([1, 4, 0]), np.array([1, 0, 4]), np.array([3, 0, 2])
     assert KIND.vote(spec, members)[0].tolist() == [1, 0, 0]
+
+
+def test_words_cut_off_by_max_length_are_predicted_outside(tiny_model_dir, tokenizer):
+    from mtbert.model import MultiTaskModel, load_encoder
+
+    encoded = encoded_set(tokenizer, [["w"] * 20, ["a", "b"]], [None, None], max_length=8)
+    encoder, _ = load_encoder(str(tiny_model_dir), 0.0)
+    model = MultiTaskModel(encoder, [encoded.spec], "cross", "cls", 0.0).eval()
+    batch = collate(encoded, [0, 1], 0)
+    with torch.no_grad():
+        tags, scores = model.decide("ner", model("ner", batch["inputs"]), batch)
+    predictions, probabilities = KIND.gather(2, [([0, 1], tags.numpy(), scores.numpy())])
+    assert len(predictions[0]) == 20 and predictions[0][6:].tolist() == [TAGS.index("O")] * 14
+    assert probabilities[0].shape == (6, len(TAGS)) and len(predictions[1]) == 2 == len(probabilities[1])
