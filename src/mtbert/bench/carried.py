@@ -49,9 +49,10 @@ def carried_run(config: str, run_dir: Path, specs: list[TaskSpec], results: dict
 def attach_predictions(carried: list[dict[str, Any]],
                        triples: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> None:
     """Give each carried run the dev predictions of its own tasks, from the row's `dev_triples`; a run lacking
-    one of them stays without (and is not written to table.json)."""
+    one of them, or with predictions that are not one number per example (a token task's tags), stays without
+    (and is not written to table.json)."""
     for run in carried:
-        if all(task in triples for task in run["tasks"]):
+        if all(task in triples and triples[task][1].dtype != object for task in run["tasks"]):
             run["dev_predictions"] = {task: [float(v) for v in triples[task][1]] for task in run["tasks"]}
 
 

@@ -39,6 +39,7 @@ CLOCK_SECONDS = 30.0  # how often a training run's marker takes its wall time so
 TABLE_FILE = "table.yaml"  # in the configs folder: the table's rows, reference numbers, ensemble and notes
 OVERALL = "overall"  # the table's last metric column, after the task metrics its table.yaml names in `columns`
 BUNDLED = "the bundled all-MiniLM-L6-v2"  # what a config without model_name_or_path trains
+NOT_METRICS = ("train_seconds", "best_step", OVERALL)  # numbers of results.json that are no metric column
 BUILT_ROWS = ("floor", "ensemble")  # rows built from other rows or frozen embeddings, not trained from a config
 NOTE_FIELDS = ("backbone", "mode", "members", "row")  # the placeholders a note may use
 BUDGET_NOTE = (
@@ -85,6 +86,8 @@ class Reference:
     footnote: str = ""  # said under the table (what makes its numbers differ from the reference's)
     throughput_tasks: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())  # `bench throughput`: training, prediction
     backbone: str | None = None  # --backbone: model_name_or_path of every row and the floor
+    paired_columns: tuple[str, ...] = ()  # columns each row is compared on, with their own paired intervals
+    scored_on: str = "floor"  # the config whose data (dev files, tasks, groups) every row is scored on
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -144,7 +147,8 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         raise ConfigError(f"{path}{f', line {mark.line + 1}' if mark else ''}: not valid YAML") from None
     where = str(path)
     top = mapping(raw, where, ("backbone", "reference", "columns", "footnote", "throughput", "rows", "ensemble",
-                               "extra_row_note"), ("backbone", "reference", "columns", "rows", "extra_row_note"))
+                               "extra_row_note", "paired_columns", "scored_on"),
+                  ("backbone", "reference", "columns", "rows", "extra_row_note"))
     timed = mapping(top.get("throughput") or {}, f"{where}: throughput", ("train_tasks", "predict_tasks"), ())
     columns = {str(k): text_value(v, f"{where}: columns.{k}")
                for k, v in mapping(top["columns"], f"{where}: columns", None, ()).items()}
@@ -171,7 +175,13 @@ def load_reference(configs_dir: Path, backbone: str | None = None) -> Reference:
         throughput_tasks=(names_value(timed.get("train_tasks", []), f"{where}: throughput.train_tasks"),
                           names_value(timed.get("predict_tasks", []), f"{where}: throughput.predict_tasks")),
         backbone=backbone,
+        paired_columns=names_value(top.get("paired_columns", []), f"{where}: paired_columns"),
+        scored_on=text_value(top.get("scored_on", "floor"), f"{where}: scored_on"),
     )
+    for column in ref.paired_columns:
+        if column not in columns:
+            raise ConfigError(f"{where}: paired_columns: '{column}' is not one of the columns "
+                              f"({', '.join(columns)})")
     check_reference(ref, where)
     for member in ref.ensemble_members if "ensemble" in ref.names else ():
         if member not in ref.names and not (Path(configs_dir) / f"{member}.yaml").is_file():
@@ -281,6 +291,7 @@ class Row:
     note: str = ""
     versus: dict[str, Any] | None = None  # the paired comparison with its reference row (`reference_row`)
     versus_floor: dict[str, Any] | None = None  # the same with the frozen-embedding floor, which every row must beat
+    versus_columns: dict[str, Any] | None = None  # each paired column's difference with the reference row
     carried: list[dict[str, Any]] = field(default_factory=list)  # what restores its runs elsewhere (bench.carried)
     restored_from: dict[str, Any] | None = None  # the earlier table the row was taken from (`--from_table`)
 
@@ -293,7 +304,8 @@ class Row:
             "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds, "run_dir": self.run_dir,
             "reused": self.reused, "members": self.members or None, "runs": self.runs, "stages": self.stages,
             "reference": {k: numbers.get(k) for k in ref.metrics} if numbers else None, "versus": self.versus,
-            "versus_floor": self.versus_floor, "restored_from": self.restored_from,
+            "versus_floor": self.versus_floor, "versus_columns": self.versus_columns,
+            "restored_from": self.restored_from,
             "carried": [run for run in self.carried if run["dev_predictions"] is not None] or None,
         }
 
@@ -662,6 +674,8 @@ def training_row(name: str, output_dir: Path, runs: list[tuple], reused: bool) -
     metrics: dict[str, float] = {}
     infos = []
     for config, cfg, run_dir, results, marker in runs:
+        metrics.update({k: float(v) for k, v in results.items()  # every metric the run reports (frame accuracy too)
+                        if isinstance(v, int | float) and not isinstance(v, bool) and k not in NOT_METRICS})
         for spec in cfg.task_specs():
             if spec.metric_key in results:
                 specs.append(spec)
@@ -692,9 +706,9 @@ def combined_interval(runs: list[tuple[TrainConfig, Path]]) -> tuple[float, floa
     """The overall score's bootstrap interval over the combined dev predictions of one-task runs."""
     from mtbert.evaluation.metrics import bootstrap_overall
 
-    specs = [spec for cfg, _ in runs for spec in cfg.task_specs()]
+    specs = [spec for cfg, _ in runs for spec in scored_specs(cfg)]
     labels = {spec.name: dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
-              for cfg, _ in runs for spec in cfg.task_specs()}
+              for cfg, _ in runs for spec in scored_specs(cfg)}
     return bootstrap_overall(dev_triples([run_dir for _, run_dir in runs], specs, labels))
 
 
@@ -768,12 +782,14 @@ def floor_signature(cfg: TrainConfig) -> dict[str, Any]:
     return {"config": {k: getattr(cfg, k) for k in keys}, "data_dir": str(cfg.resolved_data_dir().resolve())}
 
 
-def floor_config(output_dir: Path, configs_dir: Path, backbone: str | None = None) -> TrainConfig:
-    """floor.yaml with its output dir set and model_name_or_path replaced by `backbone` when given."""
-    path = configs_dir / "floor.yaml"
+def floor_config(output_dir: Path, configs_dir: Path, backbone: str | None = None,
+                 name: str = "floor") -> TrainConfig:
+    """floor.yaml (or the config `name`, table.yaml's `scored_on`) with its output dir set and model_name_or_path
+    replaced by `backbone` when given."""
+    path = configs_dir / f"{name}.yaml"
     if not path.is_file():
-        raise MtbertError(f"{path}: config of the floor row not found")
-    fixed: dict[str, Any] = {"output_dir": str(output_dir / "runs" / "floor")}
+        raise MtbertError(f"{path}: config of the {name} row not found")
+    fixed: dict[str, Any] = {"output_dir": str(output_dir / "runs" / name)}
     if backbone is not None:
         fixed["model_name_or_path"] = backbone
     return load_config(path, fixed)
@@ -892,18 +908,29 @@ def reference_row(name: str, ref: Reference) -> str | None:
 def data_labels(data_cfg: TrainConfig) -> dict[str, dict[str, float] | None]:
     """{task: {dev id: label}} of the data every row is scored on."""
     return {s.name: dev_labels(s, data_cfg.resolved_data_dir(), data_cfg.max_eval_samples)
-            for s in data_cfg.task_specs()}
+            for s in scored_specs(data_cfg)}
+
+
+def scored_specs(data_cfg: TrainConfig) -> list[TaskSpec]:
+    """The tasks every row is scored on, with their class names when the labels are names."""
+    from mtbert.data.loading import resolve_labels
+
+    return [resolve_labels(s, data_cfg.resolved_data_dir()) for s in data_cfg.task_specs()]
 
 
 def row_predictions(table: dict[str, Row], data_cfg: TrainConfig, labels: dict[str, dict[str, float] | None]
                     ) -> dict[str, dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]]:
-    """{row: dev_triples} of each finished row whose dev prediction files are complete."""
-    specs = data_cfg.task_specs()
+    """{row: dev_triples} of each finished row whose dev prediction files are complete (of the tasks of the data
+    that the row predicts)."""
     predictions = {}
+    scored = scored_specs(data_cfg)
     for name, row in table.items():
         # a training row's runs (the single-task row has three); the floor and the ensemble write their own files
         folders = [Path(r["run_dir"]) for r in row.runs if "run_dir" in r] or [Path(row.run_dir or "")]
-        if row.done:
+        specs = [s for s in scored
+                 if any((f / sub / f"{s.name}-dev-output{s.task_kind.prediction_suffix}").is_file()
+                        for f in folders for sub in (PREDICTIONS, "."))]
+        if row.done and specs:
             try:
                 predictions[name] = dev_triples(folders, specs, labels)
             except MtbertError as err:
@@ -916,17 +943,36 @@ def compare_rows(table: dict[str, Row], predictions: dict[str, dict[str, tuple[T
     """Set each finished row's `versus` and `versus_floor`: its overall minus its reference row's (the floor's) on
     the same dev examples, with the paired 95% bootstrap interval of that difference (`bootstrap_difference`).
     A row without complete dev predictions gets no comparison."""
-    from mtbert.evaluation.metrics import bootstrap_difference
+    from mtbert.evaluation.metrics import bootstrap_column_difference, bootstrap_difference, column_value
 
     def versus(name: str, reference: str | None) -> dict[str, Any] | None:
         if name not in predictions or reference not in predictions:
             return None
-        gap, low, high = bootstrap_difference(predictions[name], predictions[reference])
+        try:
+            gap, low, high = bootstrap_difference(predictions[name], predictions[reference])
+        except ValueError:  # not the same tasks (a one-task row against a joint row): no overall to compare
+            return None
         return {"row": reference, "difference": gap, "ci95": [low, high]}
+
+    def by_column(name: str, reference: str | None) -> dict[str, Any] | None:
+        if name not in predictions or reference not in predictions:
+            return None
+        out = {}
+        for column in ref.paired_columns:
+            found = bootstrap_column_difference(predictions[name], predictions[reference], column)
+            if found is not None:
+                out[column] = {"row": reference, "difference": found[0], "ci95": [found[1], found[2]]}
+        return out or None
 
     for name, row in table.items():
         row.versus = versus(name, reference_row(name, ref))
         row.versus_floor = versus(name, "floor") if name != "floor" else None
+        row.versus_columns = by_column(name, reference_row(name, ref)) if ref.paired_columns else None
+        for column in ref.paired_columns:  # a column the row's runs did not report (one-task runs' frame accuracy)
+            if row.done and column not in row.metrics and name in predictions:
+                value = column_value(predictions[name], column)
+                if value is not None:
+                    row.metrics[column] = value
 
 
 def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_dir: Path, command: str,
@@ -938,8 +984,8 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
     digests = None
-    if (configs_dir / "floor.yaml").is_file():  # the data every row was scored on
-        data_cfg = floor_config(output_dir, configs_dir, ref.backbone)
+    if (configs_dir / f"{ref.scored_on}.yaml").is_file():  # the data every row was scored on
+        data_cfg = floor_config(output_dir, configs_dir, ref.backbone, ref.scored_on)
         labels = data_labels(data_cfg)
         predictions = row_predictions(table, data_cfg, labels)
         compare_rows(table, predictions, ref)
@@ -954,6 +1000,7 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
         "model_name_or_path": models_used(list(table), configs_dir, ref),
         "reference": {"name": ref.name, "table": ref.table, "about": ref.about, "file": str(ref.path)},
         "columns": {**ref.columns, OVERALL: "Overall"}, "footnote": ref.footnote,
+        "paired_columns": list(ref.paired_columns),
         "wall_seconds": round(wall_seconds, 1),
         "rows_wall_seconds": round(sum(r.wall_seconds or 0.0 for r in done), 1),
         "ensemble_members": list(ref.ensemble_members), "dev_ids_sha256": digests,
@@ -1023,6 +1070,7 @@ def markdown(data: dict[str, Any]) -> str:
     measured."""
     reference = data["reference"]
     keys = list(data["columns"])
+    paired = data.get("paired_columns") or []
     headers = list(data["columns"].values())
     models = ", ".join(f"`{m}`" for m in data["model_name_or_path"]) or "—"
     backbone = (f"`{data['backbone']}` (`--backbone`, in place of every row config's model_name_or_path)"
@@ -1047,15 +1095,16 @@ def markdown(data: dict[str, Any]) -> str:
         "another source; — where there are none.",
         "",
         f"| Row | {' | '.join(headers[:-1])} | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor | "
-        f"Train s | Wall s | Reference {' / '.join(headers[:-1])} / overall | Run dir |",
-        "|---|" + "---|" * (len(keys) + 7),
+        + "".join(f"Δ {data['columns'][c]} (paired 95% CI) | " for c in paired)
+        + f"Train s | Wall s | Reference {' / '.join(headers[:-1])} / overall | Run dir |",
+        "|---|" + "---|" * (len(keys) + 7 + len(paired)),
     ]
     for row in data["rows"]:
         numbers = row["reference"]
         reference_text = " / ".join(fmt(numbers[k]) for k in keys) if numbers else "—"
         name = f"`{row['row']}`"
         if row["status"] != "done":
-            lines.append(f"| {name} | {row['status']} |{' |' * (len(keys) + 4)} {reference_text} | |")
+            lines.append(f"| {name} | {row['status']} |{' |' * (len(keys) + 4 + len(paired))} {reference_text} | |")
             continue
         ci = row["overall_ci95"]
         ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
@@ -1064,8 +1113,9 @@ def markdown(data: dict[str, Any]) -> str:
         if row.get("versus"):
             versus += f" vs `{row['versus']['row']}`"
         task_cells = " | ".join(fmt(row[k]) for k in keys[:-1])
+        column_cells = "".join(f"{difference_text((row.get('versus_columns') or {}).get(c))} | " for c in paired)
         lines.append(f"| {name} | {task_cells} | "
-                     f"**{fmt(row[OVERALL])}** | {ci_text} | {versus} | {floor} | {train} | {wall} | "
+                     f"**{fmt(row[OVERALL])}** | {ci_text} | {versus} | {floor} | {column_cells}{train} | {wall} | "
                      f"{reference_text} | {run_dir_text(row)} |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:

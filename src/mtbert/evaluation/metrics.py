@@ -85,3 +85,52 @@ def resampled_overall(results: Results, indices: dict[str, np.ndarray]) -> np.nd
         values = spec.task_kind.resampled_metric(spec, predictions, labels, indices[task])
         scores += np.array([task_score(spec, v) for v in values])
     return scores / len(results)
+
+
+def resampled_column(results: Results, column: str, indices: np.ndarray) -> np.ndarray | None:
+    """One metric column (`<task>_<primary metric>` or `<group>_frame_acc`) on each row of resampled example
+    indices, or None when `results` cannot give it (the task or a task of the group is missing)."""
+    for spec, predictions, labels in results.values():
+        if column == spec.metric_key:
+            return np.asarray(spec.task_kind.resampled_metric(spec, predictions, labels, indices), dtype=float)
+    for group, members in input_groups([spec for spec, _, _ in results.values()]).items():
+        if column == f"{group}_frame_acc":
+            correct = [s.task_kind.example_correct(s, results[s.name][1], results[s.name][2]) for s in members]
+            if len(members) < 2 or any(c is None for c in correct) or len({len(c) for c in correct}) != 1:
+                return None
+            both = np.logical_and.reduce([np.asarray(c, dtype=bool) for c in correct])
+            return both[indices].mean(axis=1)
+    return None
+
+
+def column_examples(results: Results, column: str) -> int | None:
+    """How many dev examples a column is scored on (its task's, or its group's first task's)."""
+    for spec, _, labels in results.values():
+        if column in (spec.metric_key, f"{spec.input_group}_frame_acc"):
+            return len(labels)
+    return None
+
+
+def column_value(results: Results, column: str) -> float | None:
+    """A metric column on the dev examples as they are (see `resampled_column`), or None."""
+    n = column_examples(results, column)
+    found = None if n is None else resampled_column(results, column, np.arange(n)[None, :])
+    return None if found is None else float(found[0])
+
+
+def bootstrap_column_difference(first: Results, second: Results, column: str, resamples: int = 1000,
+                                seed: int = 0) -> tuple[float, float, float] | None:
+    """column(first) - column(second) on the same dev examples and its paired 95% bootstrap interval (both scored
+    on the same resampled examples; a group's tasks share them: utterances, not tasks, are resampled); None when
+    either lacks the column or they were not scored on as many examples."""
+    n = column_examples(first, column)
+    if n is None or n != column_examples(second, column) or n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    indices = np.concatenate([np.arange(n)[None, :], rng.integers(0, n, (resamples, n))])  # row 0: as observed
+    a, b = resampled_column(first, column, indices), resampled_column(second, column, indices)
+    if a is None or b is None:
+        return None
+    differences = a - b
+    low, high = np.percentile(differences[1:], [2.5, 97.5])
+    return float(differences[0]), float(low), float(high)
