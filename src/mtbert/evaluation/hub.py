@@ -97,7 +97,9 @@ def _failures(endpoint: str, flag: str, step: Callable[[], str]) -> Iterator[Non
         yield
     except HfHubHTTPError as err:
         status = err.response.status_code
-        raise PushFailed(_refused(endpoint, flag, step(), err), status in RETRYABLE_STATUS or status >= 500) from None
+        if status in RETRYABLE_STATUS or status >= 500:  # busy or down: not a refusal
+            raise PushFailed(f"{flag}: the Hub at {endpoint} could not {step()} ({_said(err)})", True) from None
+        raise PushFailed(_refused(endpoint, flag, step(), err), False) from None
     except (httpx2.TransportError, OfflineModeIsEnabled) as err:
         raise PushFailed(f"{flag}: could not reach the Hub at {endpoint} to {step()} "
                          f"({type(err).__name__}: {_one_line(err)})",
@@ -114,15 +116,21 @@ RETRYABLE_STATUS = (408, 429)  # and every 5xx: the Hub was busy or down, not re
 
 def _refused(endpoint: str, flag: str, step: str, err: HfHubHTTPError) -> str:
     status = err.response.status_code
-    said = f"{status} {err.response.reason_phrase}".strip()
-    if err.server_message:
-        said += f": {_one_line(err.server_message)}"
+    said = _said(err)
     advice = ""
     if status in (401, 403):
         advice = "; log in with `hf auth login` or set HF_TOKEN (a token with write access)"
     elif status == 404:
         advice = "; check the repo id and that the token may write to it"
     return f"{flag}: the Hub at {endpoint} refused to {step} ({said}){advice}"
+
+
+def _said(err: HfHubHTTPError) -> str:
+    """The Hub's answer: its status and reason, and its message when it gave one."""
+    said = f"{err.response.status_code} {err.response.reason_phrase}".strip()
+    if err.server_message:
+        said += f": {_one_line(err.server_message)}"
+    return said
 
 
 def _written(folder: Path, repo_id: str, revision: str | None, private: bool) -> str:
