@@ -272,7 +272,7 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
     top_cfg = parent[1] if parent else cfg
     two_step = parent is not None or cfg.two_step is not None
     run_name = f"{parent[0].root.name}-{run_dir.root.name}" if parent else run_dir.root.name
-    model_name = f"mtbert-{run_name}"
+    model_name = hub_id.split("/")[-1] if hub_id else f"mtbert-{run_name}"
     data = ModelCardData(
         model_name=model_name, base_model=base_model_id(cfg.model_name_or_path), library_name="mtbert",
         tags=_tags(top_cfg, specs, *(["two-step"] if two_step else [])), datasets=_hub_datasets(specs),
