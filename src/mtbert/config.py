@@ -337,7 +337,8 @@ TWO_STEP_ONLY_KEYS = {"init_from", "keep_stage1"}
 TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio",
                       "method_options",
                       "mlm_steps", "mlm_learning_rate", "mlm_probability",
-                      "pair_architecture", "pooling"}  # stage 2 keeps stage 1's model, so its architecture too
+                      "pair_architecture", "pooling",  # stage 2 keeps stage 1's model, so its architecture too
+                      "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo"}  # a run's, not a stage's
 
 
 def _coerce(key: str, value: Any) -> Any:

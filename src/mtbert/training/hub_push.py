@@ -8,9 +8,10 @@
 
 A push never stops or loses the training. The pushes during training run in one background thread, in order, each
 from a snapshot of its files (hard links in `<run>/.hub-push/`, so that a newer best/ or a checkpoint rotation
-cannot change a file being uploaded). The end push follows them, after `results.json` and the card are written. A
-push the Hub may take later (no answer, 408, 429, a 5xx) is tried PUSH_ATTEMPTS times with a doubling pause; a
-push that still fails is reported in one sentence and training goes on. `results.json` records every push (its
+cannot change a file being uploaded). The end push follows them, after `results.json` and the card are written;
+the finished run waits END_WAIT_S at most for them. A push the Hub may take later (no answer, 408, 429, a 5xx) is
+tried PUSH_ATTEMPTS times with a doubling pause; a push that still fails is reported in one sentence and training
+goes on. `results.json` records every push (its
 commit, or its error) under `hub`, and a failed end push prints the `hf upload` command that sends best/ later.
 Only rank 0 pushes. The token is huggingface_hub's own (HF_TOKEN, else `hf auth login`'s), the Hub its HF_ENDPOINT.
 """
@@ -43,6 +44,7 @@ FIRST_PAUSE_S = 10.0  # the pause before the second try; doubled before each lat
 STAGING = ".hub-push"  # in the run folder: the snapshots of the pushes not yet done
 LAST_CHECKPOINT = "last-checkpoint"  # the repo folder of the latest checkpoint (hub_strategy: checkpoint)
 END_MESSAGE = "End of training"
+END_WAIT_S = 1800.0  # how long a finished run waits for its pushes (huggingface_hub's requests have no time-out)
 
 
 class HubClient(Protocol):
@@ -94,22 +96,24 @@ class _Push:
 
 class HubPush:
     """The pushes of one run (rank 0 only): `saved(step, best_step)` after each checkpoint, `finish(results)` at
-    the end. `client`, `sleep` and `attempts` are injectable (tests: a fake Hub, no real pause)."""
+    the end. `client`, `sleep`, `attempts`, `first_pause` and `end_wait` are injectable (tests: a fake Hub, no
+    real pause)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, client: HubClient | None = None,
                  sleep: Callable[[float], None] = time.sleep, attempts: int = PUSH_ATTEMPTS,
-                 first_pause: float = FIRST_PAUSE_S) -> None:
+                 first_pause: float = FIRST_PAUSE_S, end_wait: float = END_WAIT_S) -> None:
         self.cfg, self.run = cfg, RunDir(run_dir)
         self.repo_id: str = cfg.hub_model_id or ""
         self.strategy = cfg.hub_strategy
         self.client = client or HfHub()
-        self.sleep, self.attempts, self.first_pause = sleep, attempts, first_pause
+        self.sleep, self.attempts, self.first_pause, self.end_wait = sleep, attempts, first_pause, end_wait
         self.records: list[dict[str, Any]] = []  # one per push, in order: results.json's hub.pushes
         self.repo_url: str | None = None
         self._pushed_best: int | None = None  # the best step of the last push that held the model
-        self._queue: list[_Push | None] = []  # None: wait()'s marker, the thread ends there
-        self._cond = threading.Condition()
+        self._queue: list[_Push | None] = []  # the pushes not done, the first one running; None: the end
+        self._cond = threading.Condition()  # guards _queue, records and _given_up
         self._thread: threading.Thread | None = None
+        self._given_up = False  # the run ended without waiting for the pushes left
         self._count = 0
         shutil.rmtree(self.staging, ignore_errors=True)  # a killed run's snapshots
 
@@ -154,46 +158,65 @@ class HubPush:
             self._thread.start()
 
     def _work(self) -> None:
-        """The background thread: the queued pushes, in order, until `wait` leaves the queue empty."""
+        """The background thread: the queued pushes, in order, until the end marker (or the run gives up)."""
         while True:
             with self._cond:
-                while not self._queue:
+                while not self._queue and not self._given_up:
                     self._cond.wait()
+                if self._given_up or self._queue[0] is None:
+                    return
                 push = self._queue[0]
-            if push is None:  # wait()'s marker: everything before it is done
-                return
-            self._push(push)
+            record = self._push(push)
             with self._cond:
+                if self._given_up:
+                    return  # finish() has recorded this push and the ones after it as not done
+                self.records.append(record)
                 self._queue.pop(0)
 
-    def wait(self) -> None:
-        """Return once every queued push is done (pushed or reported)."""
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every queued push is done (pushed or its failure recorded), at most `timeout` seconds; whether
+        they are. The pushes still waiting then are given up: recorded as not done, and never made."""
         if self._thread is None:
-            return
+            return True
         self._submit(None)
-        self._thread.join()
+        self._thread.join(timeout)
+        with self._cond:
+            left = [p for p in self._queue if p is not None]
+            self._given_up = bool(left)
+            for push in left:
+                self.records.append({**_record(push), "error": (
+                    f"push_to_hub: the push to {self.repo_id} was not done {timeout:g} s after training ended (the "
+                    "Hub is slow or does not answer)")})
+            self._queue.clear()
+            self._cond.notify()
         self._thread = None
-        self._queue.clear()
+        return not left
 
     # ---- at the end --------------------------------------------------------------------------------
     def finish(self, results: dict[str, Any]) -> dict[str, Any]:
-        """After training: the queued pushes, then best/ (its card written by the stage's finish) in one commit.
-        Returns `results` with `hub` (the repo, the last commit, every push) and writes them to results.json; a
-        failed end push is printed with the command that pushes best/ later."""
-        self.wait()
+        """After training: the queued pushes, then best/ (its card written by the stage's finish) in one commit,
+        waiting at most `end_wait` seconds for them. Returns `results` with `hub` (the repo, the last commit, every
+        push) and writes them to results.json; a failed end push is printed with the command that pushes best/
+        later."""
         best = self.run.best
         files = sorted(p.relative_to(best).as_posix() for p in best.rglob("*") if p.is_file())
-        record = self._push(_Push(best, END_MESSAGE, None, files, staged=False))
+        if self._queue:
+            logger.info("push_to_hub: waiting for %d push(es) to %s, then the end push (at most %g s)",
+                        len(self._queue), self.repo_id, self.end_wait)
+        self._submit(_Push(best, END_MESSAGE, None, files, staged=False))
+        self.wait(self.end_wait)
         shutil.rmtree(self.staging, ignore_errors=True)
+        with self._cond:
+            records = list(self.records)
         hub: dict[str, Any] = {"repo_id": self.repo_id, "strategy": self.strategy}
-        done = [r for r in self.records if "commit" in r]
+        done = [r for r in records if "commit" in r]
         if done:
             hub["revision"] = done[-1]["commit"]  # the repo's commit after the run's last successful push
-        hub["pushes"] = self.records
-        if "error" in record:
+        hub["pushes"] = records
+        if "error" in records[-1]:  # the end push
             hub["push_later"] = self.push_later_command()
-            print(f"mtbert: {record['error']}; the run finished and {self.run.results} is written; push its best "
-                  f"model later with `{hub['push_later']}`", file=sys.stderr)
+            print(f"mtbert: {records[-1]['error']}; the run finished and {self.run.results} is written; push its "
+                  f"best model later with `{hub['push_later']}`", file=sys.stderr)
         results = {**results, "hub": hub}
         atomic_write_json(self.run.results, results)
         return results
@@ -207,9 +230,8 @@ class HubPush:
     # ---- one push ----------------------------------------------------------------------------------
     def _push(self, push: _Push) -> dict[str, Any]:
         """Make one commit (creating the repo first if no push has yet), trying again a push the Hub may take
-        later; record it and return the record. Never raises for a failed push."""
-        record: dict[str, Any] = {"step": push.step if push.step is not None else "end", "message": push.message,
-                                  "files": push.files}
+        later, and return its record (its commit or its error). Never raises."""
+        record = _record(push)
         try:
             commit = self._with_retries(push)
         except Exception as err:  # noqa: BLE001 - a push must never stop the training: each failure is recorded
@@ -223,7 +245,6 @@ class HubPush:
         finally:
             if push.staged:
                 shutil.rmtree(push.folder, ignore_errors=True)
-        self.records.append(record)
         return record
 
     def _with_retries(self, push: _Push) -> Any:
@@ -242,6 +263,10 @@ class HubPush:
                 self.sleep(pause)
                 pause *= 2
         raise AssertionError("unreachable")
+
+
+def _record(push: _Push) -> dict[str, Any]:
+    return {"step": push.step if push.step is not None else "end", "message": push.message, "files": push.files}
 
 
 def snapshot(source: Path, target: Path, skip: str | None = None) -> None:

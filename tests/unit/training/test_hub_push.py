@@ -98,6 +98,7 @@ def save_checkpoint(run: Path, step: int) -> None:
     ({"push_to_hub": True, "hub_model_id": REPO, "two_step": {"num_train_epochs": 1}},
      "push_to_hub: a two-step run has one model per task and is not pushed during training; push a task's model "
      "after it with `hf upload REPO RUN/tasks/TASK/best`"),
+    ({"two_step": {"push_to_hub": True}}, "two_step.push_to_hub: not a key that stage 2 can change"),
     ({"hub_token": "hf_secret"}, "hub_token: not a config key, because the config is saved in the run folder and the "
                                  "model card; set HF_TOKEN or log in with `hf auth login`"),
 ])
@@ -251,3 +252,24 @@ def test_a_push_that_still_fails_is_reported_and_the_run_finishes(tmp_path, caps
         f"mtbert: push_to_hub: could not push to {REPO} (RuntimeError: a bug in a library); the run finished and "
         f"{run / 'results.json'} is written; push its best model later with `{later}`\n")
     assert json.loads((run / "results.json").read_text()) == results
+
+
+def test_a_hub_that_never_answers_does_not_hold_the_finished_run(tmp_path, capsys):
+    run = fake_run(tmp_path / "run")
+    client = FakeClient()
+    client.hold.clear()  # every upload waits until the test ends
+    hub = HubPush(config(run, hub_strategy="every_save"), run, client=client, end_wait=0.1)
+    save_checkpoint(run, 2)
+    hub.saved(2, best_step=2)
+    assert client.uploading.wait(GUARD_S)
+    thread = hub._thread
+    results = hub.finish({"overall": 0.2, "best_step": 2})  # gives up on the pushes after end_wait
+    not_done = "push_to_hub: the push to alice/run was not done 0.1 s after training ended (the Hub is slow or does " \
+               "not answer)"
+    assert [(p["step"], p["error"]) for p in results["hub"]["pushes"]] == [(2, not_done), ("end", not_done)]
+    assert "revision" not in results["hub"] and results["hub"]["push_later"].startswith(f"hf upload {REPO} ")
+    assert capsys.readouterr().err.startswith(f"mtbert: {not_done}; the run finished")
+    assert json.loads((run / "results.json").read_text()) == results
+    client.hold.set()  # the Hub answers at last: the given-up thread ends, recording nothing more
+    thread.join(GUARD_S)
+    assert not thread.is_alive() and [p["step"] for p in hub.records] == [2, "end"] and len(client.uploads) == 1
