@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 import types
 from collections.abc import Iterator
@@ -159,3 +160,32 @@ def test_a_hub_that_fails_mid_training_loses_nothing(tiny_config, hub, pauses, c
     assert done.returncode == 0, done.stderr[-2000:]
     header, files = read_commit(hub.posted("commit")[-1][2])
     assert header["summary"] == "End of training" and files == files_of(run / "best")
+
+
+def test_only_rank_0_pushes_under_torchrun(tiny_config, hub, tmp_path):
+    """Two CPU processes (torchrun, gloo), 3 steps of one per epoch: checkpoints after steps 1 and 2, evaluated at
+    the end only. Each push is made once: by rank 0."""
+    import yaml
+
+    run = tmp_path / "ddp"
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump(run_config(
+        tiny_config, output_dir=str(run), hub_strategy="checkpoint", max_steps=3, eval_strategy="no",
+        samples_per_task_per_epoch=8, per_device_train_batch_size=4)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf_home"), "NO_PROXY": "127.0.0.1",
+           "no_proxy": "127.0.0.1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+               "mtbert", "train", str(config)]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(hub.posted("repos/create")) == 1
+    commits = hub.commits()
+    assert [h["summary"] for h, _ in commits] == ["Training in progress, step 1", "Training in progress, step 2",
+                                                  "End of training"]
+    for _, files in commits[:2]:  # no best model before the end's evaluation: the checkpoint alone
+        assert {f.split("/")[0] for f in files} == {"last-checkpoint"}
+        assert CHECKPOINT_FILES <= {f.removeprefix("last-checkpoint/") for f in files}
+    assert commits[-1][1] == files_of(run / "best")
+    results = json.loads((run / "results.json").read_text())
+    assert [p["step"] for p in results["hub"]["pushes"]] == [1, 2, "end"]
