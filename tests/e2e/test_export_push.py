@@ -1,8 +1,6 @@
-"""`mtbert export --push_to_hub` against a fake Hub on 127.0.0.1 that records what huggingface_hub sends.
+"""`mtbert export --push_to_hub` against a fake Hub on 127.0.0.1 that records what huggingface_hub sends
+(tests/helpers/fake_hub.py's UploadHub).
 
-The fake Hub answers the calls huggingface_hub 2.4.0 makes for `create_repo`, `create_branch` and `upload_folder`
-of small files (repos/create, branch, validate-yaml, preupload, commit; anything else is a 404). Every file is
-"regular" at preupload, so the commit's NDJSON body carries each file in base64 and no LFS or Xet upload happens.
 huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported, so the success and refusal runs are the
 real CLI in a subprocess with its own environment; the other cases run in this process (the errors raised before
 any network call, and two with huggingface_hub's constants patched).
@@ -10,7 +8,6 @@ any network call, and two with huggingface_hub's constants patched).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import socket
@@ -21,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from helpers.fake_hub import UploadHub as FakeHub
-from helpers.fake_hub import uploading
+from helpers.fake_hub import read_commit, uploading
 
 import mtbert.evaluation.evaluate
 import mtbert.evaluation.metrics
@@ -40,11 +37,7 @@ def committed(hub: FakeHub) -> tuple[dict, dict[str, bytes]]:
     """The one commit's header and its files (path -> bytes)."""
     [(_, headers, body)] = hub.posted("commit")
     assert headers["content-type"] == "application/x-ndjson"
-    lines = [json.loads(line) for line in body.splitlines()]
-    assert lines[0]["key"] == "header" and {line["key"] for line in lines[1:]} == {"file"}
-    files = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines[1:]}
-    assert all(line["value"]["encoding"] == "base64" for line in lines[1:])
-    return lines[0]["value"], files
+    return read_commit(body)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
