@@ -34,14 +34,13 @@ from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
 from mtbert.evaluation.hub import PushFailed
 from mtbert.io import atomic_write_json, read_jsonl
-from mtbert.runs.layout import CHECKPOINT_PREFIX, RunDir
+from mtbert.runs.layout import CHECKPOINT_PREFIX, HUB_PUSH, RunDir
 from mtbert.runs.model_card import CARD, write_model_card
 
 logger = logging.getLogger(__name__)
 
 PUSH_ATTEMPTS = 3  # tries of one push that the Hub did not refuse (no answer, 408, 429, 5xx)
 FIRST_PAUSE_S = 10.0  # the pause before the second try; doubled before each later one
-STAGING = ".hub-push"  # in the run folder: the snapshots of the pushes not yet done
 LAST_CHECKPOINT = "last-checkpoint"  # the repo folder of the latest checkpoint (hub_strategy: checkpoint)
 END_MESSAGE = "End of training"
 END_WAIT_S = 1800.0  # how long a finished run waits for its pushes (huggingface_hub's requests have no time-out)
@@ -119,7 +118,7 @@ class HubPush:
 
     @property
     def staging(self) -> Path:
-        return self.run.root / STAGING
+        return self.run.root / HUB_PUSH
 
     # ---- during training ---------------------------------------------------------------------------
     def saved(self, step: int, best_step: int | None) -> None:
