@@ -368,14 +368,13 @@ def _load_section(run_dir: RunDir, folder: Path, specs: list[TaskSpec], parent, 
 def _hub_load_section(repo_id: str, specs: list[TaskSpec]) -> str:
     """How to load the model of the Hub repo `repo_id` (a run's best/ pushed by `push_to_hub`)."""
     task = specs[0].name
-    texts = '[("a first text", "a second text")]' if specs[0].is_pair else '["a text"]'
     return (
         "## How to load it\n\n"
         "With mtbert installed:\n\n"
         "```python\n"
         "from mtbert import MultiTaskModel\n\n"
         f'model = MultiTaskModel.from_pretrained("{repo_id}").eval()\n'
-        f'model.predict("{task}", {texts})  # labels and scores of task "{task}"\n'
+        f'model.predict("{task}", texts)  # labels and scores; texts: strings, or pairs of strings for a pair task\n'
         "```"
     )
 

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 
 from mtbert.config import TrainConfig
 from mtbert.errors import MtbertError
+from mtbert.evaluation import hub as hub_api
 from mtbert.evaluation.hub import PushFailed
 from mtbert.io import atomic_write_json, read_jsonl
 from mtbert.runs.layout import CHECKPOINT_PREFIX, HUB_PUSH, RunDir
@@ -58,14 +59,10 @@ class HfHub:
     """The Hub through huggingface_hub (evaluation/hub.py): each failure a PushFailed naming `push_to_hub`."""
 
     def create_repo(self, repo_id: str, private: bool | None) -> str:
-        from mtbert.evaluation.hub import create_repo
-
-        return create_repo(repo_id, private=private, flag="push_to_hub")
+        return hub_api.create_repo(repo_id, private=private, flag="push_to_hub")
 
     def upload(self, folder: Path, repo_id: str, commit_message: str) -> Any:
-        from mtbert.evaluation.hub import upload
-
-        return upload(folder, repo_id, commit_message=commit_message, flag="push_to_hub")
+        return hub_api.upload(folder, repo_id, commit_message=commit_message, flag="push_to_hub")
 
 
 def check_can_push(cfg: TrainConfig) -> None:
