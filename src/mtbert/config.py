@@ -31,6 +31,7 @@ METHODS = ("single", "sum", "pcgrad", "cagrad", "gradvac", "imtl-g", "mgda", "up
            "uncertainty", "famo")
 SURGERY_METHODS = METHODS[1:-2]  # sum and the gradient-surgery methods: those that aggregate a per-task buffer
 KNOWN_TRACKERS = ("tensorboard", "mlflow", "wandb")
+HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")  # TrainingArguments' hub_strategy values
 
 
 def key(default: Any, help: str) -> Any:
@@ -151,6 +152,17 @@ class TrainConfig:
     freeze_layers: int = key(0, "keep the lowest N encoder layers fixed")
     two_step: dict[str, Any] | None = key(None,
         'stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR, keep_stage1: true)')
+    push_to_hub: bool = key(False,
+        "push the run's best model (best/ with its model card) to the Hub model repo hub_model_id, during training "
+        "as hub_strategy says and at its end; a failed push is retried, then reported with the command that pushes "
+        "later, and never stops the training (the token: HF_TOKEN or `hf auth login`)")
+    hub_model_id: str | None = key(None, "the Hub model repo to push to, owner/name (created if missing)")
+    hub_strategy: str = key("every_save",
+        "end (push once, when training ends) | every_save (also at each checkpoint save, in the background) | "
+        "checkpoint (every_save plus the checkpoint in last-checkpoint/) | all_checkpoints (every_save plus each "
+        "checkpoint in its own checkpoint-<step>/)")
+    hub_private_repo: bool | None = key(None,
+        "create the repo private (default: the Hub's default, public); an existing repo keeps its visibility")
 
 
     def __post_init__(self) -> None:
@@ -330,7 +342,8 @@ TWO_STEP_ONLY_KEYS = {"init_from", "keep_stage1"}
 TWO_STEP_FORBIDDEN = {"tasks", "two_step", "output_dir", "data_dir", "model_name_or_path", "method", "task_ratio",
                       "method_options",
                       "mlm_steps", "mlm_learning_rate", "mlm_probability",
-                      "pair_architecture", "pooling"}  # stage 2 keeps stage 1's model, so its architecture too
+                      "pair_architecture", "pooling",  # stage 2 keeps stage 1's model, so its architecture too
+                      "push_to_hub", "hub_model_id", "hub_strategy", "hub_private_repo"}  # a run's, not a stage's
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -579,6 +592,7 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("smart_weight", "SMART's penalty reaches the encoder through a second forward pass, not through "
                   "the hidden states that surgery_scope representation aggregates; use surgery_scope global")
     check_sizes(cfg, prefix)
+    check_hub_keys(cfg, prefix)
     if cfg.tasks_per_step is not None:
         if cfg.method not in SURGERY_METHODS:
             raise bad("tasks_per_step", f"works with the gradient-surgery methods and sum, not {cfg.method}")
@@ -598,11 +612,43 @@ def group_metric_keys(specs: list[TaskSpec]) -> list[str]:
             if all(s.task_kind.example_correct(s, empty, empty) is not None for s in members)]
 
 
+def check_hub_keys(cfg: TrainConfig, prefix: str = "") -> None:
+    """push_to_hub's keys: a known hub_strategy, and a valid hub_model_id when pushing (one ConfigError)."""
+    if cfg.hub_strategy not in HUB_STRATEGIES:
+        raise ConfigError(f"{prefix}hub_strategy: '{cfg.hub_strategy}' is not one of {' | '.join(HUB_STRATEGIES)}")
+    if cfg.hub_model_id is not None and not is_repo_id(cfg.hub_model_id):
+        raise ConfigError(f"{prefix}hub_model_id: {cfg.hub_model_id!r} is not a Hub repo id; give owner/name "
+                          "(letters, digits, '-', '_' and '.', at most 96 characters, no '--' or '..')")
+    if not cfg.push_to_hub:
+        return
+    if cfg.hub_model_id is None:
+        raise ConfigError(f"{prefix}hub_model_id: must be set when push_to_hub is true (the Hub model repo to push "
+                          "to, owner/name)")
+    if cfg.two_step is not None:
+        raise ConfigError(f"{prefix}push_to_hub: a two-step run has one model per task and is not pushed during "
+                          "training; push a task's model after it with `hf upload REPO RUN/tasks/TASK/best`")
+
+
+def is_repo_id(text: str) -> bool:
+    """Whether `text` is a Hub repo id of the form owner/name (huggingface_hub's rules)."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        return False
+    return text.count("/") == 1
+
+
 def build_config(raw: dict[str, Any], where: str = "config") -> TrainConfig:
     """Validate a mapping of keys and return the TrainConfig; unknown keys and bad values name the key."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: must be a mapping of keys to values")
     for key in raw:
+        if key == "hub_token":  # TrainingArguments has it; a token in the config would be saved with the run
+            raise ConfigError("hub_token: not a config key, because the config is saved in the run folder and the "
+                              "model card; set HF_TOKEN or log in with `hf auth login`")
         if key not in _FIELDS:
             raise ConfigError(f"{key}: unknown config key (see `mtbert train --help` for the keys)")
     return TrainConfig(**raw)  # checked on construction (`_check_config`)

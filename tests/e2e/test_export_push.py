@@ -1,8 +1,6 @@
-"""`mtbert export --push_to_hub` against a fake Hub on 127.0.0.1 that records what huggingface_hub sends.
+"""`mtbert export --push_to_hub` against a fake Hub on 127.0.0.1 that records what huggingface_hub sends
+(tests/helpers/fake_hub.py's UploadHub).
 
-The fake Hub answers the calls huggingface_hub 2.4.0 makes for `create_repo`, `create_branch` and `upload_folder`
-of small files (repos/create, branch, validate-yaml, preupload, commit; anything else is a 404). Every file is
-"regular" at preupload, so the commit's NDJSON body carries each file in base64 and no LFS or Xet upload happens.
 huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE when it is imported, so the success and refusal runs are the
 real CLI in a subprocess with its own environment; the other cases run in this process (the errors raised before
 any network call, and two with huggingface_hub's constants patched).
@@ -10,19 +8,17 @@ any network call, and two with huggingface_hub's constants patched).
 
 from __future__ import annotations
 
-import base64
 import json
 import os
-import re
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers.fake_hub import UploadHub as FakeHub
+from helpers.fake_hub import read_commit, uploading
 
 import mtbert.evaluation.evaluate
 import mtbert.evaluation.metrics
@@ -37,81 +33,11 @@ pytestmark = pytest.mark.e2e
 REPO = "alice/tiny-sst"
 
 
-class FakeHub(ThreadingHTTPServer):
-    """The Hub's repo-create, branch, preupload and commit endpoints; `refuse` answers every request with that
-    status instead. `requests` records (method, path, headers, body) of each request, in order."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _HubHandler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}"
-        self.refuse: int | None = None
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-
-    def posted(self, kind: str) -> list[tuple[str, dict[str, str], bytes]]:
-        """(path, headers with lower-case names, body) of the POSTs whose path has `kind` (repos/create, branch,
-        preupload, commit)."""
-        return [(path, headers, body) for method, path, headers, body in self.requests
-                if method == "POST" and f"/{kind}" in path]
-
-
-class _HubHandler(BaseHTTPRequestHandler):
-    server: FakeHub
-
-    def log_message(self, format, *args) -> None:  # quiet: no line per request on stderr
-        pass
-
-    def do_GET(self) -> None:
-        self.server.requests.append(("GET", self.path, _lower(self.headers), b""))
-        self._answer(self.server.refuse or 404, {"error": "not in this fake Hub"})
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.server.requests.append(("POST", self.path, _lower(self.headers), body))
-        if self.server.refuse:
-            self._answer(self.server.refuse, {"error": "Invalid username or password."})
-            return
-        path = self.path.split("?")[0]
-        if path == "/api/repos/create":
-            payload = json.loads(body)
-            repo = f"{payload['organization']}/{payload['name']}"
-            self._answer(200, {"url": f"{self.server.url}/{repo}", "name": repo, "id": "1"})
-        elif path == "/api/validate-yaml":  # upload_folder checks the model card's metadata first
-            self._answer(200, {"errors": [], "warnings": []})
-        elif re.fullmatch(r"/api/models/[^/]+/[^/]+/branch/[^/]+", path):
-            self._answer(200, {})
-        elif re.fullmatch(r"/api/models/[^/]+/[^/]+/preupload/[^/]+", path):
-            files = json.loads(body)["files"]
-            self._answer(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                         for f in files]})
-        elif match := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/[^/]+", path):
-            oid = f"{len(self.server.posted('commit')):040x}"
-            self._answer(200, {"commitUrl": f"{self.server.url}/{match[1]}/commit/{oid}", "commitOid": oid,
-                               "pullRequestUrl": None})
-        else:
-            self._answer(404, {"error": f"not in this fake Hub: {path}"})
-
-    def _answer(self, status: int, payload: dict) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-def _lower(headers) -> dict[str, str]:
-    return {name.lower(): value for name, value in headers.items()}
-
-
 def committed(hub: FakeHub) -> tuple[dict, dict[str, bytes]]:
     """The one commit's header and its files (path -> bytes)."""
     [(_, headers, body)] = hub.posted("commit")
     assert headers["content-type"] == "application/x-ndjson"
-    lines = [json.loads(line) for line in body.splitlines()]
-    assert lines[0]["key"] == "header" and {line["key"] for line in lines[1:]} == {"file"}
-    files = {line["value"]["path"]: base64.b64decode(line["value"]["content"]) for line in lines[1:]}
-    assert all(line["value"]["encoding"] == "base64" for line in lines[1:])
-    return lines[0]["value"], files
+    return read_commit(body)
 
 
 def folder_files(folder: Path) -> dict[str, bytes]:
@@ -120,12 +46,8 @@ def folder_files(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture()
 def hub() -> Iterator[FakeHub]:
-    server = FakeHub()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with uploading() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

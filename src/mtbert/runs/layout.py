@@ -8,6 +8,7 @@ output_dir/
   predictions/<task>-<split>-output.csv   scores/<task>-<split>.tsv
   tensorboard/  mlm/  mlm_log.jsonl
   trackers.json              the MLflow and W&B run ids (report_to), which a resumed run logs into again
+  .hub-push/                 push_to_hub's snapshots of the pushes not yet done (gone when the run ends)
   stage1/  tasks/<task>/     a two-step run: stage 1 and each task's stage 2, each a run folder itself
   bench_run.json             a run of `mtbert bench quality` (one taken from a table holds only config, results,
                              dev predictions and this)
@@ -35,6 +36,7 @@ TRACKER_RUNS = "trackers.json"
 CHECKPOINT_PREFIX = "checkpoint-"
 LOCK = ".mtbert.lock"
 MODEL_CONFIG = "mtbert_config.json"  # marks a saved MultiTaskModel folder
+HUB_PUSH = ".hub-push"  # push_to_hub's snapshots of the pushes not yet done (training/hub_push.py)
 BENCH_RUN = "bench_run.json"  # a `mtbert bench quality` run: what it trained with, or the table it was taken from
 
 
@@ -125,5 +127,5 @@ class RunDir:
     def written_by_training(self) -> list[Path]:
         """Everything `--overwrite_output_dir` removes before a new run."""
         names = (BEST, PREDICTIONS, SCORES, STAGE1, TASKS, MLM, MLM_LOG, METRICS, TRAIN_LOG, RESULTS, CONFIG,
-                 TENSORBOARD, TRACKER_RUNS)
+                 TENSORBOARD, TRACKER_RUNS, HUB_PUSH)
         return [self.root / n for n in names] + self.checkpoints()

@@ -263,13 +263,16 @@ def _two_step_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
 
 
 def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[str, Any]) -> ModelCard:
-    """The card of `folder` (a run's `best/`, a stage-2 `tasks/<t>/best`, or a two-step run's root)."""
+    """The card of `folder` (a run's `best/`, a stage-2 `tasks/<t>/best`, or a two-step run's root). A run that
+    pushes to the Hub (`push_to_hub`) gets the card of its repo: it loads the model by the repo id and names no
+    folder of this machine."""
     specs = cfg.task_specs()
+    hub_id = cfg.hub_model_id if cfg.push_to_hub else None
     parent = _two_step_parent(run_dir)
     top_cfg = parent[1] if parent else cfg
     two_step = parent is not None or cfg.two_step is not None
     run_name = f"{parent[0].root.name}-{run_dir.root.name}" if parent else run_dir.root.name
-    model_name = f"mtbert-{run_name}"
+    model_name = hub_id.split("/")[-1] if hub_id else f"mtbert-{run_name}"
     data = ModelCardData(
         model_name=model_name, base_model=base_model_id(cfg.model_name_or_path), library_name="mtbert",
         tags=_tags(top_cfg, specs, *(["two-step"] if two_step else [])), datasets=_hub_datasets(specs),
@@ -296,9 +299,9 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
         results_table(specs, results),
         "",
         _steps_line(results),
-        _load_section(run_dir, folder, specs, parent, top_cfg),
+        _hub_load_section(hub_id, specs) if hub_id else _load_section(run_dir, folder, specs, parent, top_cfg),
         "",
-        _config_section(cfg),
+        _config_section(cfg, public=hub_id is not None),
         "",
         _citation_section(citations(top_cfg, two_step)),
     ]
@@ -359,6 +362,20 @@ def _load_section(run_dir: RunDir, folder: Path, specs: list[TaskSpec], parent, 
         "```\n\n"
         "`mtbert export` writes one task's model as a sentence-transformers folder that loads without mtbert "
         "(see its own card)."
+    )
+
+
+def _hub_load_section(repo_id: str, specs: list[TaskSpec]) -> str:
+    """How to load the model of the Hub repo `repo_id` (a run's best/ pushed by `push_to_hub`)."""
+    task = specs[0].name
+    return (
+        "## How to load it\n\n"
+        "With mtbert installed:\n\n"
+        "```python\n"
+        "from mtbert import MultiTaskModel\n\n"
+        f'model = MultiTaskModel.from_pretrained("{repo_id}").eval()\n'
+        f'model.predict("{task}", texts)  # labels and scores; texts: strings, or pairs of strings for a pair task\n'
+        "```"
     )
 
 

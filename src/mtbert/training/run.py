@@ -18,6 +18,7 @@ from mtbert.methods.method import check_method_options
 from mtbert.model.multitask import ENCODER_DIR, check_backbone, default_backbone
 from mtbert.runs.layout import LOCK, RunDir
 from mtbert.runs.lock import RunLock
+from mtbert.training.hub_push import HubPush, check_can_push
 from mtbert.training.mlm import pretrain_mlm
 from mtbert.training.stage import ModelStart, train_stage
 from mtbert.training.two_step import resolve_best, train_two_step
@@ -45,7 +46,9 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
             backbone = ranks.main_only(pretrain_mlm, cfg, run.mlm, ranks.device)
         if settings is None:
             start = ModelStart(backbone=str(backbone) if backbone is not None else None)
-            return train_stage(cfg, run.root, start, resume_from_checkpoint=resume)
+            hub = HubPush(cfg, run.root) if cfg.push_to_hub and ranks.is_main else None  # optional: push_to_hub
+            results = train_stage(cfg, run.root, start, resume_from_checkpoint=resume, hub=hub)
+            return hub.finish(results) if hub is not None else results
         return train_two_step(cfg, run.root, resume_from_checkpoint, backbone)
 
 
@@ -54,6 +57,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     and the model it starts from (the backbone, or two_step.init_from's best model). Raises MtbertError in one
     sentence."""
     check_method_options(cfg.method, cfg.method_options)
+    check_can_push(cfg)  # push_to_hub: not offline, a token
     if cfg.fp16 and not torch.cuda.is_available():
         raise MtbertError("fp16: float16 mixed precision needs a CUDA GPU and none is available; remove fp16 to "
                           "train in float32")

@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -55,6 +55,9 @@ from mtbert.training.preemption import Preemption, resume_advice
 from mtbert.training.runlog import RunLog
 from mtbert.training.smart import Smoothness, smart_penalty
 
+if TYPE_CHECKING:
+    from mtbert.training.hub_push import HubPush
+
 logger = logging.getLogger(__name__)
 
 
@@ -78,8 +81,9 @@ class Stage:
     """A stage's model, data, optimizer, scheduler, sampler, method and log, built once; `run()` trains it."""
 
     def __init__(self, cfg: TrainConfig, output_dir: Path, start: ModelStart = ModelStart(),
-                 resume_from_checkpoint: str | None = None) -> None:
+                 resume_from_checkpoint: str | None = None, hub: HubPush | None = None) -> None:
         self.cfg, self.run_dir, self.start = cfg, RunDir(output_dir), start
+        self.hub = hub  # push_to_hub's pushes (rank 0 only), else None
         self.ranks = start_ranks(cfg.ddp_mode)  # one process unless launched by torchrun or accelerate
         if self.ranks.is_main:
             output_dir.mkdir(parents=True, exist_ok=True)
@@ -211,6 +215,8 @@ class Stage:
                 saved = (cfg.save_steps and step % cfg.save_steps == 0) or (end_of_epoch and step < self.total_steps)
                 if saved:
                     saved = self.save_checkpoint(step, periodic=True)
+                    if saved and self.hub is not None:  # optional: push_to_hub, in the background
+                        self.hub.saved(step, self.state.best_step)
                 if stop.should_stop(self.ranks):
                     self.preempted(stop, step, saved=bool(saved))
         self.log.close()
@@ -453,9 +459,10 @@ def adapt(model: MultiTaskModel, cfg: TrainConfig) -> None:
 
 
 def train_stage(cfg: TrainConfig, output_dir: Path, start: ModelStart = ModelStart(),
-                resume_from_checkpoint: str | None = None) -> dict[str, Any]:
-    """Train one stage into `output_dir` (a run folder) and return the best model's dev metrics."""
-    return Stage(cfg, output_dir, start, resume_from_checkpoint).run()
+                resume_from_checkpoint: str | None = None, hub: HubPush | None = None) -> dict[str, Any]:
+    """Train one stage into `output_dir` (a run folder) and return the best model's dev metrics; `hub` pushes its
+    checkpoints' best models as they are saved (push_to_hub)."""
+    return Stage(cfg, output_dir, start, resume_from_checkpoint, hub).run()
 
 
 def finish_run(model: MultiTaskModel, data: dict[str, TaskData], cfg: TrainConfig, output_dir: Path, pad_id: int,
