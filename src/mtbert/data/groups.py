@@ -28,10 +28,6 @@ class GroupBatch:
     inputs: list[dict[str, Any]]
     tasks: dict[str, dict[str, Any]]
 
-    def __len__(self) -> int:
-        first = next(iter(self.tasks.values()))
-        return len(first["labels"]) if first.get("labels") is not None else 0
-
 
 def encoding_task(sets: dict[str, EncodedSet]) -> str:
     """The task whose kind encodes the group's batches: the first with per-example extras, else the first."""

@@ -146,8 +146,7 @@ class Stage:
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         # the engine's buffer holds a row per task a step collects: k rows with tasks_per_step k
         self.method = make_method(cfg.method, self.model, [s.name for s in self.active], ranks, cfg.seed,
-                                  cfg.surgery_scope,
-                                  cfg.method_options)
+                                  cfg.surgery_scope, cfg.method_options)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)
@@ -244,7 +243,8 @@ class Stage:
         gradients are averaged over them, which gives the same scale over the union of their batches.
         """
         cfg = self.cfg
-        per_step = samples_per_step(cfg.sampling, self.sizes, self.ratios, self.unit, cfg.sampling_temperature,
+        ratios = {stream: self.ratios[tasks[0]] for stream, tasks in self.streams.items()}  # a group's: its tasks'
+        per_step = samples_per_step(cfg.sampling, self.sizes, ratios, self.unit, cfg.sampling_temperature,
                                     epoch=(step - 1) // self.steps_per_epoch + 1, num_epochs=self.num_epochs)
         if cfg.tasks_per_step:  # optional: k of the tasks this step
             per_step = {t: per_step[t] for t in tasks_of_step(per_step, cfg.tasks_per_step, cfg.seed, step)}

@@ -77,6 +77,10 @@ def test_a_step_draws_one_batch_of_the_group_and_scales_by_loss_weight(group_run
     assert isinstance(batches["utt"], GroupBatch) and set(batches["utt"].tasks) == {"intent", "mood"}
     assert scale == {"intent": 2.0 / 4, "mood": 1.0 / 4, "sst": 1.0 / 4}
     assert stage.sampler.positions == {"utt": 4, "sst": 4}
+    cfg = build_config({**_config_of(group_run), "output_dir": str(group_run.parent / "r"), "task_ratio": "2:2:1"})
+    batches, _ = Stage(cfg, Path(cfg.output_dir)).next_batches(1)  # the group takes its tasks' ratio
+    assert [len(batches["utt"].tasks[t]["labels"]) for t in ("intent", "mood")] == [8, 8]
+    assert len(batches["sst"]["labels"]) == 4
 
 
 def _config_of(run: Path) -> dict:
