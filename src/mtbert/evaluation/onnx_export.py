@@ -216,6 +216,18 @@ def trace(graph: ExportGraph, tokenizer: Any, path: Path) -> list[str]:
     return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
 
 
+def quantize_export(source: Path, target: Path) -> None:
+    """Copy the fp32 export folder `source` to the new folder `target` with its graph dynamically int8-quantized
+    (what `--quantize int8` writes, without tracing the model again)."""
+    import shutil
+
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(ONNX_MODEL, ONNX_MODEL + ".data"))
+    quantize_graph(source / ONNX_MODEL, target / ONNX_MODEL)
+    settings = json.loads((source / ONNX_CONFIG).read_text(encoding="utf-8"))
+    settings["quantization"] = "int8"
+    (target / ONNX_CONFIG).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+
+
 def quantize_graph(source: Path, target: Path) -> None:
     """ONNX Runtime's dynamic quantization of the graph at `source` (int8 weights) written to `target`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -11,7 +11,6 @@ import torch
 
 from mtbert.cli import main
 from mtbert.data import collate, encode_examples, read_task_file
-from mtbert.errors import MtbertError
 from mtbert.evaluation.finished import (
     evaluate_run,
     load_model,
