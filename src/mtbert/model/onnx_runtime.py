@@ -125,16 +125,33 @@ class OnnxModel:
         self.quantization: str | None = settings.get("quantization")
         self.input_names: list[str] = [str(n) for n in settings["inputs"]]
         self.tokenizer = _load_tokenizer(folder)
-        self.session = _session(folder / settings["model"], threads)
-        graph_inputs = [i.name for i in self.session.get_inputs()]
+        self.threads = threads
+        self.graph = _load_graph(folder / settings["model"])
+        graph_inputs = [i.name for i in self.graph.graph.input]
         if sorted(graph_inputs) != sorted(self.input_names):
             raise MtbertError(f"{folder / ONNX_CONFIG}: key 'inputs' lists {self.input_names}, but the graph takes "
                               f"{graph_inputs}")
-        outputs = {o.name for o in self.session.get_outputs()}
+        outputs = {o.name for o in self.graph.graph.output}
         for task in self.tasks.values():
             if task.output not in outputs:
                 raise MtbertError(f"{folder / ONNX_CONFIG}: task {task.spec.name}'s output '{task.output}' is not an "
                                   f"output of {settings['model']}")
+        self._sessions: dict[str, Any] = {}
+
+    def session(self, task: str) -> Any:
+        """The ONNX Runtime session that computes `task`'s output: the graph cut to the nodes that output needs
+        (ONNX Runtime runs every node of a graph whatever outputs are asked for, and a two-step run's graph holds
+        an encoder per checkpoint), made when first asked for. A graph with external weights runs whole."""
+        if task not in self._sessions:
+            path = self.folder / self.settings["model"]
+            if (path.parent / (path.name + ".data")).exists() or len(self.tasks) == 1:
+                self._sessions[task] = _session(path, self.threads)
+            else:
+                from onnx.utils import Extractor
+
+                cut = Extractor(self.graph).extract_model(self.input_names, [self.task(task).output])
+                self._sessions[task] = _session(path, self.threads, cut.SerializeToString())
+        return self._sessions[task]
 
     def data_dir(self) -> Path:
         """The folder of the tasks' dev files, as the run's config resolves it (its `data_dir`, else $MTBERT_DATA,
@@ -160,9 +177,10 @@ class OnnxModel:
         if len(inputs) != exported.encoder_inputs:
             raise MtbertError(f"task {task}: the batch has {len(inputs)} encoder input(s), the export's head reads "
                               f"{exported.encoder_inputs}")
-        pad_id = self.tokenizer.pad_token_id or 0
-        feed = stacked_inputs(inputs, self.input_names, pad_id)
-        (outputs,) = self.session.run([exported.output], feed)
+        session = self.session(task)
+        names = [i.name for i in session.get_inputs()]
+        feed = stacked_inputs(inputs, names, self.tokenizer.pad_token_id or 0)
+        (outputs,) = session.run([exported.output], feed)
         return torch.from_numpy(np.ascontiguousarray(outputs))
 
     def decide(self, task: str, outputs: torch.Tensor, batch: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -214,8 +232,27 @@ def _load_tokenizer(folder: Path) -> Any:
     return tokenizer
 
 
-def _session(path: Path, threads: int | None) -> Any:
-    """An ONNX Runtime CPU session of the graph at `path`, with every graph optimization and torch's thread count."""
+def _load_graph(path: Path) -> Any:
+    """The graph at `path` (its weights left on disk when they are external), or one MtbertError."""
+    from mtbert.distribution import install_hint
+
+    try:
+        import onnx
+    except ImportError:
+        raise MtbertError(f"running an ONNX export needs onnx and onnxruntime; {install_hint('onnx')}") from None
+    if not path.is_file():
+        raise MtbertError(f"{path}: the export's graph is missing")
+    external = (path.parent / (path.name + ".data")).exists()
+    try:
+        return onnx.load(str(path), load_external_data=not external)
+    except Exception as err:  # protobuf's DecodeError, onnx's errors: no common type
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise MtbertError(f"{path}: not an ONNX graph (damaged or incomplete: {reason[:200]})") from None
+
+
+def _session(path: Path, threads: int | None, graph: bytes | None = None) -> Any:
+    """An ONNX Runtime CPU session of the graph at `path` (or of its part `graph`, serialized), with every graph
+    optimization and torch's thread count."""
     from mtbert.distribution import install_hint
 
     try:
@@ -229,7 +266,8 @@ def _session(path: Path, threads: int | None) -> Any:
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # errors only: no "removing initializer" lines on standard error
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(graph if graph is not None else str(path), options,
+                                    providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own exception types (InvalidGraph, Fail, ...)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise MtbertError(f"{path}: ONNX Runtime cannot load the graph (damaged or incomplete: {reason[:200]})"

@@ -131,7 +131,8 @@ def test_model_predict_on_the_export(tiny_model_dir, tiny_data_dir, tmp_path):
     pairs = [("a good movie", "a great film"), ("the dog", "what can you do"), ("x", "y z")]
     want, got = model.predict("sts", pairs), OnnxModel(out).predict("sts", pairs)
     np.testing.assert_allclose(got.scores, want.scores, atol=1e-4)
-    want, got = model.predict("sst", ["a good movie", "dull"]), OnnxModel(out).predict("sst", ["a good movie", "dull"])
+    texts = ["a good movie", "dull", "the plot"]  # an odd number of rows (a bi-encoder head splits its rows in halves)
+    want, got = model.predict("sst", texts), OnnxModel(out).predict("sst", texts)
     assert got.labels == want.labels
 
 
@@ -160,7 +161,7 @@ def _copy(folder: Path, target: Path) -> Path:
      "mtbert_onnx.json: key 'max_length' is missing or not an integer"),
     (lambda f: (f / ONNX_CONFIG).write_text((f / ONNX_CONFIG).read_text().replace('"pair-regression"', '"ner"')),
      "key 'tasks[1].spec.kind' is 'ner', a kind this mtbert does not know"),
-    (lambda f: (f / "model.onnx").write_bytes(b"not a graph"), "ONNX Runtime cannot load the graph"),
+    (lambda f: (f / "model.onnx").write_bytes(b"not a graph"), "not an ONNX graph"),
 ])
 def test_a_damaged_export_is_one_sentence(exported, tmp_path, capsys, damage, message):
     folder = _copy(exported[1], tmp_path / "export")
