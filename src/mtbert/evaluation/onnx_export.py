@@ -149,7 +149,7 @@ def write_onnx_export(folder: Path, groups: Sequence[tuple[MultiTaskModel, Seque
     tasks = graph.tasks
     with tempfile.TemporaryDirectory(prefix="mtbert-onnx-") as staging:
         fp32 = Path(staging) / ONNX_MODEL if quantize else folder / ONNX_MODEL
-        inputs = trace(graph, tokenizer, fp32)
+        inputs, shapes = trace(graph, tokenizer, fp32)
         if quantize:
             quantize_graph(fp32, folder / ONNX_MODEL)
     tokenizer.save_pretrained(str(folder))
@@ -165,7 +165,8 @@ def write_onnx_export(folder: Path, groups: Sequence[tuple[MultiTaskModel, Seque
         "max_length": int(max_length), "batch_size": int(batch_size),
         "pair_architecture": first.pair_architecture, "pooling": first.pooling,
         "tasks": [{
-            "name": task, "output": output_name(task), "kind": specs[task].kind,
+            "name": task, "output": output_name(task), "output_shape": shapes[output_name(task)],
+            "kind": specs[task].kind,
             "label_names": _list_or_none(specs[task].label_names),
             "head_architecture": by_task[task][0].heads[task].architecture,
             "encoder_inputs": by_task[task][1], "pooling": by_task[task][0].pooling,
@@ -189,8 +190,9 @@ def _exportable(model: MultiTaskModel) -> MultiTaskModel:
     return model.cpu().eval()
 
 
-def trace(graph: ExportGraph, tokenizer: Any, path: Path) -> list[str]:
-    """Export `graph` to `path` with torch's exporter (batch and sequence axes dynamic); the graph's input names."""
+def trace(graph: ExportGraph, tokenizer: Any, path: Path) -> tuple[list[str], dict[str, list[str | int]]]:
+    """Export `graph` to `path` with torch's exporter (batch and sequence axes dynamic); the graph's input names and
+    each output's shape (a size, or the name of a size that varies with the inputs)."""
     import onnx
 
     sample = tokenizer(list(_SAMPLE_TEXTS), padding=True, return_tensors="pt")
@@ -213,7 +215,9 @@ def trace(graph: ExportGraph, tokenizer: Any, path: Path) -> list[str]:
                           ) from None
     finally:
         quiet.setLevel(level)
-    return [i.name for i in onnx.load(str(path), load_external_data=False).graph.input]
+    written = onnx.load(str(path), load_external_data=False).graph
+    shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in written.output}
+    return [i.name for i in written.input], shapes
 
 
 def quantize_export(source: Path, target: Path) -> None:

@@ -18,13 +18,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from mtbert.errors import MtbertError
 from mtbert.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from mtbert.model.inference import TaskPredictions
 
 ONNX_CONFIG = "mtbert_onnx.json"
 ONNX_MODEL = "model.onnx"
@@ -103,7 +106,8 @@ def exported_tasks(settings: dict[str, Any], where: str | Path = ONNX_CONFIG) ->
 
 
 class OnnxModel:
-    """An export folder's graph in an ONNX Runtime session (CPU), called as `MultiTaskModel` is by `predict_set`.
+    """An export folder's graph run by ONNX Runtime (CPU; a session per task, `session`), called as `MultiTaskModel`
+    is by `predict_set`.
 
     `model(task, inputs)` takes a collated batch's encoder inputs (padded, one dict per input) and returns the
     task's raw outputs (what `MultiTaskModel.forward` returns); `decide` is the task kind's. Pass `packed=False`
@@ -188,10 +192,11 @@ class OnnxModel:
         spec = self.specs[task]
         return spec.task_kind.decide(spec, outputs, batch)
 
-    def predict(self, task: str, texts: Any, batch_size: int | None = None) -> Any:
+    def predict(self, task: str, texts: list[str] | list[tuple[str, str]],
+                batch_size: int | None = None) -> TaskPredictions:
         """`MultiTaskModel.predict` on the export: labels and scores of `task` for `texts`, in input order."""
         from mtbert.data.encoding import encode_examples
-        from mtbert.model.inference import TaskPredictions, _examples, predict_set
+        from mtbert.model.inference import TaskPredictions, _examples, predict_set  # noqa: F811 (at run time)
 
         spec = self.task(task).spec
         examples = _examples(texts, len(spec.text_columns), task)

@@ -63,6 +63,8 @@ def test_the_export_equals_mtbert_predict_for_every_kind(tiny_model_dir, tiny_da
     assert {t["name"]: t["encoder_inputs"] for t in settings["tasks"]} == {"sst": 1, "para": 1 + bi, "sts": 1 + bi,
                                                                            "stars": 1}
     assert settings["max_length"] == 16 and settings["pooling"] == pooling and settings["quantization"] is None
+    shapes = {t["name"]: t["output_shape"] for t in settings["tasks"]}
+    assert shapes["sst"] == ["batch", 5] and len(shapes["sts"]) == 1 and isinstance(shapes["sts"][0], str)
     for task in ("sst", "para", "sts", "stars"):
         (pred, scores), (got_pred, got_scores), (model, encoded) = torch_and_onnx(run, export, task, tiny_data_dir)
         assert export.specs[task] == model.specs[task]  # the json rebuilds the TaskSpec
