@@ -511,7 +511,11 @@ def mtbert_onnx_exports(model: MultiTaskModel, tokenizer: Any, max_length: int, 
     fp32.mkdir()
     write_onnx_export(fp32, [(model, list(model.specs))], tokenizer, max_length, batch_size)
     quantize_export(fp32, int8)
-    return {"mtbert_onnx": OnnxModel(fp32), "mtbert_onnx_int8": OnnxModel(int8)}
+    models = {"mtbert_onnx": OnnxModel(fp32), "mtbert_onnx_int8": OnnxModel(int8)}
+    for exported in models.values():  # the sessions read the graph now, before `folder` goes
+        for task in exported.tasks:
+            exported.session(task)
+    return models
 
 
 def predict_onnx(exported: Any, examples: list[Example], max_length: int) -> tuple[np.ndarray, np.ndarray]:

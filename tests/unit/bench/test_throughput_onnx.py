@@ -54,3 +54,15 @@ def test_the_onnx_int8_row_gets_no_fp32_utilization():
         "mtbert": {"per_second": 50.0}, "mtbert_onnx": {"per_second": 60.0}, "mtbert_onnx_int8": {"per_second": 90.0}}}
     add_utilization(figures, peak_gflops=20.0)
     assert set(figures["utilization"]) == {"mtbert", "mtbert_onnx"}
+
+
+def test_the_exports_run_after_their_folder_is_gone(tiny_model_dir, tiny_data_dir, tmp_path):
+    import shutil
+
+    spec = task_from_config("sst", "throughput")
+    encoder, tokenizer = load_encoder(str(tiny_model_dir), 0.1)
+    (tmp_path / "x").mkdir()
+    own = mtbert_onnx_exports(MultiTaskModel(encoder, [spec]).eval(), tokenizer, 32, 4, tmp_path / "x", {})
+    shutil.rmtree(tmp_path / "x")  # bench_prediction exports into a temporary folder
+    examples = sample_examples(tiny_data_dir / spec.dev_file, spec, 5, shuffle=False)
+    assert predict_onnx(own["mtbert_onnx_int8"], examples, 32)[0].shape == (5,)

@@ -21,6 +21,7 @@ from mtbert.evaluation.finished import (
     usable_length,
 )
 from mtbert.evaluation.onnx_export import export_onnx
+from mtbert.model import onnx_runtime
 from mtbert.model.inference import predict_set
 from mtbert.model.onnx_runtime import ONNX_CONFIG, OnnxModel
 
@@ -97,7 +98,7 @@ def test_predict_and_evaluate_take_the_export_folder(tiny_model_dir, tiny_data_d
         assert got[key] == pytest.approx(expected[key], abs=1e-4), key
 
 
-def test_a_two_step_run_exports_each_tasks_own_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path):
+def test_a_two_step_run_exports_each_tasks_own_checkpoint(tiny_model_dir, tiny_data_dir, tmp_path, monkeypatch):
     run = make_run(tmp_path / "run", tiny_model_dir, tiny_data_dir, "cross", "mean", tasks=("sst", "sts", STARS),
                    two_step=True)
     out, settings = export_onnx(run, tmp_path / "export")
@@ -106,6 +107,25 @@ def test_a_two_step_run_exports_each_tasks_own_checkpoint(tiny_model_dir, tiny_d
     for task in ("sst", "sts", "stars"):
         (pred, scores), (got_pred, got_scores), _ = torch_and_onnx(run, export, task, tiny_data_dir)
         np.testing.assert_allclose(got_scores, scores, atol=1e-4, rtol=0)
+    # a task runs on the graph cut to its output: one of the three encoders, not all (ONNX Runtime runs every node)
+    made = []
+    monkeypatch.setattr(onnx_runtime, "_session", lambda path, threads, graph=None: made.append(graph))
+    OnnxModel(out).session("sts")
+    assert kernels_run(str(out / "model.onnx"), tmp_path) > 2 * kernels_run(made[0], tmp_path)
+
+
+def kernels_run(model: str | bytes, tmp_path: Path) -> int:
+    """How many node kernels one ONNX Runtime run of `model` (a path, or a serialized graph) executes."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(tmp_path / "profile")
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    ids = np.array([[101, 2000, 102]], dtype=np.int64)
+    session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)})
+    events = json.loads(Path(session.end_profiling()).read_text())
+    return sum(1 for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"))
 
 
 def test_int8_agrees_loosely_and_is_smaller(tiny_model_dir, tiny_data_dir, tmp_path):
