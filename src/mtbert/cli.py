@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
 
     p = sub.add_parser("evaluate", help="dev metrics of a run's best model on labeled files")
-    p.add_argument("run_dir", help="a run folder (plain or two-step)")
+    p.add_argument("run_dir", help="a run folder (plain or two-step), or an ONNX export folder (mtbert export "
+                   "--format onnx: run with onnxruntime)")
     p.add_argument("--json", metavar="OUT", help="also write the metrics to this JSON file")
     p.add_argument("--task_file", nargs=2, action="append", metavar=("TASK", "FILE"), default=[],
                    help="evaluate TASK on FILE instead of the config's dev file (repeatable)")
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="predictions of a run's model for one task, or for every task of an "
                        "input_group")
-    p.add_argument("run_dir", help="a run folder (plain or two-step)")
+    p.add_argument("run_dir", help="a run folder (plain or two-step), or an ONNX export folder (mtbert export "
+                   "--format onnx: run with onnxruntime)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--task", help="task name")
     which.add_argument("--group", help="an input_group: every task of it for each input, one encoder pass, as JSON "
@@ -66,10 +68,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=("vote", "soft"), default="vote",
                    help="vote: the CS224N report's rules on predictions; soft: average probabilities/values (runs)")
 
-    p = sub.add_parser("export", help="one task's model as a sentence-transformers folder (loads without mtbert)")
+    p = sub.add_parser("export", help="one task's model as a sentence-transformers folder (loads without mtbert), "
+                       "or every task as one ONNX graph (--format onnx)")
     p.add_argument("run_dir", help="a run folder (plain or two-step)")
-    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--task", help="task name (sentence-transformers: required; onnx: every task is exported)")
     p.add_argument("--output", required=True, help="a new or empty folder for the exported model")
+    p.add_argument("--format", choices=("sentence-transformers", "onnx"), default="sentence-transformers",
+                   help="sentence-transformers: one task's model; onnx: one ONNX graph with every task's head, the "
+                   "tokenizer and mtbert_onnx.json, which mtbert predict and mtbert evaluate run with onnxruntime")
+    p.add_argument("--quantize", choices=("int8",), help="with --format onnx: onnxruntime's dynamic int8 "
+                   "quantization of the graph")
     p.add_argument("--push_to_hub", metavar="REPO_ID", help="then upload the folder to this Hub model repo "
                    "(owner/name, created if missing) in one commit; token: HF_TOKEN or `hf auth login`")
     p.add_argument("--private", action="store_true",
@@ -168,6 +176,22 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _export_onnx(args: argparse.Namespace) -> int:
+    """`mtbert export RUN --format onnx [--quantize int8] --output DIR`: every task as one ONNX graph."""
+    from mtbert.evaluation.onnx_export import export_onnx
+
+    for flag in ("task", "push_to_hub", "private", "revision", "commit_message"):
+        if getattr(args, flag):
+            raise MtbertError(f"--{flag}: not with --format onnx (the ONNX export holds every task of the run and is "
+                              "written to --output only)")
+    out, settings = export_onnx(Path(args.run_dir), Path(args.output), quantize=args.quantize)
+    tasks = ", ".join(t["name"] for t in settings["tasks"])
+    precision = "int8 (dynamic quantization)" if args.quantize else "fp32"
+    print(f"wrote {out}: one ONNX graph ({precision}) with the tasks {tasks}; run it with mtbert predict {out} "
+          "--task TASK or mtbert evaluate " + str(out))
+    return 0
+
+
 def _is_rank0() -> bool:
     """Under torchrun or accelerate only rank 0 prints results and errors; one process is rank 0."""
     return os.environ.get("RANK", "0") == "0"
@@ -215,6 +239,13 @@ def dispatch(args: argparse.Namespace, extra: list[str]) -> int:
     if args.command == "export":
         from mtbert.evaluation.export import export_task
 
+        if args.format == "onnx":
+            return _export_onnx(args)
+        if args.quantize is not None:
+            raise MtbertError("--quantize: only with --format onnx (mtbert export RUN --format onnx --quantize int8)")
+        if args.task is None:
+            raise MtbertError("--task: required for a sentence-transformers export (or give --format onnx to export "
+                              "every task)")
         if args.push_to_hub is None:
             for flag in ("private", "revision", "commit_message"):
                 if getattr(args, flag):

@@ -12,7 +12,10 @@
   int8), vs the CrossEncoder's model exported to ONNX and run by ONNX Runtime (fp32, and its dynamic int8
   quantization) and by OpenVINO, each the way `CrossEncoder.predict` batches (length-sorted, padded,
   sigmoid), and vs a plain batched loop in file order, on the Quora and STS dev pairs; on the CPU also
-  `mtbert predict --quantize int8` (`int8_to_cross_encoder_int8`), with how far its predictions are from fp32's.
+  `mtbert predict --quantize int8` (`int8_to_cross_encoder_int8`), with how far its predictions are from fp32's,
+  and mtbert's own ONNX export (`mtbert export --format onnx`, fp32 and `--quantize int8`) run by ONNX Runtime as
+  `mtbert predict EXPORT` runs it (padded length-sorted batches: `mtbert_onnx`, `mtbert_onnx_int8`; paired ratios
+  `onnx_to_mtbert`, `onnx_int8_to_mtbert_int8`, with each one's largest difference from mtbert's scores).
   (sentence-transformers' own `backend="onnx"`/`"openvino"` need optimum-onnx or optimum-intel, which pin
   transformers below the version installed here; `BACKENDS_NOTE`.) Equal outputs are checked: each backend's
   largest difference from `CrossEncoder.predict` is reported (`max_abs_difference_to_cross_encoder`);
@@ -57,8 +60,8 @@ from mtbert.tasks import TaskSpec, task_from_config
 from mtbert.training.optim import make_optimizer
 
 GOALS = {"training": 1.6, "training_grouped": 1.2, "training_utilization": 0.6, "prediction": 1.3,
-         "prediction_int8": 2.0, "memory": 1.2}
-INT8_ROWS = ("mtbert_int8", "cross_encoder_int8", "onnxruntime_int8")  # no fp32 utilization for these
+         "prediction_int8": 2.0, "memory": 1.2, "prediction_onnx": 1.0}
+INT8_ROWS = ("mtbert_int8", "cross_encoder_int8", "onnxruntime_int8", "mtbert_onnx_int8")  # no fp32 utilization
 FP32_CROSS_ENCODER_ROWS = ("cross_encoder", "onnxruntime", "openvino")
 INT8_CROSS_ENCODER_ROWS = ("cross_encoder_int8", "onnxruntime_int8")
 GEMM_MEASUREMENTS = 5  # each side of the rest: the peak is the median of 2 x this
@@ -449,8 +452,11 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
             pairs, batch_size=batch_size, show_progress_bar=False)
         with tempfile.TemporaryDirectory(prefix="mtbert-bench-onnx-") as tmp:
             runtimes, backends = exported_cross_encoders(cross, max_length, Path(tmp))
+            own = mtbert_onnx_exports(model, tokenizer, max_length, batch_size, Path(tmp), backends)
         for name, predict in runtimes.items():
             contenders[name] = outputs[name] = (lambda predict=predict: predict(pairs, batch_size))
+        for name, exported in own.items():  # `mtbert predict EXPORT` after reading the file
+            contenders[name] = (lambda exported=exported: predict_onnx(exported, examples, max_length))
     times = interleaved(contenders, repeats, contenders)
     encoded = encode_examples(tokenizer, spec, examples, max_length, "cross")
     with torch.inference_mode():
@@ -470,6 +476,12 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
         key, value = spec.task_kind.agreement(spec, fp32, int8)
         figures = {f"int8_{key}": significant(value)}
         figures["int8_note"] = "agreement of an untrained head (the bundled backbone): see RESULTS for a trained one"
+        if "mtbert_onnx" in times:
+            ratios.update(onnx_ratios(times))
+            _, scores = predict_set(model, encoded, batch_size, pad_id, device)
+            figures["onnx_max_abs_difference_to_mtbert"] = {
+                name: significant(float(np.abs(predict_onnx(exported, examples, max_length)[1] - scores).max()))
+                for name, exported in own.items()}
     reference = np.asarray(outputs["cross_encoder"](), dtype=np.float64)
     figures["max_abs_difference_to_cross_encoder"] = {
         name: significant(float(np.abs(np.asarray(predict(), dtype=np.float64) - reference).max()))
@@ -479,6 +491,47 @@ def bench_prediction(spec: TaskSpec, source: str, data_dir: Path, n: int, batch_
             **({"fastest_int8_cross_encoder": fastest(times, INT8_CROSS_ENCODER_ROWS)} if "mtbert_int8" in times
                else {}),
             "cross_encoder_backends": backends, "useful_gflop": significant(gflop), **figures}
+
+
+def mtbert_onnx_exports(model: MultiTaskModel, tokenizer: Any, max_length: int, batch_size: int,
+                        folder: Path, backends: dict[str, Any]) -> dict[str, Any]:
+    """The model as `mtbert export --format onnx` writes it, fp32 and int8 (`--quantize int8`), each loaded in an
+    ONNX Runtime session (`OnnxModel`): {"mtbert_onnx": ..., "mtbert_onnx_int8": ...}, or {} with why in
+    `backends["mtbert_onnx"]` when the exporter's packages are missing."""
+    from mtbert.evaluation.onnx_export import check_packages, quantize_export, write_onnx_export
+    from mtbert.model.onnx_runtime import OnnxModel
+
+    try:
+        check_packages()
+    except MtbertError as err:
+        backends["mtbert_onnx"] = f"not installed ({err})"
+        return {}
+    backends["mtbert_onnx"] = "mtbert export --format onnx, run by onnxruntime"
+    fp32, int8 = folder / "mtbert-onnx", folder / "mtbert-onnx-int8"
+    fp32.mkdir()
+    write_onnx_export(fp32, [(model, list(model.specs))], tokenizer, max_length, batch_size)
+    quantize_export(fp32, int8)
+    models = {"mtbert_onnx": OnnxModel(fp32), "mtbert_onnx_int8": OnnxModel(int8)}
+    for exported in models.values():  # the sessions read the graph now, before `folder` goes
+        for task in exported.tasks:
+            exported.session(task)
+    return models
+
+
+def predict_onnx(exported: Any, examples: list[Example], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """What `mtbert predict EXPORT` does after reading the file: tokenize, then `predict_set` with the ONNX Runtime
+    session on padded length-sorted batches."""
+    spec = next(iter(exported.specs.values()))
+    encoded = encode_examples(exported.tokenizer, spec, examples, max_length, exported.pair_architecture)
+    return predict_set(exported, encoded, exported.batch_size, exported.tokenizer.pad_token_id or 0, "cpu",
+                       packed=False)
+
+
+def onnx_ratios(times: dict[str, list[float]]) -> dict[str, float]:
+    """The ONNX export's paired ratios: fp32 to mtbert's fp32, int8 to mtbert's int8 (and to mtbert's fp32)."""
+    return {"onnx_to_mtbert": paired_ratio(times, "mtbert_onnx", "mtbert"),
+            "onnx_int8_to_mtbert_int8": paired_ratio(times, "mtbert_onnx_int8", "mtbert_int8"),
+            "onnx_int8_to_mtbert": paired_ratio(times, "mtbert_onnx_int8", "mtbert")}
 
 
 def fastest(times: dict[str, list[float]], names: tuple[str, ...]) -> str:
@@ -620,6 +673,11 @@ def goals(results: dict[str, Any]) -> dict[str, Any]:
                                                    "met": min(int8) >= GOALS["prediction_int8"],
                                                    "note": "int8 against fp32: see prediction_int8_vs_fastest_"
                                                            "cross_encoder for int8 against int8"}
+    onnx = [r["ratio"]["onnx_int8_to_mtbert_int8"] for r in results.get("prediction", {}).values()
+            if "onnx_int8_to_mtbert_int8" in r["ratio"]]
+    if onnx:  # issue 34: the ONNX export at least as fast as mtbert's own int8 path, at equal batch and precision
+        out["prediction_onnx_int8_vs_mtbert_int8"] = {"goal": f">= {GOALS['prediction_onnx']}", "worst": min(onnx),
+                                                      "met": min(onnx) >= GOALS["prediction_onnx"]}
     memory = results.get("memory", {}).get("ratio")
     if memory is not None:
         out["pcgrad_memory_vs_sum"] = {"goal": f"<= {GOALS['memory']}", "ratio": memory,

@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 
@@ -22,6 +23,7 @@ from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
 from mtbert.evaluation.predict import format_value, write_csv
 from mtbert.io import atomic_write_text, read_json
 from mtbert.model import MultiTaskModel, load_tokenizer
+from mtbert.model.onnx_runtime import OnnxModel, is_onnx_export
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
 from mtbert.tasks import TaskSpec
 
@@ -86,53 +88,91 @@ def with_saved_labels(spec: TaskSpec, model_dir: Path) -> TaskSpec:
 def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: str | None = None) -> dict[str, float]:
     """Metrics (and the overall score's bootstrap interval) of a run's models on labeled files.
 
-    `quantize="int8"` predicts with dynamically int8-quantized linear layers, on the CPU (`predict_set`)."""
-    cfg = load_run_config(run_dir)
-    specs = {s.name: s for s in trained_tasks(run_dir, cfg)}
+    `quantize="int8"` predicts with dynamically int8-quantized linear layers, on the CPU (`predict_set`).
+    `run_dir` may be an ONNX export folder (`mtbert export --format onnx`): ONNX Runtime then predicts."""
+    if is_onnx_export(run_dir):
+        exported = load_onnx_export(run_dir, quantize)
+        specs, data_dir = exported.specs, exported.data_dir()
+    else:
+        cfg = load_run_config(run_dir)
+        specs, data_dir = {s.name: s for s in trained_tasks(run_dir, cfg)}, cfg.resolved_data_dir()
+        model_dirs(run_dir, cfg)  # every model is there before any file is read
     files = files or {}
     for task in files:
         if task not in specs:
             raise MtbertError(f"--{task}: the run has no task {task} (tasks: {', '.join(specs)})")
-    dirs = model_dirs(run_dir, cfg)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     results = {}
     for name, spec in specs.items():
-        path = Path(files[name]) if name in files else cfg.resolved_data_dir() / spec.dev_file
+        path = Path(files[name]) if name in files else data_dir / spec.dev_file
         examples = usable_examples(read_task_file(path, spec, labeled=True))
-        model, tokenizer = load_model(dirs[name], device)
-        encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
-        predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0,
-                                     device, progress=True, quantize=quantize)
+        if is_onnx_export(run_dir):
+            predictions, _ = predict_onnx(exported, spec, examples, progress=True)
+        else:
+            predictions, _ = predict_examples(run_dir, cfg, spec, examples, quantize, progress=True)
         results[name] = (spec, predictions, spec.task_kind.label_array([e.label for e in examples]))
     metrics = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     return metrics
 
 
+def predict_examples(run_dir: Path, cfg: TrainConfig, spec: TaskSpec, examples: list[Example], quantize: str | None,
+                     progress: bool) -> tuple[np.ndarray, list[Any] | None]:
+    """The predictions of the run's model for `spec` on `examples` (`predict_set`: packed length-sorted batches),
+    and the encoded examples' extras (a token task's words, for its prediction file)."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model, tokenizer = load_model(model_dirs(run_dir, cfg)[spec.name], device)
+    encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
+    predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
+                                 progress=progress, quantize=quantize)
+    return predictions, encoded.extras
+
+
+def load_onnx_export(folder: Path, quantize: str | None) -> OnnxModel:
+    """An ONNX export folder in an ONNX Runtime session; `quantize` is refused (the export was quantized or not)."""
+    if quantize is not None:
+        raise MtbertError(f"--quantize: {folder} is an ONNX export, quantized or not when it was written; export it "
+                          "with mtbert export RUN --format onnx --quantize int8 instead")
+    return OnnxModel(folder)
+
+
+def predict_onnx(exported: OnnxModel, spec: TaskSpec, examples: list[Example],
+                 progress: bool) -> tuple[np.ndarray, list[Any] | None]:
+    """The export's predictions for `spec` on `examples`: `predict_set` with the ONNX Runtime session in place of
+    the model, on padded length-sorted batches (the graph takes no packed batch); and the examples' extras."""
+    tokenizer = exported.tokenizer
+    encoded = encode_examples(tokenizer, spec, examples, exported.max_length, exported.pair_architecture)
+    predictions, _ = predict_set(exported, encoded, exported.batch_size, tokenizer.pad_token_id or 0,  # type: ignore
+                                 "cpu", progress=progress, packed=False)
+    return predictions, encoded.extras
+
+
 def predict_run(run_dir: Path, task: str, input_path: str, output: str, fmt: str, quantize: str | None = None) -> None:
-    """Predict one task for a file (or standard input) and write CS224N or CSV lines (`quantize`: see evaluate_run)."""
-    cfg = load_run_config(run_dir)
-    specs = {s.name: s for s in trained_tasks(run_dir, cfg)}
-    if task not in specs:
-        raise MtbertError(f"--task: the run has no trained task {task} (tasks: {', '.join(specs)})")
-    spec = specs[task]
+    """Predict one task for a file (or standard input) and write CS224N or CSV lines (`quantize`: see evaluate_run;
+    `run_dir` may be an ONNX export folder)."""
+    if is_onnx_export(run_dir):
+        exported = load_onnx_export(run_dir, quantize)
+        spec = exported.task(task).spec
+    else:
+        cfg = load_run_config(run_dir)
+        specs = {s.name: s for s in trained_tasks(run_dir, cfg)}
+        if task not in specs:
+            raise MtbertError(f"--task: the run has no trained task {task} (tasks: {', '.join(specs)})")
+        spec = specs[task]
     if input_path == "-":
         examples = examples_from_lines(stdin_lines(), spec)
     else:
         examples = usable_examples(read_task_file(input_path, spec, labeled=False))
-    path = model_dirs(run_dir, cfg)[task]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model, tokenizer = load_model(path, device)
-    encoded = encode_examples(tokenizer, spec, examples, usable_length(cfg, model), model.pair_architecture)
-    predictions, _ = predict_set(model, encoded, cfg.per_device_eval_batch_size, tokenizer.pad_token_id or 0, device,
-                                 progress=output != "-", quantize=quantize)
+    if is_onnx_export(run_dir):
+        predictions, extras = predict_onnx(exported, spec, examples, progress=output != "-")
+    else:
+        predictions, extras = predict_examples(run_dir, cfg, spec, examples, quantize, progress=output != "-")
     ids = [e.id for e in examples]
     if output == "-":
         for example_id, value in zip(ids, predictions, strict=True):
             print(f"{example_id}\t{format_value(spec, value)}")
         return
     if fmt == "cs224n":  # the run's own prediction file format (a token task's JSON Lines and CoNLL copy)
-        spec.task_kind.write_predictions(Path(output), spec, ids, predictions, encoded.extras)
+        spec.task_kind.write_predictions(Path(output), spec, ids, predictions, extras)
     else:
         write_csv(output, spec, ids, predictions)
 

@@ -71,8 +71,11 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
         assert figures["examples"] == 6
         assert set(figures["examples_per_second"]) == {"mtbert", "cross_encoder", "plain_loop", "mtbert_int8",
                                                        "cross_encoder_int8", "onnxruntime", "onnxruntime_int8",
-                                                       "openvino"}
-        assert set(figures["utilization"]) == {"mtbert", "cross_encoder", "plain_loop", "onnxruntime", "openvino"}
+                                                       "openvino", "mtbert_onnx", "mtbert_onnx_int8"}
+        assert set(figures["utilization"]) == {"mtbert", "cross_encoder", "plain_loop", "onnxruntime", "openvino",
+                                               "mtbert_onnx"}
+        assert figures["onnx_max_abs_difference_to_mtbert"]["mtbert_onnx"] < 1e-4  # the same outputs
+        assert figures["ratio"]["onnx_to_mtbert"] > 0 and figures["ratio"]["onnx_int8_to_mtbert_int8"] > 0
         differences = figures["max_abs_difference_to_cross_encoder"]
         assert differences["onnxruntime"] < 1e-4 and differences["openvino"] < 1e-4  # the same outputs
         assert differences["cross_encoder_int8"] < 0.1 and differences["onnxruntime_int8"] < 0.1
@@ -93,7 +96,8 @@ def test_bench_throughput_json_shape_and_positive_figures(tiny_model_dir, tiny_d
     assert set(results["goals"]) == {"training_vs_trainer", "training_vs_trainer_grouped", "training_utilization",
                                      "prediction_vs_cross_encoder", "prediction_int8_vs_cross_encoder",
                                      "prediction_fp32_vs_fastest_cross_encoder",
-                                     "prediction_int8_vs_fastest_cross_encoder", "pcgrad_memory_vs_sum"}
+                                     "prediction_int8_vs_fastest_cross_encoder", "prediction_onnx_int8_vs_mtbert_int8",
+                                     "pcgrad_memory_vs_sum"}
     assert all(isinstance(goal["met"], bool) for goal in results["goals"].values())
 
 
