@@ -17,9 +17,10 @@ from mtbert.tasks import BUILTIN_TASKS, overall_score, task_from_config, task_sc
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
 
 
-KNOWN_TASK_KEYS = ("dataset, dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, id_column, kind, "
-                   "label_column, label_max, label_min, label_names, name, num_labels, output_header, test_file, "
-                   "test_split, text_columns, train_file, train_split")
+KNOWN_TASK_KEYS = ("choices_column, dataset, dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, "
+                   "id_column, kind, label_column, label_max, label_min, label_names, label_separator, metric, name, "
+                   "num_labels, output_header, test_file, test_split, text_columns, threshold, train_file, "
+                   "train_split, tuned_thresholds")
 
 
 BAD_TASKS = [
@@ -89,7 +90,8 @@ def test_overall_score_is_the_course_formula():
     assert metrics["para_acc"] == pytest.approx(para_acc, abs=1e-6)
     assert metrics["sts_corr"] == pytest.approx(sts_corr, abs=1e-6)
     assert metrics["overall"] == pytest.approx((sst_acc + para_acc + (1 + sts_corr) / 2) / 3, abs=1e-6)
-    assert set(metrics) == {"sst_acc", "para_acc", "sts_corr", "overall"}
+    assert set(metrics) == {"sst_acc", "sst_macro_f1", "sst_micro_f1", "sst_mcc", "para_acc", "para_macro_f1",
+                            "para_micro_f1", "para_f1", "para_mcc", "sts_corr", "sts_spearman", "overall"}
 
 
 def test_overall_score_by_hand():

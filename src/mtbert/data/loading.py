@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbert.data.encoding import EncodedSet, encode_examples
-from mtbert.data.files import LabelParser, ReadResult, as_text, label_parser, read_task_file
+from mtbert.data.files import LabelParser, ReadResult, label_parser, read_task_file
 from mtbert.errors import DataError
 from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec
 
@@ -89,15 +89,18 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
         seen: set[str] = set()
 
         def collect(raw: Any) -> tuple[float | None, str | None]:
-            text = (raw if isinstance(raw, str) else as_text(raw)).strip()
-            if not text:
-                return None, "empty label"
-            try:
-                float(text)
-            except ValueError:
-                seen.add(text)
-                return 0.0, None
-            raise _NumericLabel
+            found, reason = spec.task_kind.label_names_of(spec, raw)  # one name, or a multi-label row's names
+            if reason is not None:
+                return None, reason
+            for text in found:
+                try:
+                    float(text)
+                except ValueError:
+                    continue
+                if spec.task_kind.index_labels:
+                    raise _NumericLabel
+            seen.update(found)
+            return 0.0, None
 
         try:
             read_split(spec, "train", data_dir, labeled=True, parse=collect, report=False)

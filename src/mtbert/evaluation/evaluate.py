@@ -23,11 +23,20 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
                   ranks: Ranks = ONE_PROCESS) -> tuple[dict[str, float], dict[str, tuple[np.ndarray, np.ndarray]]]:
     """Dev metrics of the given tasks (plus `overall`, and `overall_ci95` when asked) and the raw outputs.
 
+    A task whose kind fits a decision rule on dev (`TaskKind.tune`) gets it in the model's and the set's spec,
+    and its predictions are decided by it.
+
     With several ranks the prediction is spread over them, and rank 0's metrics are given to every rank, so
     that all of them take the same decisions (the best model, early stops).
     """
     raw = {name: predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
            for name, encoded in dev_sets.items()}
+    for name, encoded in dev_sets.items():  # a decision rule the kind fits on dev (multi-label thresholds)
+        kind, scores = encoded.spec.task_kind, raw[name][1]
+        tuned = kind.tune(model.specs[name], scores, kind.label_array(encoded.labels))
+        if tuned is not None:  # kept in the model's spec, so the saved model decides the same
+            model.specs[name] = model.heads[name].spec = encoded.spec = tuned
+            raw[name] = (kind.decide_scores(tuned, scores), scores)
     return score_outputs(dev_sets, raw, with_interval, ranks), raw
 
 

@@ -7,8 +7,12 @@ A kind is one module of `mtbert.kinds` holding one `TaskKind` subclass, and one 
 A new kind implements, besides `name` (the config's `kind:` value) and `aliases`:
 
 - config: `validate(spec, where)` (its own checks, one ConfigError sentence naming the key), `has_classes`
-  (its labels are class indices that may be given by name: `label_names` are then resolved from the data);
-- data: `read_text(value, column)` (a row's input field -> (text, None) or (None, reason to skip the row)),
+  (its labels are class indices that may be given by name: `label_names` are then resolved from the data),
+  `task_keys` (the kind-only task keys it reads, of `mtbert.tasks.KIND_KEYS`);
+- data: `input_columns(spec)` (the columns a row's inputs come from), `read_inputs(spec, row)` (a row's inputs ->
+  (texts, None) or (None, reason to skip the row); by default `read_text(value, column)` of each text column),
+  `check_label(spec, texts, label)` (a parsed label checked against the row's inputs), `label_names_of(spec,
+  raw)` and `index_labels` (how `label_names` are collected from training labels),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
   (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
@@ -24,11 +28,15 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   outputs, reference)` (SMART's per-unit divergence);
 - evaluation: `decide(spec, outputs, batch)` (a batch's predictions and the scores a soft ensemble averages, one
   item per example), `gather(n, done)` (every batch's items in the examples' order), `label_array(labels)`,
-  `metric(spec)` (the primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`,
-  `resampled_metric(spec, predictions, labels, indices)` (the metric on each row of resampled example indices,
-  vectorised for the bootstrap), `task_score(spec, value)` (its share of the overall score);
-- files: `format_value(spec, value)` (a prediction as written), `score_columns(spec)` (the scores file's
-  columns), `check_prediction(spec, value)` (why a read prediction is not one of this task, or None);
+  `metric(spec)` (the default primary metric's key in `METRICS`; a task may choose another as `metric:`),
+  `metric_keys(spec)` (every metric it computes, primary-metric choices), `metric_values(spec, predictions,
+  labels)` (all of them, keys without the task prefix), `resampled_metric(spec, predictions, labels, indices)`
+  (the task's primary metric `spec.metric` on each row of resampled example indices, vectorised for the
+  bootstrap), `task_score(spec, value)` (its share of the overall score), `tune(spec, scores, labels)` (a
+  decision rule fitted on dev outputs, kept in the saved spec; None when the kind fits none);
+- files: `format_value(spec, value)` (a prediction as written) and `parse_value(spec, text)` (back),
+  `score_columns(spec)` (the scores file's columns), `check_prediction(spec, value)` (why a read prediction is
+  not one of this task, or None), `from_saved(spec, saved)` (what a saved model's spec adds to the config's);
 - ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
@@ -74,6 +82,13 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "acc": Metric("acc", "accuracy", "accuracy", "Accuracy"),
     "corr": Metric("corr", "Pearson r", "pearsonr", "Pearson correlation", correlation=True),
+    # a key names one metric whatever the kind computing it (`f1`: a binary class's F1, or a token task's entity F1)
+    "spearman": Metric("spearman", "Spearman rho", "spearmanr", "Spearman correlation", correlation=True),
+    "macro_f1": Metric("macro_f1", "macro F1", "f1", "Macro F1"),
+    "micro_f1": Metric("micro_f1", "micro F1", "f1", "Micro F1"),
+    "f1": Metric("f1", "F1", "f1", "F1"),
+    "mcc": Metric("mcc", "Matthews correlation", "matthews_correlation", "Matthews correlation", correlation=True),
+    "subset_acc": Metric("subset_acc", "exact-match accuracy", "accuracy", "Subset accuracy"),
 }
 
 
@@ -105,6 +120,8 @@ class TaskKind:
     name: str = ""
     aliases: tuple[str, ...] = ()
     has_classes: bool = False
+    task_keys: tuple[str, ...] = ()  # kind-only task keys it reads (`mtbert.tasks.KIND_KEYS`)
+    index_labels: bool = True  # numeric training labels are class indices (no `label_names` resolved)
 
     # ---- config ---------------------------------------------------------------------------------
     def validate(self, spec: TaskSpec, where: str) -> None:
@@ -131,6 +148,31 @@ class TaskKind:
 
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         raise NotImplementedError
+
+    def input_columns(self, spec: TaskSpec) -> tuple[str, ...]:
+        """The columns a row's inputs are read from."""
+        return tuple(spec.text_columns)
+
+    def read_inputs(self, spec: TaskSpec, row: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """A row's inputs (a mapping of column -> value) as the example's texts, or (None, why it is skipped)."""
+        texts = []
+        for column in spec.text_columns:
+            text, reason = self.read_text(row[column], column)
+            if reason is not None:
+                return None, reason
+            texts.append(text)
+        return tuple(texts), None
+
+    def check_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> tuple[Any, str | None]:
+        """A parsed label checked against the row's inputs: (label, None) or (None, why the row is skipped)."""
+        return label, None
+
+    def label_names_of(self, spec: TaskSpec, raw: Any) -> tuple[list[str], str | None]:
+        """The class names a raw training label holds, when `label_names` are collected from the data."""
+        from mtbert.kinds.sentence import as_text
+
+        text = (raw if isinstance(raw, str) else as_text(raw)).strip()
+        return ([text], None) if text else ([], "empty label")
 
     def text_groups(self, spec: TaskSpec, examples: Sequence[Any],
                     architecture: str) -> list[tuple[list[str], list[str] | None]]:
@@ -228,15 +270,28 @@ class TaskKind:
     def metric(self, spec: TaskSpec) -> str:
         raise NotImplementedError
 
-    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
+    def metric_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        """Every metric this kind computes for the task (the primary metric is chosen among them)."""
+        return (self.metric(spec),)
+
+    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Every metric of `metric_keys` (keys without the task prefix)."""
         raise NotImplementedError
+
+    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
+        """The task's primary metric (`spec.metric`)."""
+        return self.metric_values(spec, predictions, labels)[spec.metric or self.metric(spec)]
+
+    def tune(self, spec: TaskSpec, scores: np.ndarray, labels: np.ndarray) -> TaskSpec | None:
+        """The task with a decision rule fitted on dev scores and labels, or None (nothing to fit)."""
+        return None
 
     def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
                          indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
     def task_score(self, spec: TaskSpec, value: float) -> float:
-        return METRICS[self.metric(spec)].score(value)
+        return METRICS[spec.metric or self.metric(spec)].score(value)
 
     # ---- files and ensembles --------------------------------------------------------------------
     def format_value(self, spec: TaskSpec, value: float) -> str:
@@ -247,6 +302,25 @@ class TaskKind:
 
     def check_prediction(self, spec: TaskSpec, value: float) -> str | None:
         return None
+
+    def parse_value(self, spec: TaskSpec, text: str) -> float:
+        """The inverse of `format_value`: a class name back to its index; ValueError when it is neither name nor
+        number."""
+        text = text.strip()
+        if spec.label_names is not None and text in spec.label_names:
+            return float(spec.label_names.index(text))
+        return float(text)
+
+    def from_saved(self, spec: TaskSpec, saved: dict[str, Any]) -> TaskSpec:
+        """The config's task with what its saved model knows beyond it (class names resolved from the data)."""
+        import dataclasses
+
+        if not self.has_classes or spec.label_names is not None:
+            return spec
+        names = saved.get("label_names")
+        if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
+            return dataclasses.replace(spec, label_names=tuple(names), num_labels=len(names))
+        return spec
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         raise NotImplementedError
