@@ -75,8 +75,13 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
 
     Given `label_names` are kept (their order is the class order); else the training split's ClassLabel names;
     else, when no training label is a number, the sorted distinct training labels. Numeric labels stay class
-    indices 0..num_labels-1.
+    indices 0..num_labels-1. A kind that reads more off the data (`TaskKind.fit_data`) reads every split.
     """
+    def every_example() -> list[Any]:
+        read = (read_split(spec, split, data_dir, report=False) for split in SPLITS)
+        return [example for result in read if result is not None for example in result.examples]
+
+    spec = spec.task_kind.fit_data(spec, every_example)
     if not spec.task_kind.has_classes or spec.label_names is not None:
         return spec
     names: list[str] | None = None

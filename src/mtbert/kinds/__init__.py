@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mtbert.kinds import pair_classification, pair_regression, single, single_regression
+from mtbert.kinds import multi_label, multiple_choice, pair_classification, pair_regression, single, single_regression
 from mtbert.kinds.base import METRICS, ExportPlan, Metric, TaskKind
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ KINDS: dict[str, TaskKind] = {
     single_regression.KIND.name: single_regression.KIND,
     pair_classification.KIND.name: pair_classification.KIND,
     pair_regression.KIND.name: pair_regression.KIND,
+    multi_label.KIND.name: multi_label.KIND,
+    multiple_choice.KIND.name: multiple_choice.KIND,
 }
 
 

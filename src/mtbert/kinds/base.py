@@ -12,7 +12,8 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
 - data: `input_columns(spec)` (the columns a row's inputs come from), `read_inputs(spec, row)` (a row's inputs ->
   (texts, None) or (None, reason to skip the row); by default `read_text(value, column)` of each text column),
   `check_label(spec, texts, label)` (a parsed label checked against the row's inputs), `label_names_of(spec,
-  raw)` and `index_labels` (how `label_names` are collected from training labels),
+  raw)` and `index_labels` (how `label_names` are collected from training labels), `fit_data(spec, examples)`
+  (what the kind reads off every split's examples, such as the most choices of an example),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
   (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
@@ -166,6 +167,11 @@ class TaskKind:
     def check_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> tuple[Any, str | None]:
         """A parsed label checked against the row's inputs: (label, None) or (None, why the row is skipped)."""
         return label, None
+
+    def fit_data(self, spec: TaskSpec, examples: Callable[[], Sequence[Any]]) -> TaskSpec:
+        """The task with what its kind reads off the examples of every split (`examples()` reads them); as is by
+        default."""
+        return spec
 
     def label_names_of(self, spec: TaskSpec, raw: Any) -> tuple[list[str], str | None]:
         """The class names a raw training label holds, when `label_names` are collected from the data."""
