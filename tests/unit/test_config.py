@@ -95,11 +95,12 @@ BAD = [
     ({"task_ratio": "1:-1:1"}, "task_ratio: '1:-1:1' must be non-negative integers, not all 0"),
     ({"tasks": ["sst", "qnli"]}, "tasks[1]: unknown task 'qnli'; built-in tasks are sst, para, sts, "
                                  "or declare one as a mapping with name, kind and files"),
-    ({"tasks": [{"name": "sst", "colour": 1}]}, "tasks[0].colour: unknown task key; known keys are dataset, "
-                                                "dataset_config, delimiter, dev_file, dev_split, head_hidden_sizes, "
-                                                "id_column, kind, label_column, label_max, label_min, label_names, "
-                                                "name, num_labels, output_header, test_file, test_split, "
-                                                "text_columns, train_file, train_split"),
+    ({"tasks": [{"name": "sst", "colour": 1}]}, "tasks[0].colour: unknown task key; known keys are choices_column, "
+                                                "dataset, dataset_config, delimiter, dev_file, dev_split, "
+                                                "head_hidden_sizes, id_column, kind, label_column, label_max, "
+                                                "label_min, label_names, label_separator, metric, name, num_labels, "
+                                                "output_header, test_file, test_split, text_columns, threshold, "
+                                                "train_file, train_split, tuned_thresholds"),
     ({"two_step": {"learning_rate": "x"}}, "two_step.learning_rate: must be a number, not 'x'"),
     ({"two_step": {"max_length": 0}}, "two_step.max_length: must be a positive integer, not 0"),
     ({"two_step": {"tasks": ["sst"]}}, "two_step.tasks: not a key that stage 2 can change"),

@@ -31,9 +31,10 @@ BAD_TASKS = [
     ({"name": "my-task", "kind": "single"}, "tasks[0].name: a task needs a name made of letters, digits and "
                                             "underscores"),
     ({"name": "x"}, "tasks[0].kind: task 'x' needs a kind (single | single-regression | pair-classification | "
-                    "pair-regression)"),
+                    "pair-regression | multi-label | multiple-choice)"),
     ({"name": "x", "kind": "triple"}, "tasks[0].kind: 'triple' is not one of single | single-classification | "
-                                      "single-regression | pair-classification | pair-regression"),
+                                      "single-regression | pair-classification | pair-regression | multi-label | "
+                                      "multiple-choice"),
     ({"name": "x", "kind": "single", "text_columns": ["a", "b"]},
      "tasks[0].text_columns: a single task needs 1 text column(s)"),
     ({"name": "x", "kind": "pair-regression"}, "tasks[0].text_columns: a pair-regression task needs 2 text column(s)"),

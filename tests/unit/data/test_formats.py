@@ -204,7 +204,8 @@ def test_numeric_labels_stay_class_indices_and_given_names_keep_their_order(tmp_
     ({"kind": "single", "dataset": "glue", "train_file": "x.csv"},
      "tasks[0].dataset: give either dataset or train_file/dev_file/test_file, not both"),
     ({"kind": "pair", "text_columns": ["a", "b"]}, "tasks[0].kind: 'pair' is not one of single | single-classification"
-                                                   " | single-regression | pair-classification | pair-regression"),
+                                                   " | single-regression | pair-classification | pair-regression"
+                                                   " | multi-label | multiple-choice"),
 ])
 def test_bad_new_task_keys(entry, message):
     with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
