@@ -47,7 +47,8 @@ def test_label_sets_are_read_from_lists_and_separated_strings_with_names_from_tr
     assert bits(masks, 7).astype(int).tolist() == [[0, 0, 1, 0, 1, 0, 0], [0, 0, 0, 0, 0, 0, 0],
                                                     [1, 0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0, 1]]
     encode_examples(_Tokenizer(), spec, result.examples, 16, "cross")  # encoding a split reports its unseen labels
-    assert "task topics: 3 of 4 examples hold labels never seen in training (art: 2, music: 1, 7: 1 rows)" in caplog.text
+    report = "task topics: 3 of 4 examples hold labels never seen in training (art: 2, music: 1, 7: 1 rows)"
+    assert report in caplog.text
 
 
 class _Tokenizer:
