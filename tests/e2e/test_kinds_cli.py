@@ -164,3 +164,32 @@ def test_both_kinds_train_together_with_surgery_weighting_smart_lora_and_two_ste
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["topics_macro_f1"] == pytest.approx(results["topics_macro_f1"], abs=1e-6)
     assert evaluated["ending_acc"] == pytest.approx(results["ending_acc"], abs=1e-6)
+
+
+def test_a_run_of_both_kinds_resumed_from_a_checkpoint_ends_as_the_whole_run(tiny_model_dir, tmp_path):
+    """The state a run killed after checkpoint-4 leaves (its logs up to step 4, no later checkpoint), resumed."""
+    from helpers.runs import assert_same_run, train_here
+
+    config = yaml.safe_load((ROOT / "configs" / "examples" / "multi-label.yaml").read_text())
+    ending = yaml.safe_load((ROOT / "configs" / "examples" / "multiple-choice.yaml").read_text())["tasks"][0]
+
+    def write(name: str) -> Path:
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({
+            **config, "output_dir": str(tmp_path / name), "model_name_or_path": str(tiny_model_dir),
+            "data_dir": str(DATA), "tasks": [config["tasks"][0], ending], "method": "pcgrad", "num_train_epochs": 2,
+            "samples_per_task_per_epoch": 16, "per_device_train_batch_size": 4, "save_steps": 2,
+            "save_total_limit": 10, "eval_strategy": "steps", "eval_steps": 2}))
+        return path
+
+    train_here([str(write("whole"))])
+    broken = tmp_path / "broken"
+    shutil.copytree(tmp_path / "whole", broken)
+    for name in ("checkpoint-6", "checkpoint-8", "predictions", "scores"):
+        shutil.rmtree(broken / name)
+    (broken / "results.json").unlink()
+    for log in ("metrics.jsonl", "train_log.jsonl"):
+        lines = [line for line in (broken / log).read_text().splitlines() if json.loads(line).get("step", 0) <= 4]
+        (broken / log).write_text("".join(line + "\n" for line in lines))
+    train_here([str(write("broken")), "--resume_from_checkpoint", "last"])
+    assert_same_run(tmp_path / "whole", broken)
