@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from mtbert.errors import ConfigError
 from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind, type_name
@@ -171,6 +172,11 @@ class MultipleChoice(TaskKind):
     # ---- model and training ---------------------------------------------------------------------
     def head_outputs(self, spec: TaskSpec) -> int:
         return 1
+
+    def init_output(self, spec: TaskSpec, linear: nn.Linear) -> None:
+        """No bias: a shift of every choice's score changes no softmax, so its gradient would be rounding noise
+        (which Adam scales up to full steps)."""
+        linear.register_parameter("bias", None)
 
     def shape_outputs(self, spec: TaskSpec, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.squeeze(-1)  # one score per (context, choice) sequence
