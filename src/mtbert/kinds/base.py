@@ -281,8 +281,11 @@ class TaskKind:
         return (self.metric(spec),)
 
     def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """Every metric of `metric_keys` (keys without the task prefix)."""
-        raise NotImplementedError
+        """Every metric of `metric_keys` (keys without the task prefix); a kind written before this hook, with
+        only `metric_value`, computes its one metric."""
+        if type(self).metric_value is TaskKind.metric_value:
+            raise NotImplementedError
+        return {self.metric(spec): self.metric_value(spec, predictions, labels)}
 
     def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
         """The task's primary metric (`spec.metric`)."""

@@ -107,3 +107,18 @@ def test_binary_f1_needs_two_classes_once_names_are_read_from_the_data():
 def test_another_kind_on_a_builtin_task_takes_its_own_default_metric():
     spec = task_from_config({"name": "sts", "kind": "pair-classification", "num_labels": 2}, "tasks[0]")
     assert spec.metric == "acc"
+
+
+def test_a_kind_written_before_metric_values_reports_its_one_metric():
+    from mtbert.kinds.base import TaskKind
+
+    class Old(TaskKind):
+        def metric(self, spec):
+            return "acc"
+
+        def metric_value(self, spec, predictions, labels):
+            return float((predictions == labels).mean())
+
+    assert Old().metric_values(SST, np.array([1.0, 2.0]), np.array([1.0, 0.0])) == {"acc": 0.5}
+    with pytest.raises(NotImplementedError):
+        TaskKind().metric_values(SST, np.zeros(1), np.zeros(1))
