@@ -65,6 +65,17 @@ def type_name(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def as_text(value: Any) -> str:
+    """A non-text field value as the text a delimited file would hold ('' for a missing value)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return repr(value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Metric:
     """A metric a kind reports: its key in `<task>_<key>`, its name in words and on the Hub, and its score."""
@@ -175,8 +186,6 @@ class TaskKind:
 
     def label_names_of(self, spec: TaskSpec, raw: Any) -> tuple[list[str], str | None]:
         """The class names a raw training label holds, when `label_names` are collected from the data."""
-        from mtbert.kinds.sentence import as_text
-
         text = (raw if isinstance(raw, str) else as_text(raw)).strip()
         return ([text], None) if text else ([], "empty label")
 

@@ -20,7 +20,7 @@ from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from mtbert.errors import ConfigError, MtbertError
-from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind
+from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind, as_text
 
 if TYPE_CHECKING:
     from mtbert.tasks import TaskSpec
@@ -40,17 +40,6 @@ USAGE_BI = ("from sentence_transformers import SentenceTransformer\n\n"
             "a = model.encode([\"A man plays a guitar.\"])\n"
             "b = model.encode([\"Someone plays music.\"])\n"
             "scores = model.similarity_pairwise(a, b)  # dot product: scale * cos(u, v) + shift")
-
-
-def as_text(value: Any) -> str:
-    """A non-text field value as the text a delimited file would hold ('' for a missing value)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return repr(value)
-    return str(value)
 
 
 def parse_number(raw: Any) -> tuple[float | None, str | None]:
