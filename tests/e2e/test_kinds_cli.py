@@ -129,6 +129,10 @@ def test_the_multiple_choice_example_trains_evaluates_predicts_ensembles_and_exp
     typed = "".join("\t".join([r["context"], *r["choices"]]) + "\n" for r in rows[:3])
     assert predict_stdin(run, "ending", typed, monkeypatch, capsys) == [f"{k + 1}\t{written[k]}" for k in range(3)]
     check_ensembles(run, "ending", tmp_path)
+    assert main(["report", str(run), "--output", str(tmp_path / "report")]) == 0
+    assert "ending" in (tmp_path / "report" / "report.md").read_text()
+    card = (run / "best" / "README.md").read_text()
+    assert "type: multiple-choice" in card and "| ending | multiple-choice | Accuracy |" in card
 
     pytest.importorskip("sentence_transformers")
     from sentence_transformers import CrossEncoder
