@@ -45,10 +45,20 @@ class TaskSpec:
     train_split: str = "train"
     dev_split: str = "validation"
     test_split: str | None = "test"
+    # the primary metric and what the multi-label, multiple-choice and token-classification kinds read
+    metric: str | None = None  # None: the kind's own (`acc`, `corr`, ...); filled in on construction
+    label_separator: str | None = None  # multi-label: the labels of a row given as one string, e.g. "#"
+    threshold: float | str = 0.5  # multi-label: a probability, `tune` (one on dev) or `tune-per-label`
+    tuned_thresholds: tuple[float, ...] | None = None  # multi-label: written by training into the saved model
+    choices_column: str | None = None  # multiple-choice: the list column of candidate texts
     conll_columns: tuple[int, int] | None = None  # a CoNLL file's word and tag columns (default: first and last)
     label_all_subwords: bool = False  # token tasks: every subword of a word carries its tag (not only the first)
     input_group: str | None = None  # tasks of one group read the same examples: one batch, one encoder pass
     loss_weight: float = 1.0  # multiplies the task's loss (JointBERT's coefficient)
+
+    def __post_init__(self) -> None:
+        if self.metric is None and isinstance(self.kind, str) and self.kind in KINDS:
+            object.__setattr__(self, "metric", KINDS[self.kind].metric(self))
 
     @property
     def task_kind(self) -> TaskKind:
@@ -62,8 +72,8 @@ class TaskSpec:
 
     @property
     def is_regression(self) -> bool:
-        """Whether the task's primary metric is a correlation (kept for callers of earlier versions)."""
-        return self.metric == "corr"
+        """Whether the task's kind scores by a correlation (kept for callers of earlier versions)."""
+        return self.task_kind.metric(self) == "corr"
 
     @property
     def num_outputs(self) -> int:
@@ -71,12 +81,8 @@ class TaskSpec:
         return self.task_kind.head_outputs(self)
 
     @property
-    def metric(self) -> str:
-        """The key of the task's primary metric (`acc`, `corr`, ...), as its kind decides it."""
-        return self.task_kind.metric(self)
-
-    @property
     def metric_key(self) -> str:
+        """`<task>_<metric>`: the primary metric's key in results.json and metrics.jsonl."""
         return f"{self.name}_{self.metric}"
 
 
@@ -128,6 +134,9 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
 }
 
 _FIELD_NAMES = {f.name for f in fields(TaskSpec)}
+# keys only some kinds read (their `task_keys`), with their defaults: another kind refuses them
+KIND_KEYS = {"label_separator": None, "threshold": 0.5, "tuned_thresholds": None, "choices_column": None,
+             "conll_columns": None, "label_all_subwords": False}
 
 
 def task_from_config(entry: Any, where: str) -> TaskSpec:
@@ -152,8 +161,8 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
     base = BUILTIN_TASKS.get(name)
     if base is None and "kind" not in values:
         raise ConfigError(f"{where}.kind: task '{name}' needs a kind ({' | '.join(KINDS)})")
-    for key in ("text_columns", "head_hidden_sizes", "label_names", "conll_columns"):
-        if key in values and not (key in ("label_names", "conll_columns") and values[key] is None):
+    for key in ("text_columns", "head_hidden_sizes", "label_names", "tuned_thresholds", "conll_columns"):
+        if key in values and not (key in ("label_names", "tuned_thresholds", "conll_columns") and values[key] is None):
             if not isinstance(values[key], list | tuple):
                 raise ConfigError(f"{where}.{key}: must be a list")
             values[key] = tuple(values[key])
@@ -162,6 +171,8 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
                                       for n in values["label_names"])
     if isinstance(values.get("kind"), str):
         values["kind"] = aliases().get(values["kind"], values["kind"])
+    if base is not None and "kind" in values and "metric" not in values:
+        values["metric"] = None  # another kind than the built-in's: its own primary metric
     if values.get("label_names") is not None and "num_labels" not in values:
         values["num_labels"] = len(values["label_names"])
     if base is not None and "dataset" in values:
@@ -218,6 +229,13 @@ def _validate(spec: TaskSpec, where: str) -> None:
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
             raise ConfigError(f"{where}.{key}: must be a number")
     spec.task_kind.validate(spec, where)
+    for key, default in KIND_KEYS.items():
+        if getattr(spec, key) != default and key not in spec.task_kind.task_keys:
+            raise ConfigError(f"{where}.{key}: a {spec.kind} task does not read this key")
+    computed = spec.task_kind.metric_keys(spec)
+    if spec.metric not in computed:
+        raise ConfigError(f"{where}.metric: '{spec.metric}' is not a metric of a {spec.kind} task "
+                          f"({' | '.join(computed)})")
     if any(isinstance(h, bool) or not isinstance(h, int) or h <= 0 for h in spec.head_hidden_sizes):
         raise ConfigError(f"{where}.head_hidden_sizes: every size must be a positive integer")
     if spec.input_group is not None and (not isinstance(spec.input_group, str) or not spec.input_group.isidentifier()):
@@ -275,7 +293,8 @@ def _shown(value: Any) -> str:
 
 
 def task_score(spec: TaskSpec, value: float) -> float:
-    """A task's contribution to the overall score: accuracy as is, a correlation r as (1 + r) / 2."""
+    """A task's contribution to the overall score (its primary metric): accuracy as is, a correlation r as
+    (1 + r) / 2."""
     return spec.task_kind.task_score(spec, value)
 
 

@@ -88,7 +88,8 @@ def test_overall_score_is_the_course_formula():
     assert metrics["para_acc"] == pytest.approx(para_acc, abs=1e-6)
     assert metrics["sts_corr"] == pytest.approx(sts_corr, abs=1e-6)
     assert metrics["overall"] == pytest.approx((sst_acc + para_acc + (1 + sts_corr) / 2) / 3, abs=1e-6)
-    assert set(metrics) == {"sst_acc", "para_acc", "sts_corr", "overall"}
+    assert set(metrics) == {"sst_acc", "sst_macro_f1", "sst_micro_f1", "sst_mcc", "para_acc", "para_macro_f1",
+                            "para_micro_f1", "para_f1", "para_mcc", "sts_corr", "sts_spearman", "overall"}
 
 
 def test_overall_score_by_hand():

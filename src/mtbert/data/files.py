@@ -69,9 +69,10 @@ def read_task_file(path: str | Path, spec: TaskSpec, labeled: bool = True,
 
 def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParser) -> ReadResult:
     """Delimited text; the CS224N files are tab-separated with an `id` column."""
+    from mtbert.data.formats import RowBuilder, wanted_columns
+
     result = ReadResult(path=path)
     delimiter = "\t"
-    seen_ids: dict[str, int] = {}
     line = 1
     try:
         data = path.read_bytes()
@@ -89,47 +90,24 @@ def _read_delimited(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParse
             if header is None:
                 raise DataError(f"{path}, line 1: the file is empty (a header line is needed)")
             id_column = spec.id_column or ("id" if "id" in header else None)
-            wanted = ([id_column] if id_column else []) + [*spec.text_columns] + ([spec.label_column] if labeled
-                                                                                   else [])
             positions = {}
-            for column in wanted:
+            for column in wanted_columns(spec, labeled, id_column):
                 if column not in header:
                     from mtbert.data.formats import shown_columns
 
                     shown = shown_columns(header)
                     raise DataError(f"{path}, line 1: missing column '{column[:40]}' (the header has {shown})")
                 positions[column] = header.index(column)
+            builder = RowBuilder(result, spec, labeled, parse, id_column)
             width = len(header)
             line = reader.line_num + 1
             for row in reader:
                 start, line = line, reader.line_num + 1
-                reason = None
-                if len(row) != width:
-                    reason = f"{len(row)} fields where the header has {width}"
-                    # A row with a missing trailing empty field is still usable when every wanted column is there.
-                    if len(row) > max(positions.values()) and len(row) < width:
-                        reason = None
-                if reason is None:
-                    label = None
-                    if labeled:
-                        label, reason = parse(row[positions[spec.label_column]])
-                if reason is None:
-                    read = [spec.task_kind.read_text(row[positions[c]], c) for c in spec.text_columns]
-                    texts = tuple(text for text, _ in read)
-                    reason = next((why for _, why in read if why is not None), None)
-                    if reason is None and labeled:
-                        reason = spec.task_kind.match_label(spec, texts, label)
-                if reason is None:
-                    example_id = row[positions[id_column]].strip() if id_column else str(start)
-                    if not example_id:
-                        reason = "empty id"
-                    elif example_id in seen_ids:
-                        reason = f"duplicate id {example_id[:30]} (first on line {seen_ids[example_id]})"
-                if reason is not None:
-                    result.skipped.append((start, reason))
+                # A row with a missing trailing empty field is still usable when every wanted column is there.
+                if len(row) != width and not max(positions.values()) < len(row) < width:
+                    builder.skip(start, f"{len(row)} fields where the header has {width}")
                     continue
-                seen_ids[example_id] = start
-                result.examples.append(Example(id=example_id, texts=texts, label=label, line=start))
+                builder.add(start, {column: row[at] for column, at in positions.items()})
     except UnicodeDecodeError:
         raise DataError(f"{path}, line {line}: not valid UTF-8 text") from None
     except csv.Error as err:

@@ -42,18 +42,15 @@ class RowBuilder:
         missing = [c for c in self.columns if c not in row]
         if missing:
             return self.skip(number, f"no field '{missing[0]}'")
-        texts = []
-        for column in self.spec.text_columns:
-            text, reason = self.spec.task_kind.read_text(row[column], column)
-            if reason is not None:
-                return self.skip(number, reason)
-            texts.append(text)
+        kind = self.spec.task_kind
+        texts, reason = kind.read_inputs(self.spec, row)  # the text columns (and what else the kind reads)
+        if reason is not None or texts is None:
+            return self.skip(number, reason or "no inputs")
         label = None
         if self.labeled:
             label, reason = self.parse(row[self.spec.label_column])
-            if reason is not None:
-                return self.skip(number, reason)
-            reason = self.spec.task_kind.match_label(self.spec, tuple(texts), label)
+            if reason is None:
+                label, reason = kind.check_label(self.spec, texts, label)
             if reason is not None:
                 return self.skip(number, reason)
         if self.id_column is None:
@@ -74,8 +71,10 @@ class RowBuilder:
 
 
 def wanted_columns(spec: TaskSpec, labeled: bool, id_column: str | None) -> list[str]:
-    """The columns a split must have: the id column (when there is one), the texts, and the label (labeled)."""
-    return ([id_column] if id_column else []) + list(spec.text_columns) + ([spec.label_column] if labeled else [])
+    """The columns a split must have: the id column (when there is one), the inputs (the texts, and any other the
+    kind reads), and the label (labeled)."""
+    inputs = list(spec.task_kind.input_columns(spec))
+    return ([id_column] if id_column else []) + inputs + ([spec.label_column] if labeled else [])
 
 
 def _decode(path: Path, data: bytes) -> str:

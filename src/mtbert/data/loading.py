@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mtbert.data.encoding import EncodedSet, encode_examples
-from mtbert.data.files import LabelParser, ReadResult, as_text, label_parser, read_task_file
+from mtbert.data.files import LabelParser, ReadResult, label_parser, read_task_file
 from mtbert.data.groups import align_sets
 from mtbert.errors import DataError
 from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec, input_groups
@@ -76,8 +76,13 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
 
     Given `label_names` are kept (their order is the class order); else the training split's ClassLabel names;
     else, when no training label is a number, the sorted distinct training labels. Numeric labels stay class
-    indices 0..num_labels-1.
+    indices 0..num_labels-1. A kind that reads more off the data (`TaskKind.fit_data`) reads every split.
     """
+    def every_example() -> list[Any]:
+        read = (read_split(spec, split, data_dir, report=False) for split in SPLITS)
+        return [example for result in read if result is not None for example in result.examples]
+
+    spec = spec.task_kind.fit_data(spec, every_example)
     if not spec.task_kind.has_classes or spec.label_names is not None:
         return spec
     names: list[str] | None = None
@@ -90,16 +95,17 @@ def resolve_labels(spec: TaskSpec, data_dir: Path) -> TaskSpec:
         seen: set[str] = set()
 
         def collect(raw: Any) -> tuple[float | None, str | None]:
-            for name in spec.task_kind.label_names_in(raw):
-                text = (name if isinstance(name, str) else as_text(name)).strip()
-                if not text:
-                    return None, "empty label"
+            found, reason = spec.task_kind.label_names_of(spec, raw)  # one name, or a multi-label row's names
+            if reason is not None:
+                return None, reason
+            for text in found:
                 try:
                     float(text)
                 except ValueError:
-                    seen.add(text)
                     continue
-                raise _NumericLabel
+                if spec.task_kind.index_labels:
+                    raise _NumericLabel
+            seen.update(found)
             return 0.0, None
 
         try:

@@ -26,9 +26,10 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
     """Dev metrics of the given tasks (plus `overall`, and `overall_ci95` when asked) and the raw outputs.
 
     The tasks of an input_group are predicted together, with one encoder pass per batch (`predict_group`), and
-    each group's frame accuracy is among the metrics. With several ranks the prediction is spread over them, and
-    rank 0's metrics are given to every rank, so that all of them take the same decisions (the best model, early
-    stops).
+    each group's frame accuracy is among the metrics. A task whose kind fits a decision rule on dev
+    (`TaskKind.tune`) gets it in the model's and the set's spec, and its predictions are decided by it. With several
+    ranks the prediction is spread over them, and rank 0's metrics are given to every rank, so that all of them
+    take the same decisions (the best model, early stops).
     """
     raw = {}
     for members in input_groups([encoded.spec for encoded in dev_sets.values()]).values():
@@ -39,6 +40,12 @@ def evaluate_sets(model: MultiTaskModel, dev_sets: dict[str, EncodedSet], batch_
         if name not in raw:
             raw[name] = predict_set(model, encoded, batch_size, pad_token_id, device, progress, ranks)
     raw = {name: raw[name] for name in dev_sets}
+    for name, encoded in dev_sets.items():  # a decision rule the kind fits on dev (multi-label thresholds)
+        kind, scores = encoded.spec.task_kind, raw[name][1]
+        tuned = kind.tune(model.specs[name], scores, kind.label_array(encoded.labels))
+        if tuned is not None:  # kept in the model's spec, so the saved model decides the same
+            model.specs[name] = model.heads[name].spec = encoded.spec = tuned
+            raw[name] = (kind.decide_scores(tuned, scores), scores)
     return score_outputs(dev_sets, raw, with_interval, ranks), raw
 
 

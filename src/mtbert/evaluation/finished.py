@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,15 +72,13 @@ def trained_tasks(run_dir: Path, cfg: TrainConfig) -> list[TaskSpec]:
 
 
 def with_saved_labels(spec: TaskSpec, model_dir: Path) -> TaskSpec:
-    """`spec` with the `label_names` that the model in `model_dir` saved for it, when the config gave none."""
-    if not spec.task_kind.has_classes or spec.label_names is not None:
-        return spec
+    """`spec` with what the model in `model_dir` saved for it beyond the config, as its kind takes it: the
+    `label_names` resolved from the data when the config gave none (and a multi-label task's tuned thresholds)."""
     settings = read_json(model_dir / MODEL_CONFIG) or {}
     tasks = settings.get("tasks")
     for saved in tasks if isinstance(tasks, list) else []:
-        names = saved.get("label_names") if isinstance(saved, dict) and saved.get("name") == spec.name else None
-        if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
-            return replace(spec, label_names=tuple(names), num_labels=len(names))  # as resolve_labels gave it
+        if isinstance(saved, dict) and saved.get("name") == spec.name:
+            return spec.task_kind.from_saved(spec, saved)
     return spec
 
 

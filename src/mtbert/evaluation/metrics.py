@@ -12,13 +12,17 @@ def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> 
     return spec.task_kind.metric_value(spec, predictions, labels)
 
 
+def task_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Every metric the task's kind computes, as `<task>_<metric>` (the primary one among them)."""
+    values = spec.task_kind.metric_values(spec, np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))
+    return {f"{spec.name}_{key}": float(value) for key, value in values.items()}
+
+
 def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Every metric of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {`<task>_<metric>`:
-    value}; the overall score reads each task's primary metric (`metric_key`); and the frame accuracy of each
-    input_group (`frame_accuracies`)."""
-    metrics = {}
-    for spec, p, y in results.values():
-        metrics.update({f"{spec.name}_{key}": value for key, value in spec.task_kind.metric_values(spec, p, y).items()})
+    """Metrics of several tasks plus `overall`: {task: (spec, predictions, labels)} -> {`<task>_<metric>`: value}
+    with every metric of each task's kind; `overall` reads each task's primary metric (`spec.metric_key`); and the
+    frame accuracy of each input_group (`frame_accuracies`)."""
+    metrics = {key: value for spec, p, y in results.values() for key, value in task_metrics(spec, p, y).items()}
     metrics["overall"] = overall_score([spec for spec, _, _ in results.values()], metrics)
     metrics.update(frame_accuracies(results))
     return metrics
@@ -44,7 +48,7 @@ Results = dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]
 def bootstrap_overall(results: Results, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of the overall score, resampling each task's dev examples.
 
-    The resampled metrics are computed in one vectorised pass (the same accuracy and Pearson r as
+    Each task's primary metric is resampled by its kind in one vectorised pass (the same values as
     `task_metric`, which the tests check); sklearn's per-call validation would make 1000 resamples slow.
     """
     scores = resampled_overall(results, resample_indices(results, resamples, seed))

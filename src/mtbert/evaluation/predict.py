@@ -23,11 +23,11 @@ def format_value(spec: TaskSpec, value: float) -> str:
 
 
 def parse_value(spec: TaskSpec | None, text: str) -> float:
-    """The inverse of `format_value`: a class name back to its index; ValueError when it is neither name nor number."""
-    text = text.strip()
-    if spec is not None and spec.label_names is not None and text in spec.label_names:
-        return float(spec.label_names.index(text))
-    return float(text)
+    """The inverse of `format_value`, as the task's kind reads it (a class name back to its index); ValueError when
+    it is not a prediction."""
+    if spec is None:
+        return float(text.strip())
+    return spec.task_kind.parse_value(spec, text)
 
 
 def write_cs224n(path: str | Path, spec: TaskSpec, ids: list[str], predictions: np.ndarray) -> None:

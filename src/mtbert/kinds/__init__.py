@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mtbert.kinds import pair_classification, pair_regression, single, single_regression, token
+from mtbert.kinds import (
+    multi_label,
+    multiple_choice,
+    pair_classification,
+    pair_regression,
+    single,
+    single_regression,
+    token,
+)
 from mtbert.kinds.base import METRICS, ExportPlan, Metric, TaskKind
 
 if TYPE_CHECKING:
@@ -20,6 +28,8 @@ KINDS: dict[str, TaskKind] = {
     pair_classification.KIND.name: pair_classification.KIND,
     pair_regression.KIND.name: pair_regression.KIND,
     token.KIND.name: token.KIND,
+    multi_label.KIND.name: multi_label.KIND,
+    multiple_choice.KIND.name: multiple_choice.KIND,
 }
 
 

@@ -7,11 +7,14 @@ A kind is one module of `mtbert.kinds` holding one `TaskKind` subclass, and one 
 A new kind implements, besides `name` (the config's `kind:` value) and `aliases`:
 
 - config: `validate(spec, where)` (its own checks, one ConfigError sentence naming the key), `has_classes`
-  (its labels are class indices that may be given by name: `label_names` are then resolved from the data);
-- data: `read_text(value, column)` (a row's input field -> (text, None) or (None, reason to skip the row)),
-  `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `label_names_in(raw)` (the
-  class names a raw label holds), `match_label(spec, texts, label)` (why texts and label do not fit),
-  `texts_from_line(spec, line)`
+  (its labels are class indices that may be given by name: `label_names` are then resolved from the data),
+  `task_keys` (the kind-only task keys it reads, of `mtbert.tasks.KIND_KEYS`);
+- data: `input_columns(spec)` (the columns a row's inputs come from), `read_inputs(spec, row)` (a row's inputs ->
+  (texts, None) or (None, reason to skip the row); by default `read_text(value, column)` of each text column),
+  `check_label(spec, texts, label)` (a parsed label checked against the row's inputs), `label_names_of(spec,
+  raw)` and `index_labels` (how `label_names` are collected from training labels), `fit_data(spec, examples)`
+  (what the kind reads off every split's examples, such as the most choices of an example),
+  `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
   (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
   default it encodes `text_groups(examples, architecture)`, one group per encoder input),
@@ -26,16 +29,19 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   outputs, reference)` (SMART's per-unit divergence);
 - evaluation: `decide(spec, outputs, batch)` (a batch's predictions and the scores a soft ensemble averages, one
   item per example), `gather(n, done)` (every batch's items in the examples' order), `label_array(labels)`,
-  `metric(spec)` (the primary metric's key in `METRICS`), `metric_value(spec, predictions, labels)`,
-  `metric_values(spec, predictions, labels)` (every metric it computes), `example_correct(spec, predictions,
-  labels)` (a bool per example, or None: an input_group's frame accuracy), `resampled_metric(spec, predictions,
-  labels, indices)` (the metric on each row of resampled example indices, vectorised for the bootstrap),
-  `task_score(spec, value)` (its share of the overall score);
-- files: `format_value(spec, value)` (a prediction as written), `json_value(spec, value)` (a prediction as a JSON
-  value), `score_columns(spec)` (the scores file's columns), `check_prediction(spec, value)` (why a read
-  prediction is not one of this task, or None), `prediction_suffix`, `write_predictions(path, spec, ids,
-  predictions, extras)`, `write_scores(...)`, `read_predictions(path, spec)`, `read_scores(path, spec)` and
-  `prediction_extras(path, spec)` (a split's prediction and scores files);
+  `metric(spec)` (the default primary metric's key in `METRICS`; a task may choose another as `metric:`),
+  `metric_keys(spec)` (every metric it computes, primary-metric choices), `metric_values(spec, predictions,
+  labels)` (all of them, keys without the task prefix), `resampled_metric(spec, predictions, labels, indices)`
+  (the task's primary metric `spec.metric` on each row of resampled example indices, vectorised for the
+  bootstrap), `task_score(spec, value)` (its share of the overall score), `tune(spec, scores, labels)` (a
+  decision rule fitted on dev outputs, kept in the saved spec; None when the kind fits none);
+  `example_correct(spec, predictions, labels)` (a bool per example, or None: an input_group's frame accuracy);
+- files: `format_value(spec, value)` (a prediction as written) and `parse_value(spec, text)` (back),
+  `json_value(spec, value)` (a prediction as a JSON value), `score_columns(spec)` (the scores file's columns),
+  `check_prediction(spec, value)` (why a read prediction is not one of this task, or None), `from_saved(spec,
+  saved)` (what a saved model's spec adds to the config's), `prediction_suffix`, `write_predictions(path, spec,
+  ids, predictions, extras)`, `write_scores(...)`, `read_predictions(path, spec)`, `read_scores(path, spec)`
+  and `prediction_extras(path, spec)` (a split's prediction and scores files);
 - ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
@@ -64,6 +70,17 @@ def type_name(value: Any) -> str:
     return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
+def as_text(value: Any) -> str:
+    """A non-text field value as the text a delimited file would hold ('' for a missing value)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return repr(value)
+    return str(value)
+
+
 @dataclass(frozen=True)
 class Metric:
     """A metric a kind reports: its key in `<task>_<key>`, its name in words and on the Hub, and its score."""
@@ -82,7 +99,13 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "acc": Metric("acc", "accuracy", "accuracy", "Accuracy"),
     "corr": Metric("corr", "Pearson r", "pearsonr", "Pearson correlation", correlation=True),
+    # a key names one metric whatever the kind computing it (`f1`: a binary class's F1, or a token task's entity F1)
+    "spearman": Metric("spearman", "Spearman rho", "spearmanr", "Spearman correlation", correlation=True),
+    "macro_f1": Metric("macro_f1", "macro F1", "f1", "Macro F1"),
+    "micro_f1": Metric("micro_f1", "micro F1", "f1", "Micro F1"),
     "f1": Metric("f1", "F1", "f1", "F1"),
+    "mcc": Metric("mcc", "Matthews correlation", "matthews_correlation", "Matthews correlation", correlation=True),
+    "subset_acc": Metric("subset_acc", "exact-match accuracy", "accuracy", "Subset accuracy"),
     "precision": Metric("precision", "precision", "precision", "Precision"),
     "recall": Metric("recall", "recall", "recall", "Recall"),
     "token_acc": Metric("token_acc", "word accuracy", "accuracy", "Word accuracy"),
@@ -130,6 +153,8 @@ class TaskKind:
     name: str = ""
     aliases: tuple[str, ...] = ()
     has_classes: bool = False
+    task_keys: tuple[str, ...] = ()  # kind-only task keys it reads (`mtbert.tasks.KIND_KEYS`)
+    index_labels: bool = True  # numeric training labels are class indices (no `label_names` resolved)
 
     # ---- config ---------------------------------------------------------------------------------
     def validate(self, spec: TaskSpec, where: str) -> None:
@@ -157,13 +182,33 @@ class TaskKind:
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         raise NotImplementedError
 
-    def label_names_in(self, raw: Any) -> list[Any]:
-        """The class names a raw label holds (one; a token task's tags), to find a task's classes."""
-        return [raw]
+    def input_columns(self, spec: TaskSpec) -> tuple[str, ...]:
+        """The columns a row's inputs are read from."""
+        return tuple(spec.text_columns)
 
-    def match_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> str | None:
-        """Why a row's parsed texts and label do not fit together (a token task: one tag per word), or None."""
-        return None
+    def read_inputs(self, spec: TaskSpec, row: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """A row's inputs (a mapping of column -> value) as the example's texts, or (None, why it is skipped)."""
+        texts = []
+        for column in spec.text_columns:
+            text, reason = self.read_text(row[column], column)
+            if reason is not None:
+                return None, reason
+            texts.append(text)
+        return tuple(texts), None
+
+    def check_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> tuple[Any, str | None]:
+        """A parsed label checked against the row's inputs: (label, None) or (None, why the row is skipped)."""
+        return label, None
+
+    def fit_data(self, spec: TaskSpec, examples: Callable[[], Sequence[Any]]) -> TaskSpec:
+        """The task with what its kind reads off the examples of every split (`examples()` reads them); as is by
+        default."""
+        return spec
+
+    def label_names_of(self, spec: TaskSpec, raw: Any) -> tuple[list[str], str | None]:
+        """The class names a raw training label holds, when `label_names` are collected from the data."""
+        text = (raw if isinstance(raw, str) else as_text(raw)).strip()
+        return ([text], None) if text else ([], "empty label")
 
     def text_groups(self, spec: TaskSpec, examples: Sequence[Any],
                     architecture: str) -> list[tuple[list[str], list[str] | None]]:
@@ -261,19 +306,31 @@ class TaskKind:
     def metric(self, spec: TaskSpec) -> str:
         raise NotImplementedError
 
+    def metric_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        """Every metric this kind computes for the task (the primary metric is chosen among them)."""
+        return (self.metric(spec),)
+
+    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Every metric of `metric_keys` (keys without the task prefix); a kind written before this hook, with
+        only `metric_value`, computes its one metric."""
+        if type(self).metric_value is TaskKind.metric_value:
+            raise NotImplementedError
+        return {self.metric(spec): self.metric_value(spec, predictions, labels)}
+
     def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-        raise NotImplementedError
+        """The task's primary metric (`spec.metric`)."""
+        return self.metric_values(spec, predictions, labels)[spec.metric or self.metric(spec)]
+
+    def tune(self, spec: TaskSpec, scores: np.ndarray, labels: np.ndarray) -> TaskSpec | None:
+        """The task with a decision rule fitted on dev scores and labels, or None (nothing to fit)."""
+        return None
 
     def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
                          indices: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """Every metric the kind computes, by key (without the task's prefix); the primary one among them."""
-        return {self.metric(spec): self.metric_value(spec, predictions, labels)}
-
     def task_score(self, spec: TaskSpec, value: float) -> float:
-        return METRICS[self.metric(spec)].score(value)
+        return METRICS[spec.metric or self.metric(spec)].score(value)
 
     def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray | None:
         """Whether the prediction of each example is right (a bool per example, for the frame accuracy of an
@@ -294,6 +351,25 @@ class TaskKind:
 
     def check_prediction(self, spec: TaskSpec, value: float) -> str | None:
         return None
+
+    def parse_value(self, spec: TaskSpec, text: str) -> float:
+        """The inverse of `format_value`: a class name back to its index; ValueError when it is neither name nor
+        number."""
+        text = text.strip()
+        if spec.label_names is not None and text in spec.label_names:
+            return float(spec.label_names.index(text))
+        return float(text)
+
+    def from_saved(self, spec: TaskSpec, saved: dict[str, Any]) -> TaskSpec:
+        """The config's task with what its saved model knows beyond it (class names resolved from the data)."""
+        import dataclasses
+
+        if not self.has_classes or spec.label_names is not None:
+            return spec
+        names = saved.get("label_names")
+        if isinstance(names, list) and len(names) >= 2 and all(isinstance(n, str) for n in names):
+            return dataclasses.replace(spec, label_names=tuple(names), num_labels=len(names))
+        return spec
 
     prediction_suffix: str = ".csv"  # of `predictions/<task>-<split>-output<suffix>`
 

@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import pearsonr
-from sklearn.metrics import accuracy_score
+from scipy.stats import pearsonr, rankdata, spearmanr
+from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from mtbert.errors import ConfigError, MtbertError
-from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind
+from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind, as_text
 
 if TYPE_CHECKING:
     from mtbert.tasks import TaskSpec
@@ -40,17 +40,6 @@ USAGE_BI = ("from sentence_transformers import SentenceTransformer\n\n"
             "a = model.encode([\"A man plays a guitar.\"])\n"
             "b = model.encode([\"Someone plays music.\"])\n"
             "scores = model.similarity_pairwise(a, b)  # dot product: scale * cos(u, v) + shift")
-
-
-def as_text(value: Any) -> str:
-    """A non-text field value as the text a delimited file would hold ('' for a missing value)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
-        return repr(value)
-    return str(value)
 
 
 def parse_number(raw: Any) -> tuple[float | None, str | None]:
@@ -153,6 +142,9 @@ class ClassificationKind(SentenceKind):
 
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         """Through `label_names` when the task has them, else a class index 0..num_labels-1."""
+        if spec.metric not in self.metric_keys(spec):  # label_names resolved from the data: 3 classes, metric f1
+            raise ConfigError(f"task {spec.name}: metric '{spec.metric}' needs two classes and the data has "
+                              f"{spec.num_labels}; choose one of {' | '.join(self.metric_keys(spec))}")
         if spec.label_names is not None:
             return lambda raw: self._parse_name(raw, spec)
         return lambda raw: self._parse_index(raw, spec)
@@ -208,13 +200,28 @@ class ClassificationKind(SentenceKind):
     def metric(self, spec: TaskSpec) -> str:
         return "acc"
 
-    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-        return float(accuracy_score(np.asarray(labels, float).astype(int), np.asarray(predictions, float).astype(int)))
+    def metric_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        """Accuracy, macro and micro F1, the F1 of class 1 (two classes only) and Matthews correlation."""
+        return ("acc", "macro_f1", "micro_f1", *(("f1",) if spec.num_labels == 2 else ()), "mcc")
+
+    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """scikit-learn's metrics; macro F1 averages the classes found in the labels or the predictions."""
+        y, p = np.asarray(labels, dtype=float).astype(int), np.asarray(predictions, dtype=float).astype(int)
+        values = {"acc": float(accuracy_score(y, p)),
+                  "macro_f1": float(f1_score(y, p, average="macro", zero_division=0.0)),
+                  "micro_f1": float(f1_score(y, p, average="micro", zero_division=0.0))}
+        if spec.num_labels == 2:
+            values["f1"] = float(f1_score(y, p, labels=[1], average="macro", zero_division=0.0))
+        values["mcc"] = float(matthews_corrcoef(y, p)) if len(y) else 0.0
+        return values
 
     def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
                          indices: np.ndarray) -> np.ndarray:
+        """`spec.metric` of every resample, from each resample's confusion matrix (one bincount)."""
         p, y = np.asarray(predictions, dtype=float)[indices], np.asarray(labels, dtype=float)[indices]
-        return (p.astype(int) == y.astype(int)).mean(1)
+        if (spec.metric or "acc") == "acc":
+            return (p.astype(int) == y.astype(int)).mean(1)
+        return confusion_metric(spec.metric, confusion_matrices(y.astype(int), p.astype(int), spec.num_labels))
 
     def format_value(self, spec: TaskSpec, value: float) -> str:
         if spec.label_names is not None:
@@ -327,15 +334,24 @@ class RegressionKind(SentenceKind):
     def metric(self, spec: TaskSpec) -> str:
         return "corr"
 
-    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
+    def metric_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        """Pearson r (`corr`) and Spearman rho."""
+        return ("corr", "spearman")
+
+    def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """scipy's Pearson r and Spearman rho (0 when either side is constant)."""
         predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
         if len(labels) < 2 or np.std(predictions) == 0 or np.std(labels) == 0:
-            return 0.0
-        return float(pearsonr(predictions, labels).statistic)
+            return {"corr": 0.0, "spearman": 0.0}
+        return {"corr": float(pearsonr(predictions, labels).statistic),
+                "spearman": float(spearmanr(predictions, labels).statistic)}
 
     def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
                          indices: np.ndarray) -> np.ndarray:
+        """Pearson r of every resample, or Spearman rho (Pearson r of the resample's average ranks)."""
         p, y = np.asarray(predictions, dtype=float)[indices], np.asarray(labels, dtype=float)[indices]
+        if spec.metric == "spearman":
+            p, y = rankdata(p, axis=1), rankdata(y, axis=1)
         pc, yc = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
         denom = np.sqrt((pc**2).sum(1) * (yc**2).sum(1))
         return np.divide((pc * yc).sum(1), denom, out=np.zeros(len(p)), where=denom > 0)
@@ -379,6 +395,34 @@ class RegressionKind(SentenceKind):
 
     def hub_task_type(self, spec: TaskSpec) -> str:
         return "sentence-similarity"
+
+
+def confusion_matrices(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
+    """One confusion matrix (true class x predicted class) per row of `labels` and `predictions` (rows x n)."""
+    rows = len(labels)
+    flat = (np.arange(rows)[:, None] * num_labels + labels) * num_labels + predictions
+    return np.bincount(flat.ravel(), minlength=rows * num_labels * num_labels).reshape(rows, num_labels, num_labels)
+
+
+def confusion_metric(metric: str, confusion: np.ndarray) -> np.ndarray:
+    """`acc`, `micro_f1`, `macro_f1`, `f1` (class 1) or `mcc` of each confusion matrix, as scikit-learn computes
+    them (macro F1 over the classes found in the labels or the predictions; 0 where a ratio is 0 / 0)."""
+    confusion = confusion.astype(float)
+    hits, true, predicted = np.einsum("rkk->rk", confusion), confusion.sum(2), confusion.sum(1)
+    n, correct = confusion.sum((1, 2)), hits.sum(1)
+    if metric in ("acc", "micro_f1"):
+        return np.divide(correct, n, out=np.zeros(len(n)), where=n > 0)
+    per_class = np.divide(2 * hits, true + predicted, out=np.zeros_like(hits), where=true + predicted > 0)
+    if metric == "f1":
+        return per_class[:, 1]
+    if metric == "macro_f1":
+        present = (true + predicted) > 0
+        return np.divide(per_class.sum(1), present.sum(1), out=np.zeros(len(n)), where=present.any(1))
+    if metric == "mcc":
+        numerator = correct * n - (true * predicted).sum(1)
+        denominator = np.sqrt((n**2 - (predicted**2).sum(1)) * (n**2 - (true**2).sum(1)))
+        return np.divide(numerator, denominator, out=np.zeros(len(n)), where=denominator > 0)
+    raise ValueError(f"no confusion-matrix metric {metric!r}")
 
 
 def majority(classes: np.ndarray, num_labels: int) -> np.ndarray:

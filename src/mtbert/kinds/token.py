@@ -64,6 +64,7 @@ class TokenClassification(TaskKind):
     aliases = ("token", "ner")
     has_classes = True
     prediction_suffix = ".jsonl"
+    task_keys = ("conll_columns", "label_all_subwords")
 
     # ---- config ---------------------------------------------------------------------------------
     def validate(self, spec: TaskSpec, where: str) -> None:
@@ -120,14 +121,18 @@ class TokenClassification(TaskKind):
 
         return parse
 
-    def label_names_in(self, raw: Any) -> list[Any]:
-        """The tags a raw label holds (to find the task's tag set)."""
-        return list(raw.split() if isinstance(raw, str) else raw or [])
+    def label_names_of(self, spec: TaskSpec, raw: Any) -> tuple[list[str], str | None]:
+        """The tags a raw training label holds (to find the task's tag set); numbers stay numbers (indices)."""
+        tags = raw.split() if isinstance(raw, str) else raw
+        if not isinstance(tags, list | tuple) or not tags:
+            return [], "no tags"
+        return [t.strip() if isinstance(t, str) else str(t) for t in tags], None
 
-    def match_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> str | None:
+    def check_label(self, spec: TaskSpec, texts: tuple[Any, ...], label: Any) -> tuple[Any, str | None]:
+        """One tag per word."""
         if isinstance(label, tuple) and len(label) != len(texts[0]):
-            return f"{len(texts[0])} words but {len(label)} tags"
-        return None
+            return None, f"{len(texts[0])} words but {len(label)} tags"
+        return label, None
 
     def encode(self, tokenizer: Any, spec: TaskSpec, examples: Sequence[Any], max_length: int,
                architecture: str) -> tuple[list[list[list[int]]], list[list[list[int]]], list[Any] | None]:
@@ -268,6 +273,9 @@ class TokenClassification(TaskKind):
     def metric(self, spec: TaskSpec) -> str:
         return "f1"
 
+    def metric_keys(self, spec: TaskSpec) -> tuple[str, ...]:
+        return ("f1", "precision", "recall", "token_acc")
+
     def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """Entity precision, recall and F1 (seqeval, conlleval rules) and word accuracy."""
         from seqeval.metrics import accuracy_score, f1_score, precision_score, recall_score
@@ -278,23 +286,31 @@ class TokenClassification(TaskKind):
                 "recall": float(recall_score(truth, guessed, zero_division=0)),
                 "token_acc": float(accuracy_score(truth, guessed))}
 
-    def metric_value(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> float:
-        return self.metric_values(spec, predictions, labels)[self.metric(spec)]
-
     def resampled_metric(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray,
                          indices: np.ndarray) -> np.ndarray:
-        """Entity F1 on each row of resampled examples: per example its true, predicted and right entities, summed
-        over the resample (the micro F1 seqeval computes)."""
+        """The primary metric on each row of resampled examples, from per-example counts summed over the resample
+        (true, predicted and right entities: the micro scores seqeval computes; right and all words)."""
         from seqeval.metrics.sequence_labeling import get_entities
 
         guessed, truth = self._paired(spec, predictions, labels)
-        counts = np.zeros((len(truth), 3))
+        counts = np.zeros((len(truth), 5))
         for i, (g, t) in enumerate(zip(guessed, truth, strict=True)):
             true_set, guess_set = set(get_entities(t)), set(get_entities(g))
-            counts[i] = (len(true_set), len(guess_set), len(true_set & guess_set))
-        summed = counts[indices].sum(1)  # resamples x 3
-        denominator = summed[:, 0] + summed[:, 1]
-        return np.divide(2 * summed[:, 2], denominator, out=np.zeros(len(summed)), where=denominator > 0)
+            right_words = sum(a == b for a, b in zip(g, t, strict=True))
+            counts[i] = (len(true_set), len(guess_set), len(true_set & guess_set), right_words, len(t))
+        true, guess, right, right_words, words = counts[indices].sum(1).T  # each: one value per resample
+
+        def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+            return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
+
+        metric = spec.metric or self.metric(spec)
+        if metric == "precision":
+            return ratio(right, guess)
+        if metric == "recall":
+            return ratio(right, true)
+        if metric == "token_acc":
+            return ratio(right_words, words)
+        return ratio(2 * right, true + guess)
 
     def example_correct(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Whether every word's tag is right, per example."""

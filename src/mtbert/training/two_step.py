@@ -81,6 +81,12 @@ def read_results(run_dir: Path) -> dict:
     return json.loads(RunDir(run_dir).results.read_text(encoding="utf-8"))
 
 
+def task_metrics_of(spec: TaskSpec, values: dict[str, Any]) -> dict[str, Any]:
+    """The `<task>_<metric>` entries of `values` for every metric the task's kind computes."""
+    keys = (f"{spec.name}_{metric}" for metric in spec.task_kind.metric_keys(spec))
+    return {key: values[key] for key in keys if key in values}
+
+
 def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, dict]) -> dict:
     """Top-level metrics.jsonl, results.json and predictions/ of a two-step run, from the specialised models."""
     from mtbert.evaluation.metrics import bootstrap_overall, frame_accuracies
@@ -89,7 +95,8 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
     run = RunDir(output_dir)
     specs = cfg.task_specs()
     results: dict[str, Any] = {}
-    for spec in specs:
+    for spec in specs:  # every metric of the task's kind, from its specialised model
+        results.update(task_metrics_of(spec, per_task[spec.name]))
         results[spec.metric_key] = per_task[spec.name][spec.metric_key]
     results["overall"] = overall_score(specs, results)
     # bootstrap over the specialised models' own dev predictions
@@ -107,6 +114,7 @@ def combine_task_runs(cfg: TrainConfig, output_dir: Path, per_task: dict[str, di
         first = histories[specs[0].name][step]
         row: dict[str, Any] = {"epoch": first["epoch"], "step": step, "split": "dev", "stage": 2}
         for spec in specs:
+            row.update(task_metrics_of(spec, histories[spec.name][step]))
             row[spec.metric_key] = histories[spec.name][step][spec.metric_key]
         row["overall"] = overall_score(specs, row)
         lines.append(row)

@@ -122,7 +122,8 @@ def test_vote_files_and_dev_metrics(tmp_path, monkeypatch):
     assert read_output(tmp_path / "ens", "sts") == {"t1": 1.5, "t2": 2.75, "t3": 4.5}
     r = float(pearsonr([1.5, 2.75, 4.5], [1.0, 3.0, 4.0]).statistic)
     expected = {"sst_acc": 0.75, "para_acc": 0.75, "sts_corr": r, "overall": (0.75 + 0.75 + (1 + r) / 2) / 3}
-    assert {k: v for k, v in results["ensemble"].items() if k != "overall_ci95"} == pytest.approx(expected, abs=1e-12)
+    assert {k: v for k, v in results["ensemble"].items() if k in expected} == pytest.approx(expected, abs=1e-12)
+    assert {"sst_macro_f1", "sst_mcc", "para_f1", "para_micro_f1", "sts_spearman"} <= set(results["ensemble"])
     low, high = results["ensemble"]["overall_ci95"]
     assert 0 <= low <= high <= 1
     assert results["member_metrics"][0]["sst_acc"] == 0.25 and results["member_metrics"][1]["sst_acc"] == 0.5

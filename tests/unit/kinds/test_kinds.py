@@ -24,7 +24,7 @@ BRANCHES = re.compile(r"\.is_regression\b|\.is_pair\b|\.num_outputs\b|\.kind\s*(
 
 def test_every_kind_of_the_registry_is_a_kind_module_instance():
     assert set(kinds.KINDS) == {"single", "single-regression", "pair-classification", "pair-regression",
-                                "token-classification"}
+                                "token-classification", "multi-label", "multiple-choice"}
     for name, kind in kinds.KINDS.items():
         assert isinstance(kind, TaskKind) and kind.name == name
     assert kinds.aliases() == {"single-classification": "single", "token": "token-classification",
