@@ -42,7 +42,9 @@ def test_every_method_times_the_same_shared_input_steps(group_config, tmp_path):
     for method in methods:
         figures = results["methods"][method]
         assert len(figures["all_seconds"]) == 5
-        ratios = [t / s for t, s in zip(figures["all_seconds"], results["methods"]["sum"]["all_seconds"],
-                                        strict=True)]
-        assert figures["all_paired_ratios"] == pytest.approx(ratios, abs=2e-3)
+        for ratio, t, s in zip(figures["all_paired_ratios"], figures["all_seconds"],
+                               results["methods"]["sum"]["all_seconds"], strict=True):
+            # the seconds are rounded to 1e-4 and the ratios to 1e-3: the ratio of the rounded seconds is within
+            slack = 5e-4 + (t / s) * (5e-5 / t + 5e-5 / s) * 1.01
+            assert ratio == pytest.approx(t / s, abs=slack)
     assert set(results["goals"]) == {"pcgrad_vs_sum", "pcgrad-representation_vs_sum"}
