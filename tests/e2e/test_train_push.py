@@ -155,7 +155,8 @@ def test_a_hub_that_fails_mid_training_loses_nothing(tiny_config, hub, pauses, c
     hub.fail_commits_from = None  # the Hub is back: the printed command pushes best/ as the end push would have
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(run.parent / "hf_home"), "NO_PROXY": "127.0.0.1",
-           "no_proxy": "127.0.0.1"}
+           "no_proxy": "127.0.0.1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # the venv's hf
     done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     header, files = read_commit(hub.posted("commit")[-1][2])

@@ -14,8 +14,14 @@ def task_metric(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> 
 
 def task_metrics(spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Every metric the task's kind computes, as `<task>_<metric>` (the primary one among them)."""
-    values = spec.task_kind.metric_values(spec, np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float))
+    values = spec.task_kind.metric_values(spec, _numbers(predictions), _numbers(labels))
     return {f"{spec.name}_{key}": float(value) for key, value in values.items()}
+
+
+def _numbers(values: np.ndarray) -> np.ndarray:
+    """Per-example values as floats, unless they are arrays of their own (a token task's tags: an object array)."""
+    values = np.asarray(values)
+    return values if values.dtype == object else values.astype(float)
 
 
 def compute_metrics(results: dict[str, tuple[TaskSpec, np.ndarray, np.ndarray]]) -> dict[str, float]:

@@ -9,11 +9,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mtbert.io import atomic_write_text
-from mtbert.tasks import TaskSpec
+
+if TYPE_CHECKING:
+    from mtbert.tasks import TaskSpec
 
 
 def format_value(spec: TaskSpec, value: float) -> str:
