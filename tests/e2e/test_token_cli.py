@@ -115,3 +115,12 @@ def test_an_mlp_token_head_is_not_exported(token_run, tmp_path, capsys):
         config["tasks"][0]["head_hidden_sizes"] = []
         (run / "config.yaml").write_text(yaml.safe_dump(config))
     assert "head_hidden_sizes: [] to export this task" in capsys.readouterr().err
+
+
+def test_the_onnx_export_predicts_the_tags_of_mtbert_predict(token_run, tmp_path):
+    run, config = token_run
+    assert main(["export", str(run), "--format", "onnx", "--output", str(tmp_path / "onnx")]) == 0
+    dev = Path(config["data_dir"]) / "places-dev.conll"
+    assert main(["predict", str(tmp_path / "onnx"), "--task", "places", "--input", str(dev),
+                 "--output", str(tmp_path / "onnx.jsonl")]) == 0
+    assert (tmp_path / "onnx.jsonl").read_text() == (run / "predictions" / "places-dev-output.jsonl").read_text()
