@@ -195,9 +195,6 @@ class TokenClassification(TaskKind):
         """Every token's hidden state (examples, tokens, hidden)."""
         return hidden
 
-    def check_architecture(self, spec: TaskSpec, architecture: str) -> None:
-        return None
-
     def head_outputs(self, spec: TaskSpec) -> int:
         return len(spec.label_names) if spec.label_names else spec.num_labels
 
@@ -410,9 +407,6 @@ class TokenClassification(TaskKind):
     def prediction_extras(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
         """{id: its words} of a prediction file, to write an ensemble's."""
         return {str(row["id"]): Words(tuple(row["tokens"]), ()) for _, row in self._rows(path)}
-
-    def check_prediction(self, spec: TaskSpec, value: Any) -> str | None:
-        return None
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         """Per word, the majority tag of the members (members x examples of tag arrays), a tie going to the
