@@ -108,8 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default="sum,pcgrad",
                    help="comma-separated: aggregators, uncertainty, famo, pcgrad-per-layer, torchjd, torchjd-autogram "
                         "(for comparison)")
-    b.add_argument("--config", metavar="CONFIG", help="time a shared-input step of this config's tasks (it has an "
-                   "input_group): methods sum, pcgrad (exact), pcgrad-representation, torchjd, torchjd-autogram, ...")
+    b.add_argument("--config", metavar="CONFIG", help="time a step of this config's own tasks (any kinds; an "
+                   "input_group's tasks share one batch): methods sum, an aggregator such as pcgrad (exact), "
+                   "<aggregator>-representation (groups), torchjd, torchjd-autogram")
     b.add_argument("--steps", type=int, default=10, help="timed steps per method (at least 5)")
     b.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     b.add_argument("--batch_size", type=int, default=None,

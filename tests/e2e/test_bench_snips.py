@@ -94,3 +94,20 @@ def test_a_groups_frame_accuracy_resamples_utterances_for_both_tasks():
     gap, low, high = bootstrap_column_difference(first, second, "g_frame_acc", resamples=200)
     assert gap == pytest.approx(1 / 3) and low <= gap <= high
     assert bootstrap_column_difference(first, {"intent": first["intent"]}, "g_frame_acc") is None
+
+
+def test_bench_step_times_the_shipped_token_beside_sentence_config(snips_data, tiny_model_dir, tmp_path):
+    import yaml
+
+    from mtbert.bench.group_step import bench_group_step
+
+    config = yaml.safe_load((SNIPS / "separate-pcgrad.yaml").read_text())
+    kinds = {t["name"]: t["kind"] for t in config["tasks"]}
+    assert kinds == {"intent": "single", "slots": "token-classification"}
+    assert not any("input_group" in t for t in config["tasks"])
+    path = tmp_path / "separate.yaml"
+    path.write_text(yaml.safe_dump({**config, "model_name_or_path": str(tiny_model_dir)}))
+    results = bench_group_step(path, ["sum", "pcgrad"], steps=5, warmup=0, batch_size=4)
+    assert results["streams"] == {"intent": ["intent"], "slots": ["slots"]}  # each task its own batches
+    assert results["goals"]["pcgrad_vs_sum"]["goal"] == "paired ratio <= 1.05"
+    assert len(results["methods"]["pcgrad"]["all_paired_ratios"]) == 5

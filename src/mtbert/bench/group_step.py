@@ -1,11 +1,13 @@
-"""`mtbert bench step --config CONFIG`: seconds per training step when tasks share their input (an input_group).
+"""`mtbert bench step --config CONFIG`: seconds per training step of a config's own tasks, any kinds, with or
+without tasks that share their input (an input_group).
 
 The config's tasks, model and batch size are built as training builds them; every method then runs on the same
 batches (each group's one batch, each other task's own), in the rotated order of `bench step` (bench/step.py),
 and its cost against `sum` is read from the paired per-step ratios. Methods:
 
 - `sum`: one forward per batch, one backward of the summed losses;
-- a gradient method (`pcgrad`, ...): exact, each task's gradient through the group's kept graph into its row;
+- a gradient method (`pcgrad`, ...): exact, each task's gradient into its row (a task of a group: through the
+  group's kept graph; any other task: from its own batch, as in the separate-batch step);
 - `<method>-representation`: `surgery_scope: representation` (the method on the hidden states' gradients, then
   one backward through the encoder);
 - `torchjd`: torchjd's `mtl_backward` (the Jacobian of the task losses over the shared parameters, the hidden
@@ -27,7 +29,15 @@ from typing import Any
 import torch
 
 from mtbert.bench.machine import machine
-from mtbert.bench.step import bootstrap_interval, paired_ratios, rotated_rounds, summarize, verdict
+from mtbert.bench.step import (
+    MIN_ROUNDS,
+    PCGRAD_GOAL,
+    bootstrap_interval,
+    paired_ratios,
+    rotated_rounds,
+    summarize,
+    verdict,
+)
 from mtbert.config import load_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
 from mtbert.data.encoding import collate_packed
@@ -45,6 +55,8 @@ REPRESENTATION = "-representation"
 GROUP_TORCHJD_ROWS = ("torchjd", "torchjd-autogram")
 # issue 33: a step of joint PCGrad at most these many times the summed-loss step's
 GROUP_GOALS = {"pcgrad": 1.3, f"pcgrad{REPRESENTATION}": 1.05}
+# issue 32: without a group (each task its own batch, e.g. a token task beside a sentence task), what it costs today
+SEPARATE_GOALS = {"pcgrad": PCGRAD_GOAL}
 
 
 def check_group_methods(methods: list[str]) -> None:
@@ -52,24 +64,20 @@ def check_group_methods(methods: list[str]) -> None:
     known = (*AGGREGATORS, *(f"{m}{REPRESENTATION}" for m in AGGREGATORS), *GROUP_TORCHJD_ROWS)
     for method in methods:
         if method not in known:
-            raise MtbertError(f"--methods: unknown method '{method}' for a shared-input step (known: sum, an "
+            raise MtbertError(f"--methods: unknown method '{method}' for a config's step (known: sum, an "
                               f"aggregator such as pcgrad, <aggregator>{REPRESENTATION}, torchjd, torchjd-autogram)")
 
 
 def bench_group_step(config: str | Path, methods: list[str], steps: int, warmup: int,
                      batch_size: int | None = None) -> dict[str, Any]:
-    """Seconds per training step of each method on the config's tasks (at least one input_group), on the same
-    batches, order rotated every step; `batch_size` (default: the config's) samples per stream."""
-    from mtbert.bench.step import MIN_ROUNDS
-
+    """Seconds per training step of each method on the config's tasks (each input_group one stream, every other
+    task its own), on the same batches, order rotated every step; `batch_size` (default: the config's) samples
+    per stream."""
     check_group_methods(methods)
     if steps < MIN_ROUNDS:
         raise MtbertError(f"--steps: {steps} timed steps is too few for a paired interval (at least {MIN_ROUNDS})")
     cfg = load_config(config)
     specs = [resolve_labels(s, cfg.resolved_data_dir()) for s in cfg.task_specs()]
-    if not input_groups(specs):
-        raise MtbertError(f"--config: {config} has no input_group, so it has no shared-input step to time; leave "
-                          "--config out to time the separate-batch step")
     n = batch_size or cfg.per_device_train_batch_size
     torch.manual_seed(cfg.seed)
     encoder, tokenizer = load_encoder(cfg.model_name_or_path, cfg.dropout, cfg.trust_remote_code)
@@ -130,16 +138,17 @@ def bench_group_step(config: str | Path, methods: list[str], steps: int, warmup:
         "trainable_parameters": {"encoder": sum(p.numel() for p in model.shared_parameters()),
                                  "all": sum(p.numel() for p in model.parameters() if p.requires_grad)},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "methods": summarize(times), "goals": group_goals(times),
+        "methods": summarize(times),
+        "goals": group_goals(times, GROUP_GOALS if groups else SEPARATE_GOALS),
     }
 
 
-def group_goals(times: dict[str, list[float]]) -> dict[str, Any]:
-    """Each timed method of `GROUP_GOALS` against its goal (paired ratio to `sum`, with its 95% interval)."""
+def group_goals(times: dict[str, list[float]], goals: dict[str, float] = GROUP_GOALS) -> dict[str, Any]:
+    """Each timed method of `goals` against its goal (paired ratio to `sum`, with its 95% interval)."""
     if "sum" not in times:
         return {}
     out = {}
-    for method, at_most in GROUP_GOALS.items():
+    for method, at_most in goals.items():
         if method in times:
             ratios = paired_ratios(times, method)
             interval = bootstrap_interval(ratios)
