@@ -254,6 +254,9 @@ trainer = MultiTaskTrainer(model, args, train_dataset={s.name: data[s.name].trai
                            processing_class=tokenizer, method="pcgrad", task_ratio="1:2:1", sample_weighting=True)
 trainer.train()
 trainer.save_model(out + "/final")
+if torch.distributed.is_initialized():  # gloo's threads stopped before the interpreter exits, else a rank can abort
+    torch.distributed.barrier()         # at exit ("terminate called without an active exception")
+    torch.distributed.destroy_process_group()
 '''
 
 
