@@ -76,6 +76,11 @@ class PerTaskGradients:
     of MiniLM's parameters) gets gradient only in the rows of the step's tokens; the buffer keeps just those rows,
     which halves the cost of the Gramian and of the update without changing the result (the other rows are zero
     for every task).
+
+    The buffer's memory and the embedding's gradient matrix are kept from step to step (grown when a step needs
+    more): on the CPU a fresh tensor this large is new pages from the system on every step, whose faults cost
+    more than the surgery itself on a small model. So the rows (`grads`) are valid until the next `begin_step`,
+    and the embedding's `.grad` that `write` sets is the same tensor every step (zero but for the step's rows).
     """
 
     def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
@@ -89,6 +94,9 @@ class PerTaskGradients:
         self.rows: torch.Tensor | None = None
         self.grads: torch.Tensor | None = None
         self.used = [False] * len(self.params)
+        self._memory: torch.Tensor | None = None  # kept across steps: the rows of every step
+        self._embedding_grad: torch.Tensor | None = None  # kept across steps: zero but for `_written_rows`
+        self._written_rows: torch.Tensor | None = None
 
     def begin_step(self, touched_rows: torch.Tensor | None) -> None:
         """Start a step; `touched_rows` are the embedding rows (token ids) any task's batch uses."""
@@ -101,8 +109,25 @@ class PerTaskGradients:
             if self.rows is None:
                 self.rows = torch.arange(self.embedding.shape[0], device=device)
             width += self.rows.numel() * self.embedding.shape[1]
-        self.grads = torch.empty(self.num_tasks, width, device=device, dtype=dtype)
+        self.grads = self._rows_memory(self.num_tasks * width, device, dtype).view(self.num_tasks, width)
         self.used = [False] * len(self.params)
+
+    def _rows_memory(self, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """`size` elements of the kept memory, grown (by a quarter more than asked) when a step needs more; fresh
+        when a parameter's `.grad` still points into it (a `.grad` that `write` set and nobody cleared)."""
+        memory = self._memory
+        if memory is not None and (memory.device != device or memory.dtype != dtype or memory.numel() < size
+                                   or self._in_use(memory)):
+            memory = None
+        if memory is None:
+            memory = torch.empty(size + size // 4, device=device, dtype=dtype)
+            self._memory = memory
+        return memory[:size]
+
+    def _in_use(self, memory: torch.Tensor) -> bool:
+        """Whether a shared parameter's `.grad` lives in `memory` (an update `write` set, not yet cleared)."""
+        start = memory.untyped_storage().data_ptr()
+        return any(p.grad is not None and p.grad.untyped_storage().data_ptr() == start for p in self.params)
 
     def collect(self, task_index: int, accumulate: bool = False) -> None:
         """Move the shared gradients of the backward just run into row `task_index` (added to it with
@@ -136,8 +161,14 @@ class PerTaskGradients:
             p.grad = update[offset : offset + n].view_as(p) if self.used[k] else None
             offset += n
         if self.embedding is not None:
-            grad = torch.zeros_like(self.embedding)
+            grad = self._embedding_grad
+            if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
+                    or grad.device != self.embedding.device:
+                grad = self._embedding_grad = torch.zeros_like(self.embedding)
+            elif self._written_rows is not None:  # zero again but for this step's rows
+                grad.index_fill_(0, self._written_rows, 0.0)
             grad.index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
+            self._written_rows = self.rows
             self.embedding.grad = grad
 
     def layer_groups(self) -> list[list[tuple[int, int]]]:

@@ -123,6 +123,35 @@ def test_sparse_rows_keep_only_the_step_tokens():
     assert surgery._buffer.grads.shape[1] == surgery._buffer.dense_size + rows * 6 < surgery._buffer.dense_size + 180
 
 
+def test_the_rows_memory_and_the_embedding_gradient_are_kept_from_step_to_step():
+    model = Net()
+    surgery = GradientSurgery(model.shared(), method="pcgrad", seed=7, embedding=model.embed.weight)
+    reference = GradientSurgery(model.shared(), method="pcgrad", seed=7, embedding=model.embed.weight)
+    pointers, embedding_grads = [], set()
+    def rows(step: int) -> int:
+        return torch.unique(torch.cat([b["ids"].reshape(-1) for b in batches(step).values()])).numel()
+
+    for step in sorted(range(4), key=rows, reverse=True):  # the most rows first: the memory never grows after it
+        batch = batches(step)
+        surgery_step(model, reference, batch)
+        expected = written(model).clone()
+        reference._buffer._memory = reference._buffer._embedding_grad = None  # fresh memory every step
+        surgery_step(model, surgery, batch)
+        torch.testing.assert_close(written(model), expected, atol=0, rtol=0)  # zero but for this step's rows
+        pointers.append(surgery._buffer._memory.data_ptr())
+        embedding_grads.add(id(model.embed.weight.grad))
+    assert len(set(pointers[1:])) == 1 and len(embedding_grads) == 1  # the first step learns the number of tasks
+    # a .grad that still lives in the memory (left set, not cleared) is never written over: fresh memory
+    model.zero_grad(set_to_none=True)
+    layer = model.trunk["layer"][0].weight
+    layer.grad = surgery._buffer._memory[: layer.numel()].view_as(layer)
+    kept = layer.grad.clone()
+    surgery.begin_step([b["ids"] for b in batches(0).values()])
+    assert surgery._buffer._memory.data_ptr() != pointers[-1]
+    surgery._buffer.grads.fill_(7.0)
+    torch.testing.assert_close(layer.grad, kept, atol=0, rtol=0)
+
+
 METHODS_HERE = [m for m in AGGREGATORS if m in ("sum", "pcgrad") or importlib.util.find_spec("torchjd")]
 
 
