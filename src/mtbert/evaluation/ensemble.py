@@ -11,7 +11,6 @@ decides as one model would.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from dataclasses import dataclass
@@ -78,14 +77,9 @@ def vote(spec: TaskSpec, predictions: np.ndarray, scores: np.ndarray | None = No
     (members x examples x score columns) go to a kind whose vote reads them."""
     predictions = np.asarray(predictions)
     predictions = predictions if predictions.dtype == object else predictions.astype(float)
-    if scores is not None and vote_reads_scores(spec):
+    if scores is not None and spec.task_kind.vote_takes_scores(spec):
         return spec.task_kind.vote(spec, predictions, scores=np.asarray(scores, dtype=float))
     return spec.task_kind.vote(spec, predictions)
-
-
-def vote_reads_scores(spec: TaskSpec) -> bool:
-    """Whether the vote of the task's kind takes the members' scores (a `scores` parameter)."""
-    return "scores" in inspect.signature(spec.task_kind.vote).parameters
 
 
 def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -304,7 +298,7 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str, mode: str
         return ids, soft(spec, stack), [kind.decide_scores(spec, s) for s in stack], extras, None
     if mode == "vote":
         stack = np.array(rows, dtype=float).reshape(len(members), len(ids))
-        scores = vote_scores(members, spec, split, ids) if vote_reads_scores(spec) else None
+        scores = vote_scores(members, spec, split, ids) if kind.vote_takes_scores(spec) else None
         return ids, vote(spec, stack, scores), list(stack), extras, kind.vote_rule(spec, scores is not None)
     stack = np.array(rows, dtype=float).reshape(len(members), len(ids), len(score_columns(spec)))
     return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack], extras, None

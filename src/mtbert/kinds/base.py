@@ -42,10 +42,10 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   saved)` (what a saved model's spec adds to the config's), `prediction_suffix`, `write_predictions(path, spec,
   ids, predictions, extras)`, `write_scores(...)`, `read_predictions(path, spec)`, `read_scores(path, spec)`
   and `prediction_extras(path, spec)` (a split's prediction and scores files);
-- ensembles: `vote(spec, predictions)` (a vote whose signature also takes `scores` gets the members' scores,
-  members x examples x score columns, when every member has its scores file: classification breaks ties by them),
-  `vote_rule(spec, scores)` (that rule in words, for results.json and the ensemble's card) and
-  `decide_scores(spec, scores)`;
+- ensembles: `vote(spec, predictions)` (a vote that also takes `scores` gets the members' scores, members x
+  examples x score columns, when `vote_takes_scores(spec)` and every member has its scores file: a `single` task
+  breaks ties by them), `vote_rule(spec, scores)` (that rule in words, for results.json and the ensemble's card)
+  and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
 
@@ -405,6 +405,12 @@ class TaskKind:
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def vote_takes_scores(self, spec: TaskSpec) -> bool:
+        """Whether `vote` reads the members' scores for this task: by default when it has a `scores` parameter."""
+        import inspect
+
+        return "scores" in inspect.signature(self.vote).parameters
 
     def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
         """`vote`'s rule in words (`scores`: whether the members' scores were given): by default the first sentence

@@ -34,12 +34,16 @@ class SingleClassification(ClassificationKind):
             return mean_class(classes)
         return majority(classes.astype(int), spec.num_labels, self.class_probabilities(spec, scores)).astype(float)
 
+    def vote_takes_scores(self, spec: TaskSpec) -> bool:
+        """Scores break the ties of a majority; a mean class (`ordered_labels`) has none."""
+        return not spec.ordered_labels
+
     def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
         """`vote`'s rule in words, with or without the members' scores to break ties."""
         if spec.ordered_labels:
             return super().vote_rule(spec, scores)
         ties = ("the highest summed probability of the tied classes, then the earliest member" if scores
-                else "the earliest member listed (no scores files to sum)")
+                else "the earliest member listed (not every member has a usable scores file)")
         return f"the most voted class; a tie goes to {ties}"
 
 

@@ -180,7 +180,7 @@ INTENT = {"name": "intent", "kind": "single", "train_file": "intent-train.csv", 
           "text_columns": ["text"], "num_labels": 7}
 
 
-def test_vote_files_break_ties_by_the_scores_files_and_say_which_rule(tmp_path, no_data):
+def test_vote_files_break_ties_by_the_scores_files_and_say_which_rule(tmp_path, no_data, caplog):
     intent = task_from_config(INTENT, "tasks[1]")
     votes = {"a": {"x": 2, "y": 0, "z": 1}, "b": {"x": 6, "y": 3, "z": 4}, "c": {"x": 6, "y": 5, "z": 1}}
     probability = {"y": 3, "x": 6, "z": 1}  # b's class of y is the likeliest of the three-way tie
@@ -210,8 +210,18 @@ def test_vote_files_break_ties_by_the_scores_files_and_say_which_rule(tmp_path, 
     bare = [run / "predictions" for run in members]  # no scores/: ties go to the earliest member, and it says so
     results = run_ensemble(bare, tmp_path / "bare")
     assert read_cs224n(tmp_path / "bare" / "intent-dev-output.csv", intent)[1] == {"x": 6, "y": 0, "z": 1}
-    assert results["vote_rules"]["intent-dev-output.csv"] == ("the most voted class; a tie goes to the earliest "
-                                                             "member listed (no scores files to sum)")
+    assert results["vote_rules"]["intent-dev-output.csv"] == (
+        "the most voted class; a tie goes to the earliest member listed (not every member has a usable scores file)")
+
+    scores = members[2] / "scores" / "intent-dev.tsv"  # a scores file that lacks an id: said, and not used
+    kept = [line for line in scores.read_text().splitlines(keepends=True) if not line.startswith("y")]
+    scores.write_text("".join(kept))
+    with caplog.at_level(logging.WARNING, logger="mtbert.evaluation.ensemble"):
+        results = run_ensemble(members, tmp_path / "short")
+    assert f"ensemble: {scores} has no scores for 1 predicted ids (e.g. id y); ties of the vote go to the earliest " \
+           "member" in caplog.text
+    assert read_cs224n(tmp_path / "short" / "intent-dev-output.csv", intent)[1] == {"x": 6, "y": 0, "z": 1}
+    assert "not every member has a usable scores file" in results["vote_rules"]["intent-dev-output.csv"]
 
 
 def test_vote_of_three_members_without_labels(tmp_path, no_data):
