@@ -15,7 +15,8 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   raw)` and `index_labels` (how `label_names` are collected from training labels), `fit_data(spec, examples)`
   (what the kind reads off every split's examples, such as the most choices of an example),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
-  (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
+  (the inputs of one line typed on standard input), `texts_from_input(spec, item)` and `input_words(spec)` (one
+  input of `MultiTaskModel.predict`, and what it takes, in words), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
   default it encodes `text_groups(examples, architecture)`, one group per encoder input),
   `collate(encoded, indices, pad_token_id, packed, row_width)` (a batch, padded or packed into rows) and
@@ -181,6 +182,26 @@ class TaskKind:
         if len(texts) != len(spec.text_columns):
             return None, (f"expected {len(spec.text_columns)} tab-separated text(s), found {len(texts)}")
         return tuple(t.strip() for t in texts), None
+
+    def texts_from_input(self, spec: TaskSpec, item: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """The inputs of one item given to `MultiTaskModel.predict`: a string (a one-text task) or a sequence of as
+        many strings as the task has text columns; else (None, what the task takes per input, in words)."""
+        width = len(spec.text_columns)
+        parts = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, Sequence) else None
+        if parts is None or len(parts) != width or not all(isinstance(p, str) for p in parts):
+            return None, ("one text (a string)" if width == 1 else "a pair of texts (a, b)" if width == 2
+                          else f"{width} texts")
+        return parts, None
+
+    def input_words(self, spec: TaskSpec) -> str:
+        """What `MultiTaskModel.predict` takes for this task, in words ("texts", "pairs of texts")."""
+        width = len(spec.text_columns)
+        return "texts" if width == 1 else "pairs of texts" if width == 2 else f"tuples of {width} texts"
+
+    def prediction_text(self, spec: TaskSpec, texts: tuple[Any, ...], value: Any) -> str | None:
+        """The prediction as the text it picks among the example's inputs (a multiple-choice task's chosen
+        choice), or None for a kind whose predictions pick none."""
+        return None
 
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         raise NotImplementedError

@@ -98,6 +98,18 @@ class TokenClassification(TaskKind):
         words = tuple(line.split())
         return ((words,), None) if words else (None, "an empty sentence (no words)")
 
+    def texts_from_input(self, spec: TaskSpec, item: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """A sentence given to `MultiTaskModel.predict`: a list of words, or a string split on whitespace."""
+        want = "a sentence (a list of words, or a string split on whitespace)"
+        if isinstance(item, str):
+            return ((tuple(item.split()),), None) if item.split() else (None, want)
+        if isinstance(item, Sequence) and item and all(isinstance(w, str) and w.strip() for w in item):
+            return (tuple(w.strip() for w in item),), None
+        return None, want
+
+    def input_words(self, spec: TaskSpec) -> str:
+        return "sentences"
+
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         """A list of tags (names, or indices into `label_names`), or a text of tags split on whitespace."""
         names = spec.label_names
