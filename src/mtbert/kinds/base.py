@@ -436,8 +436,8 @@ class TaskKind:
     def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
         """`vote`'s rule in words (`scores`: whether the members' scores were given): by default the first sentence
         of the kind's `vote` docstring."""
-        doc = " ".join((type(self).vote.__doc__ or "").split())
-        return doc.split(". ")[0].rstrip(".") or f"the {self.name} kind's vote"
+        doc = " ".join((type(self).vote.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        return doc[:1].lower() + doc[1:] if doc else f"the {self.name} kind's vote"
 
     def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -420,6 +420,9 @@ class TokenClassification(TaskKind):
         """{id: its words} of a prediction file, to write an ensemble's."""
         return {str(row["id"]): Words(tuple(row["tokens"]), ()) for _, row in self._rows(path)}
 
+    def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
+        return "per word, the most voted tag; a tie goes to the earliest member listed"
+
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         """Per word, the majority tag of the members (members x examples of tag arrays), a tie going to the
         earliest member listed."""

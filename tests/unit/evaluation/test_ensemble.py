@@ -170,6 +170,10 @@ def test_vote_files_and_dev_metrics(tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "ens" / "results.json").read_text())
     assert on_disk["mode"] == "vote" and on_disk["members"] == [str(a), str(b)]
     assert on_disk["ensemble"] == results["ensemble"]
+    assert on_disk["vote_rules"] == {  # the CS224N report's rules, by task
+        "sst-dev-output.csv": "the members' mean class rounded half up (ordered_labels: the CS224N report's SST rule)",
+        "para-dev-output.csv": "the most voted class; a tie goes to the earliest member listed",
+        "sts-dev-output.csv": "the mean of the members' values"}
 
     run_ensemble([b, a], tmp_path / "swapped")
     assert read_output(tmp_path / "swapped", "para") == {"p1": 0, "p2": 1, "p3": 1, "p4": 0}  # ties: b's votes now
