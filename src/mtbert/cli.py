@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("members", nargs="+", help="run folders or predictions/ folders")
     p.add_argument("--output_dir", required=True, help="where the ensemble's files go")
     p.add_argument("--mode", choices=("vote", "soft"), default="vote",
-                   help="vote: the CS224N report's rules on predictions; soft: average probabilities/values (runs)")
+                   help="vote: each task's rule on predictions (majority; ordered_labels: mean class); soft: average "
+                        "probabilities/values (runs)")
 
     p = sub.add_parser("export", help="one task's model as a sentence-transformers folder (loads without mtbert), "
                        "or every task as one ONNX graph (--format onnx)")

@@ -53,6 +53,7 @@ class TaskSpec:
     choices_column: str | None = None  # multiple-choice: the list column of candidate texts
     conll_columns: tuple[int, int] | None = None  # a CoNLL file's word and tag columns (default: first and last)
     label_all_subwords: bool = False  # token tasks: every subword of a word carries its tag (not only the first)
+    ordered_labels: bool = False  # classification: classes 0 < 1 < ... are ordered (an ensemble vote takes their mean)
     input_group: str | None = None  # tasks of one group read the same examples: one batch, one encoder pass
     loss_weight: float = 1.0  # multiplies the task's loss (JointBERT's coefficient)
 
@@ -100,6 +101,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         num_labels=5,
         head_hidden_sizes=(128,),
         output_header="Predicted_Sentiment",
+        ordered_labels=True,  # sentiment 0 (negative) .. 4 (positive): the report's vote takes the mean class
     ),
     "para": TaskSpec(
         name="para",
@@ -136,7 +138,7 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
 _FIELD_NAMES = {f.name for f in fields(TaskSpec)}
 # keys only some kinds read (their `task_keys`), with their defaults: another kind refuses them
 KIND_KEYS = {"label_separator": None, "threshold": 0.5, "tuned_thresholds": None, "choices_column": None,
-             "conll_columns": None, "label_all_subwords": False}
+             "conll_columns": None, "label_all_subwords": False, "ordered_labels": False}
 
 
 def task_from_config(entry: Any, where: str) -> TaskSpec:
@@ -173,6 +175,9 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
         values["kind"] = aliases().get(values["kind"], values["kind"])
     if base is not None and "kind" in values and "metric" not in values:
         values["metric"] = None  # another kind than the built-in's: its own primary metric
+    if base is not None and values.get("kind") in KINDS:  # the built-in's kind-only keys another kind does not read
+        values.update({key: default for key, default in KIND_KEYS.items()
+                       if key not in values and key not in KINDS[values["kind"]].task_keys})
     if values.get("label_names") is not None and "num_labels" not in values:
         values["num_labels"] = len(values["label_names"])
     if base is not None and "dataset" in values:

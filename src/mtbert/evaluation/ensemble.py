@@ -1,9 +1,12 @@
-"""Combining runs: the CS224N report's vote over prediction files, or a soft average of their scores.
+"""Combining runs: a vote over prediction files, or a soft average of their scores.
 
-Vote (the CS224N report's rules, by task kind): a single-sentence classification task takes the mean of the
-members' classes rounded half up; a pair-classification task takes the majority vote, a tie going to
-the earliest member listed; a regression task takes the mean value. Soft averages the members'
-`scores/` (probabilities or values) and then decides as one model would.
+Vote, by the rule of each task's kind (`TaskKind.vote`; results.json's `vote_rules` says which each file used): a
+classification task takes the most voted class, a tie going to the tied class with the highest summed probability
+when every member has its `scores/` file, else to the earliest member listed; a task whose classes are ordered
+(`ordered_labels: true`, as the built-in SST) takes the members' mean class rounded half up, the CS224N report's
+rule; a regression task takes the mean value; token, multi-label and multiple-choice tasks take a majority per
+word, per label and of the choices. Soft averages the members' `scores/` (probabilities or values) and then
+decides as one model would.
 """
 
 from __future__ import annotations
@@ -69,10 +72,14 @@ def score_columns(spec: TaskSpec) -> list[str]:
 # ---- the combining rules -------------------------------------------------------------------------
 
 
-def vote(spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
-    """Combine members' predictions (members x examples) by the rule of the task's kind (see the module)."""
+def vote(spec: TaskSpec, predictions: np.ndarray, scores: np.ndarray | None = None) -> np.ndarray:
+    """Combine members' predictions (members x examples) by the rule of the task's kind (see the module); `scores`
+    (members x examples x score columns) go to a kind whose vote reads them."""
     predictions = np.asarray(predictions)
-    return spec.task_kind.vote(spec, predictions if predictions.dtype == object else predictions.astype(float))
+    predictions = predictions if predictions.dtype == object else predictions.astype(float)
+    if scores is not None and spec.task_kind.vote_takes_scores(spec):
+        return spec.task_kind.vote(spec, predictions, scores=np.asarray(scores, dtype=float))
+    return spec.task_kind.vote(spec, predictions)
 
 
 def decide_scores(spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -190,16 +197,20 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
     note_unknown_files(resolved, specs, mode)
 
     written: list[str] = []
+    rules: dict[str, str] = {}
     dev: dict[str, tuple[TaskSpec, list[str], np.ndarray, list[np.ndarray]]] = {}
     for spec in specs.values():
         for split in SPLITS:
             combined = combine_split(resolved, spec, split, mode)
             if combined is None:
                 continue
-            ids, predictions, per_member, extras = combined
+            ids, predictions, per_member, extras, rule = combined
             name = prediction_file(spec.name, split, spec.task_kind.prediction_suffix)
             spec.task_kind.write_predictions(output_dir / name, spec, ids, predictions, extras)
             written.append(name)
+            if rule is not None:
+                rules[name] = rule
+                logger.info("ensemble: %s: %s", name, rule)
             if split == "dev":
                 # score the predictions as written (regression values are rounded in the file)
                 read_back = spec.task_kind.read_predictions(output_dir / name, spec)
@@ -210,6 +221,8 @@ def run_ensemble(members: list[Path], output_dir: Path, mode: str = "vote") -> d
     metrics, member_metrics = dev_metrics(dev, data_dir, max_eval_samples, len(resolved))
     results = {"mode": mode, "members": [str(m) for m in members], "ensemble": metrics,
                "member_metrics": member_metrics, "files": written}
+    if mode == "vote":
+        results["vote_rules"] = rules
     atomic_write_json(RunDir(output_dir).results, results)
     from mtbert.runs.model_card import write_ensemble_card
 
@@ -252,10 +265,10 @@ def is_ensemble_output(folder: Path) -> bool:
             and not RunDir(folder).config.is_file())
 
 
-def combine_split(members: list[Member], spec: TaskSpec, split: str,
-                  mode: str) -> tuple[list[str], np.ndarray, list[np.ndarray], list[Any] | None] | None:
-    """(ids, ensemble predictions, each member's predictions, what the kind writes beside the predictions) of one
-    task and split; None when not shared."""
+def combine_split(members: list[Member], spec: TaskSpec, split: str, mode: str
+                  ) -> tuple[list[str], np.ndarray, list[np.ndarray], list[Any] | None, str | None] | None:
+    """(ids, ensemble predictions, each member's predictions, what the kind writes beside the predictions, the vote's
+    rule in words or None for soft) of one task and split; None when not shared."""
     kind = spec.task_kind
     name = prediction_file(spec.name, split, kind.prediction_suffix) if mode == "vote" else score_file(spec.name,
                                                                                                          split)
@@ -281,13 +294,38 @@ def combine_split(members: list[Member], spec: TaskSpec, split: str,
         for m, row in enumerate(rows):
             stack[m] = row
         if mode == "vote":
-            return ids, vote(spec, stack), list(stack), extras
-        return ids, soft(spec, stack), [kind.decide_scores(spec, s) for s in stack], extras
+            return ids, vote(spec, stack), list(stack), extras, kind.vote_rule(spec, False)
+        return ids, soft(spec, stack), [kind.decide_scores(spec, s) for s in stack], extras, None
     if mode == "vote":
         stack = np.array(rows, dtype=float).reshape(len(members), len(ids))
-        return ids, vote(spec, stack), list(stack), extras
+        scores = vote_scores(members, spec, split, ids) if kind.vote_takes_scores(spec) else None
+        return ids, vote(spec, stack, scores), list(stack), extras, kind.vote_rule(spec, scores is not None)
     stack = np.array(rows, dtype=float).reshape(len(members), len(ids), len(score_columns(spec)))
-    return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack], extras
+    return ids, soft(spec, stack), [decide_scores(spec, s) for s in stack], extras, None
+
+
+def vote_scores(members: list[Member], spec: TaskSpec, split: str, ids: list[str]) -> np.ndarray | None:
+    """Every member's scores of `ids` (members x examples x columns) for a vote that breaks ties by them, or None
+    when a member has no scores file (a bare predictions/ folder) or one that does not fit its predictions (said
+    in a warning: the vote then breaks ties by the earliest member)."""
+    name = score_file(spec.name, split)
+    if any(m.scores is None or not (m.scores / name).is_file() for m in members):
+        return None
+    stack = []
+    for member in members:
+        path = member.scores / name  # type: ignore[operator]
+        try:
+            table = read_scores(path, spec)
+        except MtbertError as err:
+            logger.warning("ensemble: %s; ties of the vote go to the earliest member", err)
+            return None
+        missing = [i for i in ids if i not in table]
+        if missing:
+            logger.warning("ensemble: %s has no scores for %d predicted ids (e.g. id %s); ties of the vote go to "
+                           "the earliest member", path, len(missing), missing[0])
+            return None
+        stack.append([table[i] for i in ids])
+    return np.array(stack, dtype=float)
 
 
 def _rows_array(values: list[Any]) -> np.ndarray:

@@ -15,7 +15,8 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   raw)` and `index_labels` (how `label_names` are collected from training labels), `fit_data(spec, examples)`
   (what the kind reads off every split's examples, such as the most choices of an example),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
-  (the inputs of one line typed on standard input), `encode(tokenizer, spec, examples, max_length,
+  (the inputs of one line typed on standard input), `texts_from_input(spec, item)` and `input_words(spec)` (one
+  input of `MultiTaskModel.predict`, and what it takes, in words), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
   default it encodes `text_groups(examples, architecture)`, one group per encoder input),
   `collate(encoded, indices, pad_token_id, packed, row_width)` (a batch, padded or packed into rows) and
@@ -42,7 +43,10 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   saved)` (what a saved model's spec adds to the config's), `prediction_suffix`, `write_predictions(path, spec,
   ids, predictions, extras)`, `write_scores(...)`, `read_predictions(path, spec)`, `read_scores(path, spec)`
   and `prediction_extras(path, spec)` (a split's prediction and scores files);
-- ensembles: `vote(spec, predictions)` and `decide_scores(spec, scores)`;
+- ensembles: `vote(spec, predictions)` (a vote that also takes `scores` gets the members' scores, members x
+  examples x score columns, when `vote_takes_scores(spec)` and every member has its scores file: a `single` task
+  breaks ties by them), `vote_rule(spec, scores)` (that rule in words, for results.json and the ensemble's card)
+  and `decide_scores(spec, scores)`;
 - export and model card: `export_plan(spec, architecture)`, `hub_task_type(spec)`.
 """
 
@@ -178,6 +182,26 @@ class TaskKind:
         if len(texts) != len(spec.text_columns):
             return None, (f"expected {len(spec.text_columns)} tab-separated text(s), found {len(texts)}")
         return tuple(t.strip() for t in texts), None
+
+    def texts_from_input(self, spec: TaskSpec, item: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """The inputs of one item given to `MultiTaskModel.predict`: a string (a one-text task) or a sequence of as
+        many strings as the task has text columns; else (None, what the task takes per input, in words)."""
+        width = len(spec.text_columns)
+        parts = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, Sequence) else None
+        if parts is None or len(parts) != width or not all(isinstance(p, str) for p in parts):
+            return None, ("one text (a string)" if width == 1 else "a pair of texts (a, b)" if width == 2
+                          else f"{width} texts")
+        return parts, None
+
+    def input_words(self, spec: TaskSpec) -> str:
+        """What `MultiTaskModel.predict` takes for this task, in words ("texts", "pairs of texts")."""
+        width = len(spec.text_columns)
+        return "texts" if width == 1 else "pairs of texts" if width == 2 else f"tuples of {width} texts"
+
+    def prediction_text(self, spec: TaskSpec, texts: tuple[Any, ...], value: Any) -> str | None:
+        """The prediction as the text it picks among the example's inputs (a multiple-choice task's chosen
+        choice), or None for a kind whose predictions pick none."""
+        return None
 
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         raise NotImplementedError
@@ -402,6 +426,18 @@ class TaskKind:
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         raise NotImplementedError
+
+    def vote_takes_scores(self, spec: TaskSpec) -> bool:
+        """Whether `vote` reads the members' scores for this task: by default when it has a `scores` parameter."""
+        import inspect
+
+        return "scores" in inspect.signature(self.vote).parameters
+
+    def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
+        """`vote`'s rule in words (`scores`: whether the members' scores were given): by default the first sentence
+        of the kind's `vote` docstring."""
+        doc = " ".join((type(self).vote.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        return doc[:1].lower() + doc[1:] if doc else f"the {self.name} kind's vote"
 
     def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
         raise NotImplementedError

@@ -2,7 +2,8 @@
 
 Data: `label_column` holds a list of label names (JSON, JSON Lines, Parquet, `datasets`), or one string split by
 `label_separator` (e.g. "#"; without it the string is one label); an empty list or string is the empty set. The
-names are resolved as classification's are (`label_names` given, else the sorted names of the training labels).
+names are resolved as classification's are (`label_names` given, else the names of a `datasets` label column's
+`Sequence(ClassLabel(names=...))` feature in their order, else the sorted names of the training labels).
 
 A prediction (and a label) is the set held as an integer bit mask in a float (bit k: `label_names[k]`), so that it
 travels through the files, the ensemble and the bootstrap as one number per example; that allows at most

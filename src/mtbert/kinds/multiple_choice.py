@@ -124,6 +124,24 @@ class MultipleChoice(TaskKind):
             return None, "expected the context and at least one choice, tab-separated, none of them empty"
         return tuple(parts), None
 
+    def texts_from_input(self, spec: TaskSpec, item: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """`(context, [choice, ...])` given to `MultiTaskModel.predict`: (context, choice 1, ..., choice N)."""
+        want = "a context and the list of its choices (context, [choice, ...])"
+        if not isinstance(item, Sequence) or isinstance(item, str) or len(item) != 2:
+            return None, want
+        context, choices = item
+        if (not isinstance(context, str) or isinstance(choices, str) or not isinstance(choices, Sequence)
+                or not choices or not all(isinstance(c, str) for c in choices)):
+            return None, want
+        return (context, *choices), None
+
+    def input_words(self, spec: TaskSpec) -> str:
+        return "(context, [choice, ...]) pairs"
+
+    def prediction_text(self, spec: TaskSpec, texts: tuple[Any, ...], value: Any) -> str | None:
+        """The chosen choice's text."""
+        return texts[1 + int(value)]
+
     def fit_data(self, spec: TaskSpec, examples: Callable[[], Sequence[Any]]) -> TaskSpec:
         """`num_labels`: the most choices of an example of the task's splits (the scores files' width)."""
         most = max((len(e.texts) - 1 for e in examples()), default=0)

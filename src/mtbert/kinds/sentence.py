@@ -132,11 +132,14 @@ class ClassificationKind(SentenceKind):
     classes), accuracy, predictions written as class names or indices."""
 
     has_classes = True
+    task_keys = ("ordered_labels",)
     binary_logit: bool = False  # two classes as one logit (sigmoid) rather than two (softmax)
     cosine_returns = "the logit: the class is logit > 0"
 
     def validate(self, spec: TaskSpec, where: str) -> None:
         super().validate(spec, where)
+        if not isinstance(spec.ordered_labels, bool):
+            raise ConfigError(f"{where}.ordered_labels: must be true or false")
         if not isinstance(spec.num_labels, int) or isinstance(spec.num_labels, bool) or spec.num_labels < 2:
             raise ConfigError(f"{where}.num_labels: must be an integer of at least 2 for a classification task")
 
@@ -245,8 +248,29 @@ class ClassificationKind(SentenceKind):
         return None
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
-        """The majority vote of the members (members x examples), a tie going to the earliest member listed."""
-        return majority(np.asarray(predictions, dtype=float).astype(int), spec.num_labels).astype(float)
+        """The members' classes (members x examples) combined: with `ordered_labels`, their mean class rounded half
+        up (the CS224N report's SST rule); else the most voted class, a tie going to the earliest member listed (the
+        report's Quora rule)."""
+        classes = np.asarray(predictions, dtype=float)
+        if spec.ordered_labels:
+            return mean_class(classes)
+        return majority(classes.astype(int), spec.num_labels).astype(float)
+
+    def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
+        """`vote`'s rule in words."""
+        if spec.ordered_labels:
+            return MEAN_CLASS_RULE
+        return "the most voted class; a tie goes to the earliest member listed"
+
+    def class_probabilities(self, spec: TaskSpec, scores: np.ndarray | None) -> np.ndarray | None:
+        """Scores (... x score columns) as the probability of each class (... x num_labels), or None when there are
+        none or they are not class probabilities (a kind with other score columns)."""
+        if scores is None:
+            return None
+        scores, columns = np.asarray(scores, dtype=float), self.score_columns(spec)
+        if columns == [f"prob_{k}" for k in range(spec.num_labels)] and scores.shape[-1] == spec.num_labels:
+            return scores
+        return None
 
     def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
         scores = np.asarray(scores, dtype=float)
@@ -367,6 +391,7 @@ class RegressionKind(SentenceKind):
         return ["value"]
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
+        """The mean of the members' values."""
         return np.asarray(predictions, dtype=float).mean(axis=0)
 
     def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
@@ -425,15 +450,29 @@ def confusion_metric(metric: str, confusion: np.ndarray) -> np.ndarray:
     raise ValueError(f"no confusion-matrix metric {metric!r}")
 
 
-def majority(classes: np.ndarray, num_labels: int) -> np.ndarray:
-    """The most voted class of each column (members x examples); a tie goes to the earliest member's class."""
+MEAN_CLASS_RULE = "the members' mean class rounded half up (ordered_labels: the CS224N report's SST rule)"
+
+
+def mean_class(classes: np.ndarray) -> np.ndarray:
+    """The members' mean class of each column (members x examples), rounded half up (2.5 -> 3)."""
+    return np.floor(np.asarray(classes, dtype=float).mean(axis=0) + 0.5)
+
+
+def majority(classes: np.ndarray, num_labels: int, probabilities: np.ndarray | None = None) -> np.ndarray:
+    """The most voted class of each column (members x examples). A tie goes to the tied class with the highest
+    sum of the members' `probabilities` (members x examples x classes) when given, and then to the earliest
+    member's class."""
     members, n = classes.shape
     columns = np.arange(n)
     counts = np.zeros((n, num_labels), dtype=int)
     for row in classes:
         np.add.at(counts, (columns, row), 1)
-    top = counts.max(axis=1)
-    is_top = counts[columns, classes] == top  # members x examples: did this member vote a top class?
+    tied = counts == counts.max(axis=1, keepdims=True)  # examples x classes: the most voted classes
+    if probabilities is not None:
+        summed = np.asarray(probabilities, dtype=float).sum(axis=0)
+        best = np.where(tied, summed, -np.inf).max(axis=1, keepdims=True)
+        tied &= summed == best
+    is_top = tied[columns, classes]  # members x examples: did this member vote a class still in the running?
     first = is_top.argmax(axis=0)
     return classes[first, columns]
 

@@ -98,6 +98,18 @@ class TokenClassification(TaskKind):
         words = tuple(line.split())
         return ((words,), None) if words else (None, "an empty sentence (no words)")
 
+    def texts_from_input(self, spec: TaskSpec, item: Any) -> tuple[tuple[Any, ...] | None, str | None]:
+        """A sentence given to `MultiTaskModel.predict`: a list of words, or a string split on whitespace."""
+        want = "a sentence (a list of words, or a string split on whitespace)"
+        if isinstance(item, str):
+            return ((tuple(item.split()),), None) if item.split() else (None, want)
+        if isinstance(item, Sequence) and item and all(isinstance(w, str) and w.strip() for w in item):
+            return (tuple(w.strip() for w in item),), None
+        return None, want
+
+    def input_words(self, spec: TaskSpec) -> str:
+        return "sentences"
+
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         """A list of tags (names, or indices into `label_names`), or a text of tags split on whitespace."""
         names = spec.label_names
@@ -407,6 +419,9 @@ class TokenClassification(TaskKind):
     def prediction_extras(self, path: Path, spec: TaskSpec) -> dict[str, Any] | None:
         """{id: its words} of a prediction file, to write an ensemble's."""
         return {str(row["id"]): Words(tuple(row["tokens"]), ()) for _, row in self._rows(path)}
+
+    def vote_rule(self, spec: TaskSpec, scores: bool) -> str:
+        return "per word, the most voted tag; a tie goes to the earliest member listed"
 
     def vote(self, spec: TaskSpec, predictions: np.ndarray) -> np.ndarray:
         """Per word, the majority tag of the members (members x examples of tag arrays), a tie going to the

@@ -10,7 +10,7 @@ import copy
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from mtbert.model.packing import packing_support
 
 if TYPE_CHECKING:
     from mtbert.model.multitask import MultiTaskModel
+    from mtbert.tasks import TaskSpec
 
 QUANTIZATIONS = ("int8",)
 PACKED_PREDICTION = True  # packed length-sorted batches (measured faster than padded ones on this CPU)
@@ -132,47 +133,62 @@ class TaskPredictions:
     """What `MultiTaskModel.predict` returns for one task, one entry per input in input order.
 
     `labels`: each prediction as `mtbert predict` writes it (the class name of a task with `label_names`, else the
-    class index, or the value). `predictions`: the class indices or values. `scores`: the class probabilities
-    (n x classes), the positive class's probability (binary pairs, n x 1), or the value (regression, n x 1), as the
-    task's kind gives them: what `mtbert ensemble --mode soft` averages.
+    class index, or the value; a multiple-choice task's chosen index; a token task's tags joined by spaces).
+    `predictions`: the class indices, values or chosen indices (a token task: an array of tag indices per input).
+    `scores`: the class probabilities (n x classes), the positive class's probability (binary pairs, n x 1), or the
+    value (regression, n x 1), as the task's kind gives them: what `mtbert ensemble --mode soft` averages. A
+    multiple-choice task's are the softmax over each input's choices (n x the most choices, 0 past an input's last
+    choice). `answers`: the text each prediction picks among its input (a multiple-choice task's chosen choice), or
+    None for a kind whose predictions pick none.
     """
 
     task: str
     labels: list[str]
     predictions: np.ndarray
     scores: np.ndarray
+    answers: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
-def predict_texts(model: MultiTaskModel, tokenizer, task: str, texts: Sequence[str] | Sequence[Sequence[str]],
-                  max_length: int, batch_size: int = 64, device: torch.device | str | None = None,
+def predict_texts(model: MultiTaskModel, tokenizer, task: str, texts: Sequence[Any], max_length: int,
+                  batch_size: int = 64, device: torch.device | str | None = None,
                   quantize: str | None = None) -> TaskPredictions:
-    """`model`'s predictions for `task` on `texts` (strings, or tuples of as many strings as the task reads, e.g.
-    pairs), through `predict_set`: the same batches, packing and `inference_mode` as `mtbert predict`."""
+    """`model`'s predictions for `task` on `texts` (strings, tuples of as many strings as the task reads, e.g.
+    pairs, or what the task's kind takes: `(context, [choice, ...])` for a multiple-choice task), through
+    `predict_set`: the same batches, packing and `inference_mode` as `mtbert predict`."""
     if task not in model.specs:
         raise MtbertError(f"task: the model has no task {task!r} (tasks: {', '.join(model.specs)})")
     spec = model.specs[task]
-    examples = _examples(texts, len(spec.text_columns), task)
+    examples = _examples(texts, spec)
     encoded = encode_examples(tokenizer, spec, examples, max_length, model.pair_architecture)
     device = device if device is not None else next(model.parameters()).device
     predictions, scores = predict_set(model, encoded, batch_size, tokenizer.pad_token_id or 0, device,
                                       quantize=quantize)
-    labels = [spec.task_kind.format_value(spec, value) for value in predictions]
-    return TaskPredictions(task, labels, predictions, scores)
+    return task_predictions(spec, examples, predictions, scores)
 
 
-def _examples(texts: Sequence[str] | Sequence[Sequence[str]], width: int, task: str) -> list[Example]:
-    """Examples of `texts`: one string each (a one-text task) or a tuple of `width` strings; else one MtbertError."""
-    what = "texts" if width == 1 else "pairs of texts" if width == 2 else f"tuples of {width} texts"
+def task_predictions(spec: TaskSpec, examples: list[Example], predictions: np.ndarray,
+                     scores: np.ndarray) -> TaskPredictions:
+    """`predict_set`'s outputs for `examples` as `TaskPredictions`: labels as `mtbert predict` writes them, and the
+    text each prediction picks among its input when the task's kind picks one."""
+    kind = spec.task_kind
+    labels = [kind.format_value(spec, value) for value in predictions]
+    answers = [kind.prediction_text(spec, e.texts, value) for e, value in zip(examples, predictions, strict=True)]
+    return TaskPredictions(spec.name, labels, predictions, scores,
+                           None if any(a is None for a in answers) else answers)  # type: ignore[arg-type]
+
+
+def _examples(texts: Sequence[Any], spec: TaskSpec) -> list[Example]:
+    """Examples of `texts`, each item read by the task's kind (`texts_from_input`); else one MtbertError."""
+    kind = spec.task_kind
     if isinstance(texts, str | bytes) or not isinstance(texts, Sequence):
-        raise MtbertError(f"texts: give a list of {what}, not {type(texts).__name__}")
+        raise MtbertError(f"texts: give a list of {kind.input_words(spec)}, not {type(texts).__name__}")
     examples = []
     for i, item in enumerate(texts):
-        parts = (item,) if isinstance(item, str) else tuple(item) if isinstance(item, Sequence) else None
-        if parts is None or len(parts) != width or not all(isinstance(p, str) for p in parts):
-            want = "one text (a string)" if width == 1 else "a pair of texts (a, b)" if width == 2 else f"{width} texts"
-            raise MtbertError(f"texts[{i}]: task {task} takes {want} per example, not {item!r:.80}")
+        parts, want = kind.texts_from_input(spec, item)
+        if parts is None:
+            raise MtbertError(f"texts[{i}]: task {spec.name} takes {want} per example, not {item!r:.80}")
         examples.append(Example(id=str(i), texts=parts, label=None, line=i + 1))
     return examples

@@ -246,10 +246,11 @@ class MultiTaskModel(nn.Module):
         """`decide` for this model's task `task`: (predictions, scores) of a batch's raw outputs."""
         return decide(self.specs[task], outputs, batch)
 
-    def predict(self, task: str, texts: list[str] | list[tuple[str, str]], batch_size: int = 64,
+    def predict(self, task: str, texts: list[Any], batch_size: int = 64,
                 max_length: int | None = None, quantize: str | None = None) -> TaskPredictions:
-        """Labels and scores of `task` for `texts` (strings, or pairs of strings for a pair task), in input order:
-        length-sorted packed batches of `batch_size` under `torch.inference_mode`, as `mtbert predict` runs them.
+        """Labels and scores of `task` for `texts` (strings, pairs of strings for a pair task, `(context, [choice,
+        ...])` for a multiple-choice task, words or a string for a token task), in input order: length-sorted
+        packed batches of `batch_size` under `torch.inference_mode`, as `mtbert predict` runs them.
 
         `max_length` defaults to the saved run's (else 512 tokens), within the encoder's positions;
         `quantize="int8"` predicts on the CPU with int8 linear layers."""

@@ -192,19 +192,17 @@ class OnnxModel:
         spec = self.specs[task]
         return spec.task_kind.decide(spec, outputs, batch)
 
-    def predict(self, task: str, texts: list[str] | list[tuple[str, str]],
-                batch_size: int | None = None) -> TaskPredictions:
+    def predict(self, task: str, texts: list[Any], batch_size: int | None = None) -> TaskPredictions:
         """`MultiTaskModel.predict` on the export: labels and scores of `task` for `texts`, in input order."""
         from mtbert.data.encoding import encode_examples
-        from mtbert.model.inference import TaskPredictions, _examples, predict_set  # noqa: F811 (at run time)
+        from mtbert.model.inference import _examples, predict_set, task_predictions
 
         spec = self.task(task).spec
-        examples = _examples(texts, len(spec.text_columns), task)
+        examples = _examples(texts, spec)
         encoded = encode_examples(self.tokenizer, spec, examples, self.max_length, self.pair_architecture)
         predictions, scores = predict_set(self, encoded, batch_size or self.batch_size,  # type: ignore[arg-type]
                                           self.tokenizer.pad_token_id or 0, "cpu", packed=False)
-        labels = [spec.task_kind.format_value(spec, value) for value in predictions]
-        return TaskPredictions(task, labels, predictions, scores)
+        return task_predictions(spec, examples, predictions, scores)
 
 
 def stacked_inputs(inputs: list[dict[str, torch.Tensor]], names: list[str], pad_id: int) -> dict[str, np.ndarray]:

@@ -391,8 +391,10 @@ def ensemble_card(output_dir: Path, results: dict[str, Any], specs: dict[str, Ta
     data = ModelCardData(model_name=name, base_model=bases or None, library_name="mtbert",
                          tags=["mtbert", "ensemble", *sorted({task_type(s) for s in task_list})],
                          datasets=_hub_datasets(task_list), eval_results=eval_results(task_list, metrics) or None)
-    rule = ("the CS224N report's vote (single-sentence classes: the mean class rounded half up; pair classes: the "
-            "majority, a tie going to the first member; values: the mean)" if results.get("mode") == "vote"
+    rules = results.get("vote_rules") or {}
+    rule = ("a vote of their predictions, each file by its task's rule (" +
+            "; ".join(f"`{name}`: {text}" for name, text in rules.items()) + ")" if rules else
+            "a vote of their predictions" if results.get("mode") == "vote"
             else "the average of the members' probabilities and values, then one model's decision")
     members = "\n".join(f"- `{m}`" for m in results.get("members", []))
     body = [

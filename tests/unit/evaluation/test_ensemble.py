@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from scipy.stats import pearsonr
 import mtbert.evaluation.metrics
 import mtbert.kinds.sentence
 from mtbert.config import build_config, save_config
-from mtbert.errors import MtbertError
+from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import majority, run_ensemble, vote
 from mtbert.evaluation.predict import read_cs224n, write_cs224n, write_scores
-from mtbert.tasks import BUILTIN_TASKS, TaskSpec
+from mtbert.tasks import BUILTIN_TASKS, TaskSpec, task_from_config
 
 SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts"]
 
@@ -81,9 +82,10 @@ def test_single_sentence_rounds_the_mean_half_up():
     assert vote(SST, three).tolist() == [1, 4, 3]
 
 
-def test_rules_go_by_task_kind_not_name():
-    mood = TaskSpec(name="mood", kind="single", num_labels=3)
+def test_rules_go_by_task_kind_and_ordered_labels_not_name():
+    mood = TaskSpec(name="mood", kind="single", num_labels=3, ordered_labels=True)
     assert vote(mood, np.array([[0, 1], [1, 2]])).tolist() == [1, 2]  # mean rounded half up
+    assert vote(replace(mood, ordered_labels=False), np.array([[0, 1], [1, 2]])).tolist() == [0, 1]  # first's
     nli = TaskSpec(name="sst", kind="pair-classification", text_columns=("a", "b"), num_labels=3)
     assert vote(nli, np.array([[0], [2]])).tolist() == [0]  # a vote even under a single-sentence task's name
     similarity = TaskSpec(name="para", kind="pair-regression", text_columns=("a", "b"), num_labels=1)
@@ -99,6 +101,43 @@ def test_majority_ties_go_to_the_earliest_member():
                       [0, 1, 2, 3, 4],  # all tie; the first member's 0
                       [0, 1, 1, 2, 3]]).T  # 1 wins outright over the first member's 0
     assert majority(votes, 5).tolist() == [1, 2, 0, 1]
+
+
+def test_unordered_classes_take_the_most_voted_class_not_the_mean_index():
+    intent = task_from_config({"name": "intent", "kind": "single", "train_file": "t", "dev_file": "d",
+                               "text_columns": ["text"], "num_labels": 7}, "tasks[0]")
+    assert intent.ordered_labels is False  # the default for a declared classification task
+    votes = np.array([[2], [6], [6]])  # 7 unordered classes: the mean index 4.67 -> 5 is a class nobody voted
+    assert vote(intent, votes).tolist() == [6]
+    ordered = replace(intent, ordered_labels=True)
+    assert vote(ordered, votes).tolist() == [5]  # the report's rule, kept where the classes are ordered
+    assert vote(SST, np.array([[2], [6 - 2], [4]])).tolist() == [3]  # the built-in SST keeps it: mean 3.33 -> 3
+
+
+def test_majority_ties_go_to_the_highest_summed_probability_then_the_earliest_member():
+    spec = TaskSpec(name="intent", kind="single", num_labels=3, text_columns=("text",))
+    votes = np.array([[0, 0, 1], [1, 1, 0]])  # two members: every example is a 1-1 tie
+    probabilities = np.array([[[0.5, 0.4, 0.1], [0.5, 0.5, 0.0], [0.3, 0.6, 0.1]],
+                              [[0.1, 0.6, 0.3], [0.5, 0.5, 0.0], [0.4, 0.3, 0.3]]])
+    # sums: [0.6, 1.0, ...] -> 1; [1.0, 1.0] -> still tied, the first member's 0; [0.7, 0.9] -> 1
+    assert vote(spec, votes, probabilities).tolist() == [1, 0, 1]
+    assert vote(spec, votes).tolist() == [0, 0, 1]  # no scores: the first member's class
+    three = np.array([[2], [1], [1]])  # an outright majority wins whatever the probabilities
+    assert vote(spec, three, np.array([[[0, 0, 1.0]], [[0, 0.4, 0.6]], [[0, 0.4, 0.6]]])).tolist() == [1]
+    # a pair task keeps the report's Quora rule: a tie goes to the earliest member, whatever the probabilities
+    assert vote(PARA, np.array([[0, 1], [1, 0]]), np.array([[[0.45], [0.9]], [[0.9], [0.45]]])).tolist() == [0, 1]
+
+
+def test_ordered_labels_is_a_classification_key_the_builtin_sst_sets():
+    assert SST.ordered_labels and not PARA.ordered_labels
+    assert task_from_config({"name": "sst", "train_file": "x.csv"}, "tasks[0]").ordered_labels  # kept by overrides
+    assert not task_from_config({"name": "sst", "kind": "single-regression", "label_min": 0, "label_max": 4,
+                                 "num_labels": 1}, "tasks[0]").ordered_labels  # a kind that does not read it
+    with pytest.raises(ConfigError, match=r"^tasks\[0\]\.ordered_labels: a pair-regression task does not read"):
+        task_from_config({"name": "x", "kind": "pair-regression", "text_columns": ["a", "b"], "num_labels": 1,
+                          "ordered_labels": True}, "tasks[0]")
+    with pytest.raises(ConfigError, match=r"^tasks\[0\]\.ordered_labels: must be true or false$"):
+        task_from_config({"name": "x", "kind": "single", "ordered_labels": "yes"}, "tasks[0]")
 
 
 # ---- vote on files -------------------------------------------------------------------------------
@@ -131,10 +170,62 @@ def test_vote_files_and_dev_metrics(tmp_path, monkeypatch):
     on_disk = json.loads((tmp_path / "ens" / "results.json").read_text())
     assert on_disk["mode"] == "vote" and on_disk["members"] == [str(a), str(b)]
     assert on_disk["ensemble"] == results["ensemble"]
+    assert on_disk["vote_rules"] == {  # the CS224N report's rules, by task
+        "sst-dev-output.csv": "the members' mean class rounded half up (ordered_labels: the CS224N report's SST rule)",
+        "para-dev-output.csv": "the most voted class; a tie goes to the earliest member listed",
+        "sts-dev-output.csv": "the mean of the members' values"}
 
     run_ensemble([b, a], tmp_path / "swapped")
     assert read_output(tmp_path / "swapped", "para") == {"p1": 0, "p2": 1, "p3": 1, "p4": 0}  # ties: b's votes now
     assert read_output(tmp_path / "swapped", "sst") == read_output(tmp_path / "ens", "sst")
+
+
+INTENT = {"name": "intent", "kind": "single", "train_file": "intent-train.csv", "dev_file": "intent-dev.csv",
+          "text_columns": ["text"], "num_labels": 7}
+
+
+def test_vote_files_break_ties_by_the_scores_files_and_say_which_rule(tmp_path, no_data, caplog):
+    intent = task_from_config(INTENT, "tasks[1]")
+    votes = {"a": {"x": 2, "y": 0, "z": 1}, "b": {"x": 6, "y": 3, "z": 4}, "c": {"x": 6, "y": 5, "z": 1}}
+    probability = {"y": 3, "x": 6, "z": 1}  # b's class of y is the likeliest of the three-way tie
+    members = []
+    for name, classes in votes.items():
+        run = tmp_path / name
+        save_config(build_config({"output_dir": str(run), "data_dir": str(no_data), "tasks": ["sst", INTENT]}),
+                    run / "config.yaml")
+        write_cs224n(run / "predictions" / "intent-dev-output.csv", intent, list(classes),
+                     np.array(list(classes.values())))
+        write_predictions(run / "predictions", {"sst": {"x": 2, "y": 4, "z": 4}} if name == "a" else
+                          {"sst": {"x": 4, "y": 4, "z": 3}})
+        rows = {i: np.eye(7)[c] * 0.4 + np.eye(7)[probability[i]] * (0.3 if name == "b" else 0.0) + 0.3 / 7
+                for i, c in classes.items()}
+        write_scores(run / "scores" / "intent-dev.tsv", intent, list(rows), np.array(list(rows.values())))
+        members.append(run)
+    results = run_ensemble(members, tmp_path / "ens")
+    out = read_cs224n(tmp_path / "ens" / "intent-dev-output.csv", intent)[1]
+    assert out == {"x": 6, "y": 3, "z": 1}  # 2, 6, 6 -> 6 (the mean index would say 5); a tie -> the likeliest
+    assert read_output(tmp_path / "ens", "sst") == {"x": 3, "y": 4, "z": 3}  # SST: the mean (x: not the 4 of two)
+    assert results["vote_rules"] == {
+        "intent-dev-output.csv": "the most voted class; a tie goes to the highest summed probability of the tied "
+                                 "classes, then the earliest member",
+        "sst-dev-output.csv": "the members' mean class rounded half up (ordered_labels: the CS224N report's SST rule)"}
+    assert "`intent-dev-output.csv`: the most voted class" in (tmp_path / "ens" / "README.md").read_text()
+
+    bare = [run / "predictions" for run in members]  # no scores/: ties go to the earliest member, and it says so
+    results = run_ensemble(bare, tmp_path / "bare")
+    assert read_cs224n(tmp_path / "bare" / "intent-dev-output.csv", intent)[1] == {"x": 6, "y": 0, "z": 1}
+    assert results["vote_rules"]["intent-dev-output.csv"] == (
+        "the most voted class; a tie goes to the earliest member listed (not every member has a usable scores file)")
+
+    scores = members[2] / "scores" / "intent-dev.tsv"  # a scores file that lacks an id: said, and not used
+    kept = [line for line in scores.read_text().splitlines(keepends=True) if not line.startswith("y")]
+    scores.write_text("".join(kept))
+    with caplog.at_level(logging.WARNING, logger="mtbert.evaluation.ensemble"):
+        results = run_ensemble(members, tmp_path / "short")
+    assert f"ensemble: {scores} has no scores for 1 predicted ids (e.g. id y); ties of the vote go to the earliest " \
+           "member" in caplog.text
+    assert read_cs224n(tmp_path / "short" / "intent-dev-output.csv", intent)[1] == {"x": 6, "y": 0, "z": 1}
+    assert "not every member has a usable scores file" in results["vote_rules"]["intent-dev-output.csv"]
 
 
 def test_vote_of_three_members_without_labels(tmp_path, no_data):

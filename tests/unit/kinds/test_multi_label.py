@@ -51,6 +51,30 @@ def test_label_sets_are_read_from_lists_and_separated_strings_with_names_from_tr
     assert report in caplog.text
 
 
+def test_label_names_come_from_a_datasets_classlabel_sequence_in_its_order(tmp_path):
+    import datasets
+
+    from mtbert.data.loading import read_split
+
+    names = ["tech", "food", "sports", "politics"]  # not sorted: the feature's order is the class order
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "topics": datasets.Sequence(datasets.ClassLabel(names=names))})
+    train = {"text": ["a", "b", "c"], "topics": [[2, 1], [0], []]}
+    dev = {"text": ["x", "y"], "topics": [[3, 0], [-1]]}  # -1: the dataset's missing label
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(train, features=features),
+                          "validation": datasets.Dataset.from_dict(dev, features=features)}).save_to_disk(
+        str(tmp_path / "topics"))
+    spec = resolve_labels(spec_of(train_file=None, dev_file=None, label_separator=None, test_split=None,
+                                  dataset=str(tmp_path / "topics")), tmp_path)
+    assert spec.label_names == tuple(names) and spec.num_labels == 4
+    masks = [e.label for e in read_split(spec, "train", tmp_path).examples]
+    assert bits(masks, 4).astype(int).tolist() == [[0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]]
+    assert [KIND.format_value(spec, m) for m in masks] == ["food|sports", "tech", ""]
+    read = read_split(spec, "dev", tmp_path)
+    assert bits([e.label for e in read.examples], 4).astype(int).tolist() == [[1, 0, 0, 1]]
+    assert read.skipped == [(2, "empty label")]
+
+
 class _Tokenizer:
     """Tokenizes every text as [CLS] [SEP]: the report needs no real tokens."""
 
