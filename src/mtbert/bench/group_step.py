@@ -19,7 +19,6 @@ and its cost against `sum` is read from the paired per-step ratios. Methods:
 from __future__ import annotations
 
 import copy
-import resource
 import statistics
 from collections.abc import Callable
 from dataclasses import replace
@@ -29,6 +28,7 @@ from typing import Any
 import torch
 
 from mtbert.bench.machine import machine
+from mtbert.bench.peak import peak_mb, start_peak
 from mtbert.bench.step import (
     MIN_ROUNDS,
     PCGRAD_GOAL,
@@ -131,13 +131,14 @@ def bench_group_step(config: str | Path, methods: list[str], steps: int, warmup:
 
         return step
 
+    start = start_peak()  # the peak of the steps, not of loading the data
     times = rotated_rounds({m: stepper(m) for m in methods}, all_batches, warmup)
     return {
         "benchmark": "step", "config": str(config), "streams": streams, "batch_size_per_stream": n, "steps": steps,
         **machine(), "order": "rotated by one method every step",
         "trainable_parameters": {"encoder": sum(p.numel() for p in model.shared_parameters()),
                                  "all": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_mb(), "resident_before_steps_mb": start["resident_mb"],
         "methods": summarize(times),
         "goals": group_goals(times, GROUP_GOALS if groups else SEPARATE_GOALS),
     }

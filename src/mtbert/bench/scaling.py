@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from mtbert.bench.machine import machine
+from mtbert.bench.peak import start_peak
 from mtbert.bench.step import MIN_ROUNDS, bootstrap_interval, paired_ratios, rotated_rounds, torchjd_step
 from mtbert.config import build_config
 from mtbert.data import collate, load_task_data
@@ -166,20 +167,23 @@ def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup:
             optimizer.zero_grad(set_to_none=True)
         return step
 
+    start_peak()  # the peak of the steps, not of loading the data
     return rotated_rounds({row: stepper(row) for row in rows}, all_batches, warmup)
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from mtbert.bench.scaling import time_rows
 count, row, steps, samples, model_path = json.loads(sys.argv[1])
 time_rows(count, [row], steps, 0, samples, model_path)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+from mtbert.bench.peak import peak_mb
+print(json.dumps(peak_mb()))
 """
 
 
 def row_peak_mb(count: int, row: str, steps: int, samples_per_step: int, model_path: str | None) -> float:
-    """Peak resident memory (MB) of `steps` steps of one row alone in a fresh process."""
+    """Peak resident memory (MB) of `steps` steps of one row alone in a fresh process (the steps' peak, after the
+    data's loading: bench/peak.py)."""
     command = [sys.executable, "-c", MEMORY_SCRIPT, json.dumps([count, row, steps, samples_per_step, model_path])]
     env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads()), "TOKENIZERS_PARALLELISM": "false"}
     done = subprocess.run(command, capture_output=True, text=True, env=env)

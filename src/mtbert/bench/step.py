@@ -13,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -28,6 +27,7 @@ import numpy as np
 import torch
 
 from mtbert.bench.machine import machine
+from mtbert.bench.peak import peak_mb, start_peak
 from mtbert.config import build_config
 from mtbert.data import MultiTaskSampler, collate, load_task_data
 from mtbert.data.encoding import collate_packed
@@ -132,13 +132,14 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
 
         return step
 
+    start = start_peak()  # the peak of the steps, not of loading the data
     times = rotated_rounds({m: stepper(m) for m in methods}, all_batches, warmup)
     return {
         "benchmark": "step", "tasks": [s.name for s in specs], "batch_size_per_task": batch_size, "steps": steps,
         **machine(), "trainable": kind, "order": "rotated by one method every step",
         "trainable_parameters": {"encoder": sum(p.numel() for p in model.shared_parameters()),
                                  "all": sum(p.numel() for p in model.parameters() if p.requires_grad)},
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: kilobytes
+        "peak_rss_mb": peak_mb(), "resident_before_steps_mb": start["resident_mb"],
         "methods": summarize(times),
         **({"memory": method_memory(methods, batch_size, model_path)} if memory else {}),
         "goals": step_goals(times),
@@ -225,18 +226,20 @@ def step_goals(times: dict[str, list[float]]) -> dict[str, Any]:
 
 
 MEMORY_SCRIPT = """
-import json, resource, sys
+import json, sys
 from mtbert.bench.step import bench_step
 method, steps, batch_size, model_path = json.loads(sys.argv[1])
 bench_step([method], steps, 0, batch_size, model_path=model_path)
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+from mtbert.bench.peak import peak_mb
+print(json.dumps(peak_mb()))
 """
 
 
 def method_memory(methods: list[str], batch_size: int, model_path: str | None = None, steps: int = MIN_ROUNDS,
                   data_dir: str | Path | None = None) -> dict[str, Any]:
     """Peak resident memory (MB) of `steps` training steps of each method alone in a fresh process, one after
-    the other, with its ratio to `sum`'s. No step logs diagnostics, so `sum` holds no per-task buffer."""
+    the other, with its ratio to `sum`'s: the peak of the steps, after the data's loading (bench/peak.py). No
+    step logs diagnostics, so `sum` holds no per-task buffer."""
     peaks: dict[str, float] = {}
     for method in methods:
         command = [sys.executable, "-c", MEMORY_SCRIPT, json.dumps([method, steps, batch_size, model_path])]
@@ -247,7 +250,8 @@ def method_memory(methods: list[str], batch_size: int, model_path: str | None = 
             raise RuntimeError(f"the memory run of {method} failed with exit status {done.returncode}:\n"
                                f"{done.stderr[-2000:]}")
         peaks[method] = round(float(done.stdout.strip().splitlines()[-1]), 1)
-    out: dict[str, Any] = {"steps": steps, "diagnostics": False, "peak_rss_mb": peaks}
+    out: dict[str, Any] = {"steps": steps, "diagnostics": False, "measured": "the steps' peak, after loading",
+                           "peak_rss_mb": peaks}
     if "sum" in peaks:
         out["ratio_to_sum"] = {m: round(v / peaks["sum"], 3) for m, v in peaks.items()}
     return out
