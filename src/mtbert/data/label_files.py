@@ -67,7 +67,7 @@ def labels_by_sentence(path: Path, sentences: int, words: Path) -> dict[str, tup
                             f"are 1 to {sentences})")
         found[sentence] = (number, label)
     if not keyed and len(found) != sentences:
-        line = min(len(found), sentences + 1)  # the last label, or the first one beyond the sentences
+        line = min(len(found), sentences) + 1  # where a label is missing, or the first beyond the sentences
         raise DataError(f"{path}, line {line}: {len(found)} labels for the {sentences} sentences of {words}; a "
                         "line-aligned label file holds one label per sentence, line k for the k-th")
     return found
