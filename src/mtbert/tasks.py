@@ -336,6 +336,12 @@ def check_input_groups(specs: list[TaskSpec]) -> None:
                         f"{_shown(getattr(spec, key))} but task {first.name} of input_group '{group}' has "
                         f"{_shown(getattr(first, key))}; the tasks of a group read the same data (files, or dataset, "
                         "dataset_config and splits), id_column and text_columns")
+            word, first_word = ((s.conll_columns or (0, -1))[0] for s in (spec, first))
+            if word != first_word and any(is_conll(getattr(first, f"{split}_file")) for split in SPLITS):
+                raise ConfigError(
+                    f"tasks[{specs.index(spec)}].input_group: task {spec.name} reads its words from CoNLL column "
+                    f"{word} but task {first.name} of input_group '{group}' from column {first_word}; the tasks of a "
+                    "group read the same words (a task with label_files reads the first column)")
 
 
 def _shown(value: Any) -> str:

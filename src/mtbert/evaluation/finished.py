@@ -109,7 +109,8 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
         else:
             path = Path(files[name]) if name in files else data_dir / spec.dev_file
             read[name] = usable_examples(read_task_file(path, spec, labeled=True))
-    read = same_group_rows(list(specs.values()), read)
+    given = {specs[t].input_group for t in files}  # a group with a task on another file: each scored on its own
+    read = same_group_rows([s for s in specs.values() if s.input_group not in given], read)
     results = {}
     for name, spec in specs.items():
         examples = read[name]
@@ -130,7 +131,7 @@ def same_group_rows(specs: list[TaskSpec], examples: dict[str, list[Example]]) -
     out = dict(examples)
     for group, members in input_groups(specs).items():
         common = set.intersection(*({e.id for e in examples[s.name]} for s in members))
-        if not common:  # files of other rows given for its tasks: each task is scored on its own
+        if not common:
             continue
         order = {e.id: k for k, e in enumerate(examples[members[0].name])}
         for spec in members:

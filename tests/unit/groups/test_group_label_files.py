@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -236,3 +237,31 @@ def test_the_joint_conll_example_trains_and_predicts_by_config_alone(tiny_model_
     assert main(["predict", str(run), "--group", "assistant", "--input", "-", "--output", "-"]) == 0
     (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert row["tokens"] == ["play", "some", "adele"] and len(row["slots"]) == 3
+
+
+def test_the_tasks_of_a_conll_group_read_the_same_word_column(joint_tasks):
+    tasks = joint_tasks(True)
+    tasks[1] = {**tasks[1], "conll_columns": [1, 2]}
+    with pytest.raises(ConfigError, match=r"^tasks\[1\]\.input_group: task slots reads its words from CoNLL column 1 "
+                                          r"but task intent of input_group 'joint' from column 0; the tasks of a group "
+                                          r"read the same words \(a task with label_files reads the first column\)$"):
+        build_config({"tasks": tasks})
+    tasks[1] = {**tasks[1], "conll_columns": [0, 1]}
+    assert [s.name for s in build_config({"tasks": tasks}).task_specs()] == ["intent", "slots"]
+
+
+def test_evaluate_keeps_the_rows_every_task_of_the_group_read(runs, joint_data_dir, tmp_path, caplog):
+    """A dev sentence whose tag is missing is skipped by the slots and so left out of the intent too, as in
+    training: the frame accuracy compares the same 39 sentences."""
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(joint_data_dir, data)
+    shutil.copytree(runs["conll"], run)
+    blocks = (data / "joint-dev.conll").read_text().split("\n\n")
+    blocks[2] = blocks[2].split("\t")[0] + "\n" + blocks[2].split("\n", 1)[1]  # its first word without its tag
+    (data / "joint-dev.conll").write_text("\n\n".join(blocks))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**config, "data_dir": str(data)}))
+    assert main(["evaluate", str(run), "--json", str(tmp_path / "e.json")]) == 0
+    metrics = json.loads((tmp_path / "e.json").read_text())
+    assert "input_group joint: 1 rows of task intent are left out: another task of the group skipped" in caplog.text
+    assert 0 <= metrics["joint_frame_acc"] <= metrics["intent_acc"]
