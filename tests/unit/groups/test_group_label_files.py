@@ -265,3 +265,22 @@ def test_evaluate_keeps_the_rows_every_task_of_the_group_read(runs, joint_data_d
     metrics = json.loads((tmp_path / "e.json").read_text())
     assert "input_group joint: 1 rows of task intent are left out: another task of the group skipped" in caplog.text
     assert 0 <= metrics["joint_frame_acc"] <= metrics["intent_acc"]
+
+
+def test_multi_label_and_regression_tasks_read_their_labels_from_a_label_file(tmp_path):
+    from mtbert.data.loading import read_split, resolve_labels
+    from mtbert.tasks import task_from_config
+
+    (tmp_path / "s.conll").write_text("play\tO\nadele\tB-artist\n\nrain\tO\nin\tO\nparis\tB-city\n")
+    (tmp_path / "topics.txt").write_text("music#fun\nweather\n")
+    (tmp_path / "scores.tsv").write_text("2\t0.25\n1\t4.5\n")
+    common = {"train_file": "s.conll", "dev_file": "s.conll"}
+    topics = task_from_config({"name": "topics", "kind": "multi-label", "label_separator": "#", **common,
+                               "label_files": {"train": "topics.txt", "dev": "topics.txt"}}, "tasks[0]")
+    topics = resolve_labels(topics, tmp_path)
+    assert topics.label_names == ("fun", "music", "weather")
+    result = read_split(topics, "dev", tmp_path)
+    assert [(e.texts, e.label) for e in result.examples] == [(("play adele",), 3.0), (("rain in paris",), 4.0)]
+    score = task_from_config({"name": "score", "kind": "single-regression", **common,
+                              "label_files": {"train": "scores.tsv", "dev": "scores.tsv"}}, "tasks[0]")
+    assert [e.label for e in read_split(score, "train", tmp_path).examples] == [4.5, 0.25]
