@@ -6,13 +6,16 @@ Nothing outside this module knows the built-in tasks by name.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from mtbert.errors import ConfigError
 from mtbert.kinds import KINDS, TaskKind, aliases
+from mtbert.kinds.sentence import SentenceKind
 
 SPLITS = ("train", "dev", "test")
+CONLL_SUFFIXES = (".conll", ".bio", ".iob", ".conllu")  # a CoNLL file of words (and tags), by its name
+LABELED_SPLITS = ("train", "dev")  # the splits whose labels a task reads (test is predicted)
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class TaskSpec:
     `label_names`: class names in index order; labels are then names, and predictions are written as names.
     `input_group`: the tasks that name the same group read the same data and text columns, and a step draws them as
     one batch with one encoder forward pass (data/groups.py); `loss_weight` multiplies the task's loss.
+    `label_files`: {split: file} of a one-text sentence task whose words come from a CoNLL file: its labels, one
+    per sentence (line-aligned, or `id<TAB>label` lines; data/label_files.py).
     """
 
     name: str
@@ -56,6 +61,7 @@ class TaskSpec:
     ordered_labels: bool = False  # classification: classes 0 < 1 < ... are ordered (an ensemble vote takes their mean)
     input_group: str | None = None  # tasks of one group read the same examples: one batch, one encoder pass
     loss_weight: float = 1.0  # multiplies the task's loss (JointBERT's coefficient)
+    label_files: dict[str, str] | None = field(default=None, hash=False)  # {train, dev: file}: labels of CoNLL words
 
     def __post_init__(self) -> None:
         if self.metric is None and isinstance(self.kind, str) and self.kind in KINDS:
@@ -173,6 +179,8 @@ def task_from_config(entry: Any, where: str) -> TaskSpec:
                                       for n in values["label_names"])
     if isinstance(values.get("kind"), str):
         values["kind"] = aliases().get(values["kind"], values["kind"])
+    if isinstance(values.get("label_files"), dict):  # the spec's own copy of the config's mapping
+        values["label_files"] = dict(values["label_files"])
     if base is not None and "kind" in values and "metric" not in values:
         values["metric"] = None  # another kind than the built-in's: its own primary metric
     if base is not None and values.get("kind") in KINDS:  # the built-in's kind-only keys another kind does not read
@@ -248,6 +256,48 @@ def _validate(spec: TaskSpec, where: str) -> None:
     weight = spec.loss_weight
     if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight <= 0:
         raise ConfigError(f"{where}.loss_weight: must be a positive number, not {weight!r}")
+    _check_label_files(spec, where)
+
+
+def is_conll(name: str | None) -> bool:
+    """Whether a file name is a CoNLL file's (by its suffix)."""
+    return isinstance(name, str) and name.lower().endswith(CONLL_SUFFIXES)
+
+
+def reads_label_files(spec: TaskSpec) -> bool:
+    """Whether the task's kind reads one text and one label per example, so that a CoNLL file can give its words
+    and `label_files` its labels (single, single-regression, multi-label)."""
+    kind = spec.task_kind
+    return isinstance(kind, SentenceKind) and kind.texts == 1
+
+
+def _check_label_files(spec: TaskSpec, where: str) -> None:
+    """`label_files`: a mapping of train and dev to file names, of a one-text sentence task whose files of those
+    splits are CoNLL files; and such a task reading a CoNLL train or dev file has them."""
+    given = spec.label_files
+    where = f"{where}.label_files"
+    example = "such as {train: train-labels.txt, dev: dev-labels.txt}"
+    if given is None:
+        for split in LABELED_SPLITS:
+            name = getattr(spec, f"{split}_file")
+            if is_conll(name) and reads_label_files(spec):
+                raise ConfigError(f"{where}: task {spec.name} reads the words of the CoNLL file {name} "
+                                  f"({split}_file) and needs its labels from a second file per split, {example}")
+        return
+    if not isinstance(given, dict) or not given:
+        raise ConfigError(f"{where}: must be a mapping of split to file, {example}")
+    if not reads_label_files(spec):
+        raise ConfigError(f"{where}: a {spec.kind} task does not read labels from a second file (a one-text "
+                          "sentence task does: single, single-regression, multi-label)")
+    for split, name in given.items():
+        if split not in LABELED_SPLITS:
+            raise ConfigError(f"{where}.{split}: not a split with labels; give train and dev (test is predicted)")
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigError(f"{where}.{split}: must be a file name")
+        words = getattr(spec, f"{split}_file")
+        if not is_conll(words):
+            raise ConfigError(f"{where}.{split}: labels the sentences of a CoNLL {split}_file "
+                              f"({', '.join(CONLL_SUFFIXES)}), but {split}_file is {words!r}")
 
 
 # what the tasks of one input_group must share: the same rows (files, or dataset, configuration and splits), ids and
@@ -291,6 +341,12 @@ def check_input_groups(specs: list[TaskSpec]) -> None:
                         f"{_shown(getattr(spec, key))} but task {first.name} of input_group '{group}' has "
                         f"{_shown(getattr(first, key))}; the tasks of a group read the same data (files, or dataset, "
                         "dataset_config and splits), id_column and text_columns")
+            word, first_word = ((s.conll_columns or (0, -1))[0] for s in (spec, first))
+            if word != first_word and any(is_conll(getattr(first, f"{split}_file")) for split in SPLITS):
+                raise ConfigError(
+                    f"tasks[{specs.index(spec)}].input_group: task {spec.name} reads its words from CoNLL column "
+                    f"{word} but task {first.name} of input_group '{group}' from column {first_word}; the tasks of a "
+                    "group read the same words (a task with label_files reads the first column)")
 
 
 def _shown(value: Any) -> str:

@@ -3,8 +3,9 @@ sentence, `-DOCSTART-` lines skipped (CoNLL-2003's document breaks).
 
 The word is the first column and the tag the last unless the task sets `conll_columns: [WORD_INDEX, TAG_INDEX]`
 (from 0; negative counts from the end). An unlabeled file (test) may hold words alone. A sentence is one example:
-its id is its number in the file (from 1) and its line the line of its first word; a sentence with a malformed
-line is skipped with that line and the reason.
+its id is its number in the file (from 1, skipped sentences counted) and its line the line of its first word; a
+sentence with a malformed line is skipped with that line and the reason. A sentence task (single, multi-label) reads
+the words alone, as one text, and its labels from `label_files` (`mtbert.data.label_files`).
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ from pathlib import Path
 
 from mtbert.data.rows import Example, LabelParser, ReadResult
 from mtbert.errors import DataError
-from mtbert.tasks import TaskSpec
+from mtbert.tasks import CONLL_SUFFIXES, TaskSpec, reads_label_files
 
-CONLL_SUFFIXES = (".conll", ".bio", ".iob", ".conllu")
+__all__ = ["CONLL_SUFFIXES", "DOCSTART", "read_conll"]
 DOCSTART = "-DOCSTART-"
 
 
 def read_conll(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParser) -> ReadResult:
-    """Every sentence of a CoNLL file as an example (words, tags), or skipped with its line and reason."""
+    """Every sentence of a CoNLL file as an example (its words as the task's kind reads a list of words, and its
+    tags when `labeled`), or skipped with its line and reason. A sentence task's labels are not in the file: reading
+    it `labeled` is a DataError (`read_split` adds them from the task's `label_files`)."""
+    if labeled and reads_label_files(spec):
+        raise DataError(f"{path}: a CoNLL file holds words and their tags, not the labels of the {spec.kind} task "
+                        f"{spec.name}; give them in a second file (the task's label_files)")
     try:
         data = path.read_bytes()
     except OSError as err:
@@ -54,13 +60,15 @@ def read_conll(path: Path, spec: TaskSpec, labeled: bool, parse: LabelParser) ->
                 want = "a word and a tag" if labeled else "a word"
                 reason = f"line {line} has {len(fields)} field(s), where {want} are needed"
                 break
-        label = None
+        label = text = None
+        if reason is None:
+            text, reason = spec.task_kind.read_text(words, spec.text_columns[0])  # words, or one text of them
         if reason is None and labeled:
             label, reason = parse(tags)
         if reason is not None:
             result.skipped.append((first, reason))
         else:
-            result.examples.append(Example(id=str(number), texts=(tuple(words),), label=label, line=first))
+            result.examples.append(Example(id=str(number), texts=(text,), label=label, line=first))
         sentence.clear()
 
     for line, raw in enumerate(text.splitlines(), start=1):

@@ -11,6 +11,7 @@ from typing import Any
 from mtbert.data.encoding import EncodedSet, encode_examples
 from mtbert.data.files import LabelParser, ReadResult, label_parser, read_task_file
 from mtbert.data.groups import align_sets
+from mtbert.data.label_files import add_labels
 from mtbert.errors import DataError
 from mtbert.tasks import BUILTIN_TASKS, SPLITS, TaskSpec, input_groups
 
@@ -39,7 +40,8 @@ def read_split(spec: TaskSpec, split: str, data_dir: Path, labeled: bool | None 
     """Read one split ("train", "dev" or "test") of a task: its file under data_dir, or its dataset's split.
 
     Returns None when the task has no such split, or when its test file or split is absent (logged). A missing
-    train or dev source is a DataError. `labeled` defaults to every split but test.
+    train or dev source is a DataError. `labeled` defaults to every split but test. A task with `label_files`
+    reads the split's words from its CoNLL file and their labels from the split's label file (`add_labels`).
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, not {split!r}")
@@ -64,7 +66,14 @@ def read_split(spec: TaskSpec, split: str, data_dir: Path, labeled: bool | None 
             return None
         hint = DATA_HELP if spec.name in BUILTIN_TASKS else f"{split}_file is relative to data_dir ({data_dir})"
         raise DataError(f"{path}: file not found; {hint}")
-    return read_task_file(path, spec, labeled=labeled, parse=parse, report=report)
+    label_file = (spec.label_files or {}).get(split) if labeled else None
+    if label_file is None:
+        return read_task_file(path, spec, labeled=labeled, parse=parse, report=report)
+    words = read_task_file(path, spec, labeled=False, parse=parse, report=False)
+    result = add_labels(words, data_dir / label_file, spec, parse)
+    if report:
+        result.log_summary()
+    return result
 
 
 class _NumericLabel(Exception):

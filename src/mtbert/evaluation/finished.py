@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from mtbert.config import TrainConfig, config_positions, load_config
 from mtbert.data import Example, ReadResult, encode_examples, read_task_file
 from mtbert.data.conll import CONLL_SUFFIXES
 from mtbert.data.groups import align_sets, encoding_task
+from mtbert.data.loading import read_split
 from mtbert.data.quotes import runaway_quote_line
 from mtbert.errors import DataError, MtbertError
 from mtbert.evaluation.evaluate import predict_group, predict_set
@@ -24,7 +26,9 @@ from mtbert.io import atomic_write_text, read_json
 from mtbert.model import MultiTaskModel, load_tokenizer
 from mtbert.model.onnx_runtime import OnnxModel, is_onnx_export
 from mtbert.runs.layout import MODEL_CONFIG, RunDir
-from mtbert.tasks import TaskSpec
+from mtbert.tasks import TaskSpec, input_groups
+
+logger = logging.getLogger(__name__)
 
 
 def load_run_config(run_dir: Path) -> TrainConfig:
@@ -98,10 +102,18 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
     for task in files:
         if task not in specs:
             raise MtbertError(f"--{task}: the run has no task {task} (tasks: {', '.join(specs)})")
+    read = {}
+    for name, spec in specs.items():
+        if name not in files and (spec.label_files or {}).get("dev"):  # CoNLL words, labels from a second file
+            read[name] = usable_examples(read_split(spec, "dev", data_dir))
+        else:
+            path = Path(files[name]) if name in files else data_dir / spec.dev_file
+            read[name] = usable_examples(read_task_file(path, spec, labeled=True))
+    given = {specs[t].input_group for t in files}  # a group with a task on another file: each scored on its own
+    read = same_group_rows([s for s in specs.values() if s.input_group not in given], read)
     results = {}
     for name, spec in specs.items():
-        path = Path(files[name]) if name in files else data_dir / spec.dev_file
-        examples = usable_examples(read_task_file(path, spec, labeled=True))
+        examples = read[name]
         if is_onnx_export(run_dir):
             predictions, _ = predict_onnx(exported, spec, examples, progress=True)
         else:
@@ -110,6 +122,25 @@ def evaluate_run(run_dir: Path, files: dict[str, str] | None = None, quantize: s
     metrics = compute_metrics(results)
     metrics["overall_ci95"] = list(bootstrap_overall(results))
     return metrics
+
+
+def same_group_rows(specs: list[TaskSpec], examples: dict[str, list[Example]]) -> dict[str, list[Example]]:
+    """Each input_group's examples restricted to the ids every task of the group read, in its first task's order
+    (as training aligns them), so that its frame accuracy compares the same rows; a left-out row is logged. A group
+    whose tasks share no id is left as read."""
+    out = dict(examples)
+    for group, members in input_groups(specs).items():
+        common = set.intersection(*({e.id for e in examples[s.name]} for s in members))
+        if not common:
+            continue
+        order = {e.id: k for k, e in enumerate(examples[members[0].name])}
+        for spec in members:
+            kept = sorted((e for e in examples[spec.name] if e.id in common), key=lambda e: order[e.id])
+            if len(kept) != len(examples[spec.name]):
+                logger.warning("input_group %s: %d rows of task %s are left out: another task of the group skipped "
+                               "them", group, len(examples[spec.name]) - len(kept), spec.name)
+            out[spec.name] = kept
+    return out
 
 
 def predict_examples(run_dir: Path, cfg: TrainConfig, spec: TaskSpec, examples: list[Example], quantize: str | None,
