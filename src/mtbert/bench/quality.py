@@ -833,7 +833,7 @@ def floor_row(run_dir: Path, specs: list[TaskSpec], results: dict[str, Any], mar
 def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
     """Dev metrics of frozen mean-pooled embeddings: logistic regression (one-sentence classification), a cosine
     threshold fitted on train (pair classification), the cosine rescaled to the label range (pair regression)."""
-    from mtbert.data import read_task_file
+    from mtbert.data.loading import read_split
     from mtbert.evaluation.metrics import bootstrap_overall, compute_metrics
     from mtbert.evaluation.predict import write_cs224n
     from mtbert.model import load_encoder
@@ -847,7 +847,7 @@ def floor_results(cfg: TrainConfig, run_dir: Path) -> dict[str, Any]:
             name = getattr(spec, f"{split}_file")
             if not name:
                 raise MtbertError(f"floor: task {spec.name} has no {split} file")
-            examples[spec.name, split] = read_task_file(data_dir / name, spec).examples[:limit]
+            examples[spec.name, split] = read_split(spec, split, data_dir).examples[:limit]
     texts = sorted({t for rows in examples.values() for e in rows for t in e.texts})
     vectors = dict(zip(texts, embed(encoder, tokenizer, texts, cfg.max_length, cfg.per_device_eval_batch_size),
                        strict=True))

@@ -173,14 +173,14 @@ def resolve_tasks(members: list[Member]) -> tuple[dict[str, TaskSpec], Path, int
 
 def dev_labels(spec: TaskSpec, data_dir: Path, limit: int | None) -> dict[str, Any] | None:
     """{id: label} of the task's dev file (its first `limit` usable rows), or None when the file is absent."""
-    from mtbert.data import read_task_file
+    from mtbert.data.loading import read_split
     from mtbert.evaluation.finished import usable_examples
 
     if not spec.dev_file or not (data_dir / spec.dev_file).is_file():
         logger.warning("%s: no dev labels for task %s (file %s not found); its dev metrics are left out",
                        data_dir, spec.name, spec.dev_file)
         return None
-    examples = usable_examples(read_task_file(data_dir / spec.dev_file, spec))
+    examples = usable_examples(read_split(spec, "dev", data_dir))  # with its label file, if it has one
     if limit is not None:
         examples = examples[:limit]
     return {e.id: e.label for e in examples}

@@ -74,6 +74,15 @@ def test_evaluate_scores_dev_from_the_conll_and_intent_files(runs, tmp_path):
         assert two[key] == pytest.approx(one[key], abs=1e-9), key
 
 
+def test_an_ensemble_scores_dev_from_the_conll_and_intent_files(runs, tmp_path):
+    out = tmp_path / "ensemble"
+    assert main(["ensemble", str(runs["conll"]), str(runs["conll"]), "--output_dir", str(out)]) == 0
+    results = json.loads((runs["conll"] / "results.json").read_text())
+    ensemble = json.loads((out / "results.json").read_text())["ensemble"]
+    for key in ("intent_acc", "slots_f1"):  # one member twice: its own dev metrics, labels read from both files
+        assert ensemble[key] == pytest.approx(results[key], abs=1e-9), key
+
+
 def test_predict_group_reads_a_conll_file_or_json_lines(runs, joint_data_dir, tmp_path):
     outputs = {}
     for suffix in ("conll", "jsonl"):
