@@ -61,3 +61,30 @@ def test_a_run_trains_the_drawn_tasks_each_step_with_a_k_row_buffer(tiny_config,
         drawn = tasks_of_step({"sst": unit, "para": unit, "sts": unit}, 2, cfg.seed, line["step"])
         assert list(line["loss"]) == drawn
     assert len({tuple(x["loss"]) for x in lines}) > 1  # the draw moves from step to step
+
+
+def test_a_run_with_tasks_per_step_resumes_as_uninterrupted(tiny_config, tmp_path):
+    import shutil
+
+    import torch
+    from helpers.runs import assert_same_run
+    from safetensors.torch import load_file
+
+    from mtbert.training.run import train
+
+    settings = {**tiny_config, "method": "pcgrad", "tasks_per_step": 2, "max_steps": 6, "save_steps": 2,
+                "save_total_limit": None, "logging_steps": 1}
+    whole = tmp_path / "whole"
+    train(build_config({**settings, "output_dir": str(whole)}))
+    again = tmp_path / "again"
+    shutil.copytree(whole, again)
+    (again / "results.json").unlink()  # as a run stopped after step 3 leaves it
+    for name in ("checkpoint-4", "checkpoint-6"):
+        shutil.rmtree(again / name)
+    train(build_config({**settings, "output_dir": str(again)}), resume_from_checkpoint=str(again / "checkpoint-2"))
+    assert_same_run(whole, again)
+    logs = [[json.loads(x)["loss"] for x in (run / "train_log.jsonl").open()] for run in (whole, again)]
+    assert [list(x) for x in logs[0]] == [list(x) for x in logs[1]]  # the same 2 tasks drawn at every step
+    first, second = (load_file(str(run / "checkpoint-6" / "model.safetensors")) for run in (whole, again))
+    for key in first:
+        torch.testing.assert_close(second[key], first[key], atol=1e-6, rtol=0, msg=key)
