@@ -1,7 +1,7 @@
 """The configs shipped with mtbert, addressable by name.
 
-A training preset is a config file named by its path under the presets folder without `.yaml`: `quick` (the CPU
-main job), `smoke`, `smoke-two-step`, `paper/pcgrad` and the other CS224N paper configs, `bench/<row>`, ...
+A training preset is a config file named by its path under the presets folder without `.yaml`: `main` (the CPU
+main job), `quick`, `smoke`, `smoke-two-step`, `paper/pcgrad` and the other CS224N paper configs, `bench/<row>`, ...
 (`mtbert train quick`, `mtbert.train("smoke")`). A bench table is a folder of row configs with its table.yaml:
 `cs224n` (the CS224N report's table on the bundled all-MiniLM-L6-v2) and `cs224n-base` (the same rows on
 all-mpnet-base-v2), as in `mtbert bench quality --configs cs224n`. A path that exists always wins over a name.
