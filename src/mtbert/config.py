@@ -61,7 +61,8 @@ class TwoStepSettings:
 
 @dataclass
 class TrainConfig:
-    """Every setting of a training run. See README for what each key does."""
+    """Every setting of a training run; the documentation site's config reference (reference/config.md) lists
+    each key with its help text."""
 
     output_dir: str = key("runs/default",
         'folder of the run (config.yaml, metrics.jsonl, best/, results.json, predictions/)')

@@ -36,6 +36,7 @@ from mtbert.bench.step import (
     paired_ratios,
     rotated_rounds,
     summarize,
+    training_step,
     verdict,
 )
 from mtbert.config import load_config
@@ -123,13 +124,7 @@ def bench_group_step(config: str | Path, methods: list[str], steps: int, warmup:
             def gradient(batches: dict[str, Any], method: Method = method) -> None:
                 method.backward(batches, scale, objective, group_objective=group_objective)
 
-        def step(batches: dict[str, Any]) -> None:
-            gradient(batches)
-            torch.nn.utils.clip_grad_norm_(step_model.parameters(), 1.0)
-            step_optimizer.step()
-            step_optimizer.zero_grad(set_to_none=True)
-
-        return step
+        return training_step(gradient, step_model, step_optimizer)
 
     start = start_peak()  # the peak of the steps, not of loading the data
     times = rotated_rounds({m: stepper(m) for m in methods}, all_batches, warmup)

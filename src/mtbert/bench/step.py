@@ -124,13 +124,7 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
                 losses, _ = method.backward(batches, scale, objective)
                 method.after_step(losses)
 
-        def step(batches: dict[str, dict]) -> None:
-            gradient(batches)
-            torch.nn.utils.clip_grad_norm_(step_model.parameters(), 1.0)
-            step_optimizer.step()
-            step_optimizer.zero_grad(set_to_none=True)
-
-        return step
+        return training_step(gradient, step_model, step_optimizer)
 
     start = start_peak()  # the peak of the steps, not of loading the data
     times = rotated_rounds({m: stepper(m) for m in methods}, all_batches, warmup)
@@ -144,6 +138,19 @@ def bench_step(methods: list[str], steps: int, warmup: int, batch_size: int,
         **({"memory": method_memory(methods, batch_size, model_path)} if memory else {}),
         "goals": step_goals(times),
     }
+
+
+def training_step(gradient: Callable[[Any], None], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+                  ) -> Callable[[Any], None]:
+    """One timed training step as training takes it: `gradient(batches)` sets `.grad`, then gradient clipping at
+    1.0, the optimizer's step and `zero_grad`."""
+    def step(batches: Any) -> None:
+        gradient(batches)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
 
 
 def rotated_order(names: list[str], step: int) -> list[str]:
