@@ -20,6 +20,7 @@ resident memory of the row alone in a fresh process (`peak_mb`); per row, the ma
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import statistics
@@ -43,6 +44,8 @@ from mtbert.methods.method import Method, plain_objective
 from mtbert.model import MultiTaskModel, load_encoder
 from mtbert.tasks import BUILTIN_TASKS, TaskSpec
 from mtbert.training.optim import make_optimizer
+
+logger = logging.getLogger(__name__)
 
 ROWS = ("sum", "pcgrad", "pcgrad-k2", "torchjd")
 BASES = ("sst", "para", "sts")
@@ -78,7 +81,9 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
         raise MtbertError(f"--steps: {steps} timed steps is too few for a paired interval (at least {MIN_ROUNDS})")
     out: dict[str, Any] = {"benchmark": "scaling", "samples_per_step": samples_per_step, "steps": steps,
                            "rows": list(ROWS), **machine(), "tasks": {}}
-    for count in task_counts:
+    for n, count in enumerate(task_counts, start=1):
+        logger.info("bench scaling: T = %d (%d of %d): %d steps of each row, then each row's memory alone",
+                    count, n, len(task_counts), steps + warmup)
         times = time_rows(count, ROWS, steps, warmup, samples_per_step, model_path)
         base = statistics.median(times["sum"])
         per_row = {}

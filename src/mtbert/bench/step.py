@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -38,6 +39,8 @@ from mtbert.methods.weighting import LOSS_WEIGHTINGS
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
 from mtbert.training.optim import make_optimizer
 from mtbert.training.stage import adapt
+
+logger = logging.getLogger(__name__)
 
 PUBLIC_API_ROWS = ("surgery-api", "multitask-trainer")
 BENCH_STEP_EXTRA = ("pcgrad-per-layer", "torchjd", "torchjd-autogram", *PUBLIC_API_ROWS)
@@ -168,6 +171,9 @@ def rotated_rounds(steps: dict[str, Callable[[Any], None]], all_batches: list[An
     names = list(steps)
     times: dict[str, list[float]] = {m: [] for m in names}
     for i, batches in enumerate(all_batches):
+        if i % 10 == 0:
+            logger.info("bench: step %d of %d (%d warm-up), %d methods each", i + 1, len(all_batches), warmup,
+                        len(names))
         for name in rotated_order(names, i):
             start = clock()
             steps[name](batches)

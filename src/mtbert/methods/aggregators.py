@@ -38,9 +38,11 @@ TORCHJD_INSTALL_HINT = 'pip install "torchjd[cagrad,nash-mtl,quadprog-projector]
 
 
 class Aggregator(Protocol):
-    """A gradient method: ``(grads T x P, generator) -> update P``; the generator orders random choices."""
+    """A gradient method: ``(grads T x P, generator) -> update P``; the generator orders random choices, and
+    ``out`` (a P-vector), when given, receives the update (no fresh P-vector: see ``PerTaskGradients``)."""
 
-    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor: ...
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None, *,
+                 out: Tensor | None = None) -> Tensor: ...
 
 
 class MissingDependencyError(MtbertError, ImportError):
@@ -63,9 +65,12 @@ def _gramian_cpu(grads: Tensor) -> Tensor:
     return (gramian + gramian.T) / 2  # exactly symmetric, whatever the matmul's rounding
 
 
-def _combine(weights: Tensor, grads: Tensor) -> Tensor:
-    """``weights @ grads`` with the weights cast to the gradients' dtype and device."""
-    return weights.to(device=grads.device, dtype=grads.dtype) @ grads
+def _combine(weights: Tensor, grads: Tensor, out: Tensor | None = None) -> Tensor:
+    """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given)."""
+    weights = weights.to(device=grads.device, dtype=grads.dtype)
+    if out is None:
+        return weights @ grads
+    return torch.matmul(weights.unsqueeze(0), grads, out=out.unsqueeze(0)).squeeze(0)
 
 
 def _torchjd(method: str) -> ModuleType:
@@ -108,10 +113,10 @@ def _global_rng_from(generator: torch.Generator | None) -> Iterator[None]:
 # Sum and PCGrad (own code, torch only)
 
 
-def sum_rows(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def sum_rows(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """The plain sum of the task gradients (ordinary summed-loss training); ``generator`` is unused."""
     _check_matrix(grads)
-    return grads.sum(dim=0)
+    return grads.sum(dim=0) if out is None else torch.sum(grads, dim=0, out=out)
 
 
 def _pcgrad_coefficients(gramian: Tensor, generator: torch.Generator | None) -> list[list[float]]:
@@ -148,7 +153,7 @@ def pcgrad_projected(grads: Tensor, generator: torch.Generator | None = None) ->
     return coefficients.to(device=grads.device, dtype=grads.dtype) @ grads
 
 
-def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def pcgrad(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """PCGrad exactly as Algorithm 1 of Yu et al. 2020, "Gradient Surgery for Multi-Task Learning".
 
     Paper: https://arxiv.org/abs/2001.06782
@@ -162,7 +167,7 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     Computed through the Gramian: each g_i' is a combination of the original rows, so the loops run on
     T x T coefficients on the CPU (one host sync) and the update is one product ``w @ grads``.
     """
-    return _combine(pcgrad_weights(_gramian_cpu(grads), generator), grads)
+    return _combine(pcgrad_weights(_gramian_cpu(grads), generator), grads, out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +175,8 @@ def pcgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
 # Aggregator of the same name; on the CPU Gramian there is no per-iteration host sync on a GPU).
 
 
-def cagrad(grads: Tensor, generator: torch.Generator | None = None, *, c: float = 0.5) -> Tensor:
+def cagrad(grads: Tensor, generator: torch.Generator | None = None, *, c: float = 0.5,
+           out: Tensor | None = None) -> Tensor:
     """CAGrad, Liu et al. 2021, "Conflict-Averse Gradient Descent for Multi-task Learning".
 
     Paper: https://arxiv.org/abs/2110.14048
@@ -180,10 +186,10 @@ def cagrad(grads: Tensor, generator: torch.Generator | None = None, *, c: float 
     its default ``rescale=1`` divides by 1 + c^2). c = 0 gives the mean. ``generator`` is unused.
     """
     weighting = _make_torchjd("cagrad", "CAGradWeighting", c=c)
-    return _combine(weighting(_gramian_cpu(grads)), grads)
+    return _combine(weighting(_gramian_cpu(grads)), grads, out)
 
 
-def imtl_g(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def imtl_g(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """IMTL-G, Liu et al. 2021, "Towards Impartial Multi-task Learning".
 
     Paper: https://openreview.net/forum?id=IMPnRXEWpvr
@@ -192,10 +198,10 @@ def imtl_g(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     to 1 and the update has the same projection on every task's unit gradient. ``generator`` is unused.
     """
     weighting = _make_torchjd("imtl-g", "IMTLGWeighting")
-    return _combine(weighting(_gramian_cpu(grads)), grads)
+    return _combine(weighting(_gramian_cpu(grads)), grads, out)
 
 
-def mgda(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def mgda(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """MGDA (Désidéri 2012) as in Sener & Koltun 2018, "Multi-Task Learning as Multi-Objective Optimization".
 
     Paper: https://arxiv.org/abs/1810.04650
@@ -206,10 +212,10 @@ def mgda(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     has a non-negative inner product with every task gradient. ``generator`` is unused.
     """
     weighting = _make_torchjd("mgda", "MGDAWeighting", epsilon=1e-5, max_iters=250)
-    return _combine(weighting(_gramian_cpu(grads)), grads)
+    return _combine(weighting(_gramian_cpu(grads)), grads, out)
 
 
-def upgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def upgrad(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """UPGrad, Quinton & Rey 2024, "Jacobian Descent for Multi-Objective Optimization".
 
     Paper: https://arxiv.org/abs/2406.16232
@@ -219,10 +225,10 @@ def upgrad(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     a non-negative inner product with every task gradient. ``generator`` is unused.
     """
     weighting = _make_torchjd("upgrad", "UPGradWeighting")
-    return _combine(weighting(_gramian_cpu(grads)), grads)
+    return _combine(weighting(_gramian_cpu(grads)), grads, out)
 
 
-def aligned_mtl(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def aligned_mtl(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """Aligned-MTL, Senushkin et al. 2023, "Independent Component Alignment for Multi-Task Learning".
 
     Paper: https://arxiv.org/abs/2305.19000
@@ -231,7 +237,7 @@ def aligned_mtl(grads: Tensor, generator: torch.Generator | None = None) -> Tens
     orthogonal system of equal norms sqrt(smallest Gramian eigenvalue), then AVERAGED. ``generator`` is unused.
     """
     weighting = _make_torchjd("aligned-mtl", "AlignedMTLWeighting")
-    return _combine(weighting(_gramian_cpu(grads)), grads)
+    return _combine(weighting(_gramian_cpu(grads)), grads, out)
 
 
 class GradVac:
@@ -255,14 +261,15 @@ class GradVac:
         """Forget the EMA targets."""
         self._weighting = None
 
-    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None, *,
+                 out: Tensor | None = None) -> Tensor:
         """The GradVac update for ``grads`` (T x P); updates the EMA targets."""
         if self._weighting is None:
             self._weighting = _make_torchjd("gradvac", "GradVacWeighting", beta=self.beta, eps=self.eps)
         gramian = _gramian_cpu(grads)
         with _global_rng_from(generator):
             weights = self._weighting(gramian)
-        return _combine(weights, grads)
+        return _combine(weights, grads, out)
 
 
 class NashMTL:
@@ -287,11 +294,13 @@ class NashMTL:
         """Forget the previous weights."""
         self._aggregator = None
 
-    def __call__(self, grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, grads: Tensor, generator: torch.Generator | None = None, *,
+                 out: Tensor | None = None) -> Tensor:
         """The Nash-MTL update for ``grads`` (T x P)."""
         gramian = _gramian_cpu(grads)
         if not bool((gramian.diagonal() > 0.0).any()):
-            return grads.new_zeros(grads.shape[1])  # all gradients zero: torchjd's solver would divide by 0
+            # all gradients zero: torchjd's solver would divide by 0
+            return grads.new_zeros(grads.shape[1]) if out is None else out.zero_()
         tasks = gramian.shape[0]
         if self._aggregator is None or self._aggregator.n_tasks != tasks:
             self._aggregator = _make_torchjd(
@@ -308,7 +317,7 @@ class NashMTL:
             # cvxpy warns on every new problem that Nash-MTL's parametrisation is not DPP; harmless.
             warnings.filterwarnings("ignore", message=".*not DPP.*")
             weights = self._aggregator.weighting(factor)
-        return _combine(weights, grads)
+        return _combine(weights, grads, out)
 
 
 # --------------------------------------------------------------------------------------------------

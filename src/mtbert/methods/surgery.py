@@ -78,9 +78,12 @@ class PerTaskGradients:
     for every task).
 
     The buffer's memory and the embedding's gradient matrix are kept from step to step (grown when a step needs
-    more): on the CPU a fresh tensor this large is new pages from the system on every step, whose faults cost
-    more than the surgery itself on a small model. So the rows (`grads`) are valid until the next `begin_step`,
-    and the embedding's `.grad` that `write` sets is the same tensor every step (zero but for the step's rows).
+    more), and so is the update (`update`, one more row of that memory, which `GradientSurgery.apply` has the
+    method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
+    faults cost more than the surgery itself on a small model. So the rows (`grads`) are valid until the next
+    `begin_step`, the shared `.grad` that `write` sets are views of the kept update (a step whose `.grad` still
+    point into it takes fresh memory), and the embedding's `.grad` is the same tensor every step (zeroed, then the
+    step's rows written).
     """
 
     def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
@@ -93,10 +96,10 @@ class PerTaskGradients:
         self.dense_size = sum(p.numel() for p in self.params)
         self.rows: torch.Tensor | None = None
         self.grads: torch.Tensor | None = None
+        self.update: torch.Tensor | None = None
         self.used = [False] * len(self.params)
         self._memory: torch.Tensor | None = None  # kept across steps: the rows of every step
-        self._embedding_grad: torch.Tensor | None = None  # kept across steps: zero but for `_written_rows`
-        self._written_rows: torch.Tensor | None = None
+        self._embedding_grad: torch.Tensor | None = None  # kept across steps, zeroed and written by `write`
 
     def begin_step(self, touched_rows: torch.Tensor | None) -> None:
         """Start a step; `touched_rows` are the embedding rows (token ids) any task's batch uses."""
@@ -109,7 +112,9 @@ class PerTaskGradients:
             if self.rows is None:
                 self.rows = torch.arange(self.embedding.shape[0], device=device)
             width += self.rows.numel() * self.embedding.shape[1]
-        self.grads = self._rows_memory(self.num_tasks * width, device, dtype).view(self.num_tasks, width)
+        memory = self._rows_memory((self.num_tasks + 1) * width, device, dtype)
+        self.grads = memory[: self.num_tasks * width].view(self.num_tasks, width)
+        self.update = memory[self.num_tasks * width :]  # where the step's update goes (`GradientSurgery.apply`)
         self.used = [False] * len(self.params)
 
     def _rows_memory(self, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -164,11 +169,10 @@ class PerTaskGradients:
             grad = self._embedding_grad
             if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
                     or grad.device != self.embedding.device:
-                grad = self._embedding_grad = torch.zeros_like(self.embedding)
-            elif self._written_rows is not None:  # zero again but for this step's rows
-                grad.index_fill_(0, self._written_rows, 0.0)
-            grad.index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
-            self._written_rows = self.rows
+                grad = self._embedding_grad = torch.empty_like(self.embedding)
+            # zeroed whole: clipping or a gradient scaler may have scaled all of it in place (by NaN, after an
+            # overflow), so no row can be assumed still zero
+            grad.zero_().index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
             self.embedding.grad = grad
 
     def layer_groups(self) -> list[list[tuple[int, int]]]:
@@ -187,9 +191,10 @@ class PerTaskGradients:
 
 
 def aggregate_per_layer(aggregate, grads: torch.Tensor, groups: list[list[tuple[int, int]]],
-                        generator: torch.Generator | None = None) -> torch.Tensor:
-    """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`)."""
-    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device)
+                        generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`), into `out` when
+    given."""
+    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device) if out is None else out
     for group in groups:
         columns = torch.cat([torch.arange(s, e, device=grads.device) for s, e in group])
         update[columns] = aggregate(grads.index_select(1, columns), generator=generator)
@@ -201,7 +206,7 @@ def check_options(method: str, target: Any, options: Mapping[str, Any], skip: tu
     """Raise ConfigError unless every option is a keyword of `target` (a function or a class) with a value of its
     default's type (a finite number where the default is a float, an integer where it is an integer)."""
     parameters = {name: p for name, p in inspect.signature(target).parameters.items()
-                  if name not in ("self", "grads", "generator", *skip)
+                  if name not in ("self", "grads", "generator", "out", *skip)
                   and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
     for key, value in options.items():
         if key not in parameters:
@@ -382,12 +387,13 @@ class GradientSurgery:
             grad_scale = float(scaler.get_scale())
             overflowed = not bool(torch.isfinite(grads).all())
             grads.div_(grad_scale)
+        out = buffer.update if scaler is None else None  # fp16 writes the update back scaled: a new tensor
         if aggregator is not None:
-            update = aggregator(grads, generator=self.generator)
+            update = aggregator(grads, generator=self.generator, out=out)
         elif self.scope == "per-layer":
-            update = aggregate_per_layer(self.aggregate, grads, buffer.layer_groups(), self.generator)
+            update = aggregate_per_layer(self.aggregate, grads, buffer.layer_groups(), self.generator, out=out)
         else:
-            update = self.aggregate(grads, generator=self.generator)
+            update = self.aggregate(grads, generator=self.generator, out=out)
         stats = diagnose(grads, update, list(tasks)) if diagnostics and not overflowed else None
         if overflowed:
             update = torch.full_like(update, float("nan"))

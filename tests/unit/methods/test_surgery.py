@@ -140,6 +140,9 @@ def test_the_rows_memory_and_the_embedding_gradient_are_kept_from_step_to_step()
         torch.testing.assert_close(written(model), expected, atol=0, rtol=0)  # zero but for this step's rows
         pointers.append(surgery._buffer._memory.data_ptr())
         embedding_grads.add(id(model.embed.weight.grad))
+        layer = model.trunk["layer"][1].weight  # the update is written into the kept memory, not a fresh tensor
+        assert layer.grad.untyped_storage().data_ptr() == surgery._buffer._memory.untyped_storage().data_ptr()
+        model.embed.weight.grad.mul_(float("nan"))  # as clipping does after an fp16 overflow: every row, in place
     assert len(set(pointers[1:])) == 1 and len(embedding_grads) == 1  # the first step learns the number of tasks
     # a .grad that still lives in the memory (left set, not cleared) is never written over: fresh memory
     model.zero_grad(set_to_none=True)
