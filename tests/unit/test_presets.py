@@ -43,7 +43,8 @@ def test_names_that_are_not_presets(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert presets.config_path("missing.yaml") == Path("missing.yaml")  # load_config then says it is not found
     assert presets.config_path(f"no{os.sep}such") == Path(f"no{os.sep}such")
-    with pytest.raises(ConfigError, match=r"^quik: neither a config file nor a preset name \(presets: main, quick, smoke"):
+    with pytest.raises(ConfigError,
+                       match=r"^quik: neither a config file nor a preset name \(presets: main, quick, smoke"):
         presets.config_path("quik")
     assert presets.table_dir("no/such/folder") == Path("no/such/folder")
 
