@@ -58,6 +58,7 @@ class TaskSpec:
     choices_column: str | None = None  # multiple-choice: the list column of candidate texts
     conll_columns: tuple[int, int] | None = None  # a CoNLL file's word and tag columns (default: first and last)
     label_all_subwords: bool = False  # token tasks: every subword of a word carries its tag (not only the first)
+    constrained_decoding: bool = False  # token tasks: the most probable tag sequence valid in BIO/IOBES (Viterbi)
     ordered_labels: bool = False  # classification: classes 0 < 1 < ... are ordered (an ensemble vote takes their mean)
     input_group: str | None = None  # tasks of one group read the same examples: one batch, one encoder pass
     loss_weight: float = 1.0  # multiplies the task's loss (JointBERT's coefficient)
@@ -144,7 +145,8 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
 _FIELD_NAMES = {f.name for f in fields(TaskSpec)}
 # keys only some kinds read (their `task_keys`), with their defaults: another kind refuses them
 KIND_KEYS = {"label_separator": None, "threshold": 0.5, "tuned_thresholds": None, "choices_column": None,
-             "conll_columns": None, "label_all_subwords": False, "ordered_labels": False}
+             "conll_columns": None, "label_all_subwords": False, "constrained_decoding": False,
+             "ordered_labels": False}
 
 
 def task_from_config(entry: Any, where: str) -> TaskSpec:

@@ -3,7 +3,9 @@
 An example is a list of words and, when labeled, one tag per word (BIO or IOBES names such as `B-PER`,
 `I-PER`, `O`). The words are split into subwords by the task's tokenizer (`is_split_into_words`); a word's tag
 goes on its first subword and the loss ignores the others (`label_all_subwords: true` labels every subword).
-The head reads every token's hidden state; a word's prediction is the argmax at its first subword.
+The head reads every token's hidden state; a word's prediction is the argmax at its first subword, or with
+`constrained_decoding: true` the sentence's most probable tag sequence that its BIO or IOBES scheme allows
+(kinds/tag_scheme.py).
 
 Each example's loss is the mean cross-entropy of its labeled words, so an utterance weighs as much as a
 sentence-level example (sample weighting and the step's scale count examples), and the loss of a batch, of
@@ -17,6 +19,8 @@ when its type and both ends are right, and `I-X` after `O` starts an entity) and
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import logging
 from collections import Counter
@@ -31,6 +35,7 @@ import torch.nn.functional as F
 
 from mtbert.errors import ConfigError, DataError, MtbertError
 from mtbert.kinds.base import ExportPlan, LabelParser, TaskKind, type_name
+from mtbert.kinds.tag_scheme import Transitions, best_tags, scheme_problem, transitions
 
 if TYPE_CHECKING:
     from mtbert.tasks import TaskSpec
@@ -64,7 +69,7 @@ class TokenClassification(TaskKind):
     aliases = ("token", "ner")
     has_classes = True
     prediction_suffix = ".jsonl"
-    task_keys = ("conll_columns", "label_all_subwords")
+    task_keys = ("conll_columns", "label_all_subwords", "constrained_decoding")
 
     # ---- config ---------------------------------------------------------------------------------
     def validate(self, spec: TaskSpec, where: str) -> None:
@@ -77,6 +82,12 @@ class TokenClassification(TaskKind):
                               "(from 0; -1 is the last)")
         if not isinstance(spec.label_all_subwords, bool):
             raise ConfigError(f"{where}.label_all_subwords: must be true or false")
+        if not isinstance(spec.constrained_decoding, bool):
+            raise ConfigError(f"{where}.constrained_decoding: must be true or false")
+        if spec.constrained_decoding and spec.label_names is not None:
+            problem = scheme_problem(spec.label_names)
+            if problem is not None:
+                raise ConfigError(f"{where}.constrained_decoding: needs BIO or IOBES tags, but {problem}")
 
     # ---- data -----------------------------------------------------------------------------------
     def read_text(self, value: Any, column: str) -> tuple[Any, str | None]:
@@ -153,6 +164,10 @@ class TokenClassification(TaskKind):
             return [], [], []
         if spec.label_names is None:
             raise DataError(f"task {spec.name}: its tags are numbers; give label_names (the tag of each number)")
+        if spec.constrained_decoding:
+            problem = scheme_problem(spec.label_names)
+            if problem is not None:
+                raise DataError(f"task {spec.name}: constrained_decoding needs BIO or IOBES tags, but {problem}")
         enc = tokenizer([list(e.texts[0]) for e in examples], is_split_into_words=True, truncation=True,
                         max_length=max_length, return_token_type_ids=True)
         types = enc.get("token_type_ids") or [[0] * len(ids) for ids in enc["input_ids"]]
@@ -168,6 +183,13 @@ class TokenClassification(TaskKind):
             logger.warning("task %s: %d words of %d examples are beyond max_length (%d tokens): they lose their tag "
                            "in training and are predicted as %s", spec.name, sum(lost), sum(n > 0 for n in lost),
                            max_length, OUTSIDE)
+        if spec.constrained_decoding:
+            allowed = self.transitions(spec)
+            broken = [e for e in examples if e.label is not None and not allows(allowed, spec, e.label)]
+            if broken:
+                logger.warning("task %s: the tags of %d examples (the first: id %s) break the rules of their scheme, "
+                               "which constrained decoding never predicts (I- after O: IOB1 tags? convert them to "
+                               "IOB2)", spec.name, len(broken), broken[0].id)
         known = set(spec.label_names or ())
         unknown = Counter(t for e in examples if e.label is not None for t in e.label if t not in known)
         if unknown and spec.label_names is not None:
@@ -227,9 +249,9 @@ class TokenClassification(TaskKind):
     # ---- evaluation -----------------------------------------------------------------------------
     def decide(self, spec: TaskSpec, outputs: torch.Tensor,
                batch: dict[str, Any] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per example, each word's tag (the argmax at its first subword; `O` for a word cut off by max_length)
-        and the kept words' tag probabilities, padded with -1 (tags) and 0 (probabilities) to the batch's most
-        words."""
+        """Per example, each word's tag (`best`, from the probabilities at its first subword; `O` for a word cut off
+        by max_length) and the kept words' tag probabilities, padded with -1 (tags) and 0 (probabilities) to the
+        batch's most words."""
         if batch is None or "word_ids" not in batch:
             raise ValueError("a token-classification task decides from the batch's word_ids")
         probabilities = torch.softmax(outputs.float(), dim=-1)
@@ -245,8 +267,19 @@ class TokenClassification(TaskKind):
             if positions:
                 index = torch.tensor(positions, device=outputs.device)
                 scores[row, : len(positions)] = probabilities[row, index].cpu()
-                tags[row, : len(positions)] = probabilities[row, index].argmax(-1).cpu()
+                tags[row, : len(positions)] = torch.from_numpy(self.best(spec, scores[row, : len(positions)].numpy()))
         return tags, scores
+
+    def transitions(self, spec: TaskSpec) -> Transitions:
+        """The allowed tag transitions of the task's scheme (for `constrained_decoding`)."""
+        return _transitions(tuple(spec.label_names or ()))
+
+    def best(self, spec: TaskSpec, probabilities: np.ndarray) -> np.ndarray:
+        """One sentence's tags from its words' tag probabilities (words x tags): the most probable allowed
+        sequence with `constrained_decoding`, else each word's most probable tag."""
+        if spec.constrained_decoding:
+            return best_tags(probabilities, self.transitions(spec))
+        return np.asarray(probabilities).argmax(-1)
 
     def gather(self, n: int, done: list[tuple[list[int], Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
         """Per example an array of its words' tag indices, and one of the kept words' probabilities (words x
@@ -436,10 +469,10 @@ class TokenClassification(TaskKind):
         return out
 
     def decide_scores(self, spec: TaskSpec, scores: np.ndarray) -> np.ndarray:
-        """Per example, each word's most probable tag (scores: examples of words x tags arrays)."""
+        """Per example, its words' tags as `decide` takes them (scores: examples of words x tags arrays)."""
         out = np.empty(len(scores), dtype=object)
         for i, rows in enumerate(scores):
-            out[i] = np.asarray(rows, dtype=float).argmax(-1) if len(rows) else np.zeros(0, dtype=int)
+            out[i] = self.best(spec, np.asarray(rows, dtype=float)) if len(rows) else np.zeros(0, dtype=int)
         return out
 
     def agreement(self, spec: TaskSpec, first: np.ndarray, second: np.ndarray) -> tuple[str, float]:
@@ -465,6 +498,22 @@ class TokenClassification(TaskKind):
 
     def hub_task_type(self, spec: TaskSpec) -> str:
         return "token-classification"
+
+
+@functools.lru_cache(maxsize=16)
+def _transitions(label_names: tuple[str, ...]) -> Transitions:
+    return transitions(label_names)
+
+
+def allows(allowed: Transitions, spec: TaskSpec, tags: Sequence[str]) -> bool:
+    """Whether a sentence's tags (names; an unknown tag breaks no rule) follow the transitions."""
+    index = {name: k for k, name in enumerate(spec.label_names or ())}
+    known = [index.get(t) for t in tags]
+    if known and known[0] is not None and allowed.start[known[0]] < 0:
+        return False
+    if known and known[-1] is not None and allowed.end[known[-1]] < 0:
+        return False
+    return all(a is None or b is None or allowed.step[a, b] == 0 for a, b in itertools.pairwise(known))
 
 
 KIND = TokenClassification()
