@@ -378,3 +378,29 @@ def test_a_two_step_run_from_init_from_pushes_no_stage1(tmp_path):
     hub.finish({"overall": 0.2})
     [(_, end)] = client.uploads
     assert {f.split("/best/")[0] for f in end} == {"README.md", "tasks/sst", "tasks/para"}
+
+
+def test_a_two_step_end_push_that_cannot_be_staged_is_reported_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    import mtbert.training.hub_push as hub_push
+
+    run = tmp_path / "run"
+    cfg = config(run, tasks=["sst", "para"], two_step={"num_train_epochs": 1}, hub_strategy="end")
+    client = FakeClient()
+    hub = HubPush(cfg, run, client=client)
+    for stage_cfg, folder in two_step_stages(run, cfg):
+        hub.begin_stage(stage_cfg, folder)
+        fake_run(folder)
+    (run / "README.md").write_text("card")
+
+    def full_disk(path: Path, out: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub_push, "link", full_disk)
+    results = hub.finish({"overall": 0.2})
+    assert client.uploads == [] and not (run / ".hub-push").exists()
+    [end] = results["hub"]["pushes"]
+    assert end["step"] == "end" and end["error"] == (
+        f"push_to_hub: the end push could not be staged in {run / '.hub-push'} ([Errno 28] No space left on device)")
+    assert results["hub"]["push_later"].startswith(f"hf upload {REPO} {run} . --include README.md ")
+    assert capsys.readouterr().err.startswith(f"mtbert: {end['error']}; the run finished")
+    assert json.loads((run / "results.json").read_text()) == results
