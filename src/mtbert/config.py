@@ -155,8 +155,9 @@ class TrainConfig:
         'stage-2 settings (num_train_epochs, learning_rate, ..., init_from: RUN_DIR, keep_stage1: true)')
     push_to_hub: bool = key(False,
         "push the run's best model (best/ with its model card) to the Hub model repo hub_model_id, during training "
-        "as hub_strategy says and at its end; a failed push is retried, then reported with the command that pushes "
-        "later, and never stops the training (the token: HF_TOKEN or `hf auth login`)")
+        "as hub_strategy says and at its end (a two-step run: its card, stage1/best/ and tasks/<task>/best/, as in "
+        "the run folder); a failed push is retried, then reported with the command that pushes later, and never "
+        "stops the training (the token: HF_TOKEN or `hf auth login`)")
     hub_model_id: str | None = key(None, "the Hub model repo to push to, owner/name (created if missing)")
     hub_strategy: str = key("every_save",
         "end (push once, when training ends) | every_save (also at each checkpoint save, in the background) | "
@@ -625,9 +626,6 @@ def check_hub_keys(cfg: TrainConfig, prefix: str = "") -> None:
     if cfg.hub_model_id is None:
         raise ConfigError(f"{prefix}hub_model_id: must be set when push_to_hub is true (the Hub model repo to push "
                           "to, owner/name)")
-    if cfg.two_step is not None:
-        raise ConfigError(f"{prefix}push_to_hub: a two-step run has one model per task and is not pushed during "
-                          "training; push a task's model after it with `hf upload REPO RUN/tasks/TASK/best`")
 
 
 def is_repo_id(text: str) -> bool:

@@ -1,6 +1,8 @@
 """`push_to_hub` during training, against the fake upload Hub on 127.0.0.1 (tests/helpers/fake_hub.py): what each
 `hub_strategy` commits and when, a private repo, and a Hub that fails mid-training (training finishes, results.json
-is intact, the failure is recorded and the printed `hf upload` command pushes the model later).
+is intact, the failure is recorded and the printed `hf upload` command pushes the model later); a two-step run's
+pushes (each stage into its folder of the repo, every model at the end) and its models loaded back from the repo as
+their cards say.
 
 The runs train the tiny model on task sst for 3 epochs of 2 steps: evaluations at steps 2, 4 and 6, checkpoints at
 the ends of the first two epochs (steps 2 and 4; the last epoch ends the run and keeps none). huggingface_hub's
@@ -21,12 +23,14 @@ import types
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
-from helpers.fake_hub import UploadHub, read_commit, uploading
+from helpers.fake_hub import UploadHub, read_commit, serving, uploading
 
 import mtbert.evaluation.evaluate
 import mtbert.evaluation.metrics
 import mtbert.training.run
+import mtbert.training.two_step
 from mtbert.config import build_config
 from mtbert.training.hub_push import HubPush
 from mtbert.training.run import train
@@ -59,6 +63,7 @@ def pauses(monkeypatch) -> list[float]:
 
     slept: list[float] = []
     monkeypatch.setattr(mtbert.training.run, "HubPush", functools.partial(HubPush, sleep=slept.append))
+    monkeypatch.setattr(mtbert.training.two_step, "HubPush", functools.partial(HubPush, sleep=slept.append))
     monkeypatch.setattr(hf_http, "time", types.SimpleNamespace(**{**vars(time), "sleep": lambda seconds: None}))
     return slept
 
@@ -190,3 +195,107 @@ def test_only_rank_0_pushes_under_torchrun(tiny_config, hub, tmp_path):
     assert commits[-1][1] == files_of(run / "best")
     results = json.loads((run / "results.json").read_text())
     assert [p["step"] for p in results["hub"]["pushes"]] == [1, 2, "end"]
+
+
+# ---- a two-step run -------------------------------------------------------------------------------------------
+
+TWO_STEP_MODELS = ("stage1", "tasks/sst", "tasks/sts")
+TEXTS = ["great fun love the film", "awful dull", "a very bad actor"]
+
+
+def two_step_config(tiny_config: dict, **keys) -> dict:
+    """Stage 1 on sst and sts for 2 epochs of 2 steps, then 2 such epochs per task: each stage keeps one
+    checkpoint, at step 2."""
+    return run_config(tiny_config, tasks=["sst", "sts"], num_train_epochs=2, two_step={"num_train_epochs": 2},
+                      **keys)
+
+
+def end_files(run: Path) -> dict[str, bytes]:
+    """What a two-step run's end push holds: its card and each model's best/, at their paths in the run folder."""
+    files = {"README.md": (run / "README.md").read_bytes()}
+    for name in TWO_STEP_MODELS:
+        files.update({f"{name}/best/{f}": data for f, data in files_of(run / name / "best").items()})
+    return files
+
+
+def repo_state(hub: UploadHub, folder: Path) -> Path:
+    """The repo after every commit the Hub accepted, written into `folder` (no commit deletes a file)."""
+    for _, files in hub.commits():
+        for name, data in files.items():
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_bytes(data)
+    return folder
+
+
+def load_as_the_card_says(card: str, repo_folder: Path, home: Path) -> list[list[float]]:
+    """Run the card's Python block against a fake Hub serving `repo_folder` as REPO (its own process:
+    huggingface_hub reads HF_ENDPOINT when imported) and return the scores of `model.predict`."""
+    code = card.split("```python\n", 1)[1].split("```", 1)[0]
+    script = f"texts = {TEXTS!r}\n" + code.replace("model.predict(", "found = model.predict(") + \
+        "import json; print(json.dumps(found.scores.tolist()))\n"
+    with serving() as server:
+        server.add(REPO, repo_folder)
+        env = {**os.environ, "HF_ENDPOINT": server.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(home),
+               "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_two_step_run_pushes_each_stage_and_every_model_which_load_from_the_hub(tiny_config, hub, pauses,
+                                                                                   tmp_path):
+    from mtbert.model import MultiTaskModel
+
+    results = train(build_config(two_step_config(tiny_config, hub_strategy="checkpoint")))
+    run = Path(tiny_config["output_dir"])
+    commits = hub.commits()
+    assert [h["summary"] for h, _ in commits] == [f"Training in progress, {name}, step 2" for name in
+                                                  TWO_STEP_MODELS] + ["End of training"]
+    assert len(hub.posted("repos/create")) == 1
+    for name, (_, files) in zip(TWO_STEP_MODELS, commits, strict=False):  # each stage's save, into its folder
+        assert CHECKPOINT_FILES <= {f.removeprefix(f"{name}/last-checkpoint/") for f in files}
+        assert all(f.startswith((f"{name}/last-checkpoint/", f"{name}/best/")) for f in files), sorted(files)
+        if f"{name}/best/README.md" in files:  # the stage's best model at step 2 (stage 2 may keep stage 1's)
+            assert {f"{name}/best/{f}" for f in MODEL_FILES} <= set(files)
+    assert commits[-1][1] == end_files(run)  # the end push: the run's card and every model, byte for byte
+    assert [(p["step"], p.get("stage")) for p in results["hub"]["pushes"]] == [
+        (2, name) for name in TWO_STEP_MODELS] + [("end", None)]
+    assert all("error" not in p for p in results["hub"]["pushes"]) and pauses == []
+    assert results["hub"]["revision"] == f"{len(commits):040x}"
+    assert json.loads((run / "results.json").read_text()) == results
+    assert not (run / ".hub-push").exists()
+
+    repo = repo_state(hub, tmp_path / "repo")
+    root_card = (repo / "README.md").read_text()
+    assert "tasks/<task>/best/" in root_card and str(run.parent) not in root_card
+    for name in ("tasks/sst", "stage1"):  # each card's own code loads its model from the Hub: same scores as here
+        card = (repo / name / "best" / "README.md").read_text()
+        assert str(run.parent) not in card
+        scores = load_as_the_card_says(card, repo, tmp_path / f"home-{name.replace('/', '-')}")
+        local = MultiTaskModel.from_pretrained(run / name / "best").eval().predict("sst", TEXTS).scores
+        assert np.allclose(scores, local, atol=1e-6)
+
+
+def test_a_two_step_run_on_a_failing_hub_finishes_and_its_command_pushes_later(tiny_config, hub, pauses, capsys):
+    hub.fail_commits_from = 2  # stage 1's push lands, every later commit is answered 503
+    results = train(build_config(two_step_config(tiny_config, hub_strategy="every_save")))
+    run = Path(tiny_config["output_dir"])
+    assert results["sst_acc"] >= 0 and "sts_corr" in results  # stage 2 finished for every task
+    assert json.loads((run / "results.json").read_text()) == results
+    assert [h["summary"] for h, _ in hub.commits()] == ["Training in progress, stage1, step 2"]
+    pushes = results["hub"]["pushes"]
+    assert pushes[-1]["step"] == "end" and all("error" in p for p in pushes[1:])
+    command = results["hub"]["push_later"]
+    assert command == (f"hf upload {REPO} {shlex.quote(str(run))} . --include README.md --include 'stage1/best/*' "
+                       "--include 'tasks/*/best/*' --commit-message 'End of training'")
+    assert f"push its models later with `{command}`" in capsys.readouterr().err
+
+    hub.fail_commits_from = None  # the Hub is back: the printed command pushes what the end push would have
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(run.parent / "hf_home"), "NO_PROXY": "127.0.0.1",
+           "no_proxy": "127.0.0.1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # the venv's hf
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    header, files = read_commit(hub.posted("commit")[-1][2])
+    assert header["summary"] == "End of training" and files == end_files(run)

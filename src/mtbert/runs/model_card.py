@@ -18,7 +18,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from mtbert.io import atomic_write_text
 from mtbert.kinds import METRICS
-from mtbert.runs.layout import BEST, CONFIG, TASKS, RunDir
+from mtbert.runs.layout import BEST, CONFIG, STAGE1, TASKS, RunDir
 from mtbert.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -299,7 +299,8 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
         results_table(specs, results),
         "",
         _steps_line(results),
-        _hub_load_section(hub_id, specs) if hub_id else _load_section(run_dir, folder, specs, parent, top_cfg),
+        _hub_load_section(hub_id, specs, _repo_folder(run_dir, cfg, parent)) if hub_id
+        else _load_section(run_dir, folder, specs, parent, top_cfg),
         "",
         _config_section(cfg, public=hub_id is not None),
         "",
@@ -365,9 +366,46 @@ def _load_section(run_dir: RunDir, folder: Path, specs: list[TaskSpec], parent, 
     )
 
 
-def _hub_load_section(repo_id: str, specs: list[TaskSpec]) -> str:
-    """How to load the model of the Hub repo `repo_id` (a run's best/ pushed by `push_to_hub`)."""
+def _repo_folder(run_dir: RunDir, cfg: TrainConfig, parent) -> str | None:
+    """Where a two-step run's model is in its Hub repo (`push_to_hub` mirrors the run folder): `tasks/<task>/best`
+    for a stage-2 model, `stage1/best` for stage 1's, `tasks/<task>/best` of the first task for the run's own card;
+    None for a one-stage run (its best/ is the repo)."""
+    if parent is not None:
+        return f"{TASKS}/{run_dir.root.name}/{BEST}"
+    if cfg.two_step is not None:
+        return f"{TASKS}/{cfg.task_specs()[0].name}/{BEST}"
+    top = run_dir.root.parent / CONFIG
+    if run_dir.root.name == STAGE1 and top.is_file():
+        from mtbert.config import load_config
+        from mtbert.errors import MtbertError
+
+        try:
+            return f"{STAGE1}/{BEST}" if load_config(top).two_step is not None else None
+        except MtbertError:
+            return None
+    return None
+
+
+def _hub_load_section(repo_id: str, specs: list[TaskSpec], repo_folder: str | None = None) -> str:
+    """How to load the model of the Hub repo `repo_id` (a run's best/ pushed by `push_to_hub`), or, `repo_folder`
+    given, the model in that folder of the repo (a two-step run's)."""
     task = specs[0].name
+    if repo_folder is not None:
+        models = ("Each task's model is in `tasks/<task>/best/` of this repo (stage 1's shared model, when the run "
+                  "trained it, in `stage1/best/`); download one folder and load it:\n\n"
+                  if repo_folder.startswith(f"{TASKS}/") else "Download the folder of this model and load it:\n\n")
+        return (
+            "## How to load it\n\n"
+            f"With mtbert installed. {models}"
+            "```python\n"
+            "from huggingface_hub import snapshot_download\n"
+            "from mtbert import MultiTaskModel\n\n"
+            f'repo = snapshot_download("{repo_id}", allow_patterns="{repo_folder}/*")\n'
+            f'model = MultiTaskModel.from_pretrained(f"{{repo}}/{repo_folder}").eval()\n'
+            f'model.predict("{task}", texts)  # labels and scores; texts: strings, or pairs of strings for a pair '
+            'task\n'
+            "```"
+        )
     return (
         "## How to load it\n\n"
         "With mtbert installed:\n\n"

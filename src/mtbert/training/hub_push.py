@@ -6,13 +6,21 @@
 - `checkpoint`: `every_save`, and each commit also holds the saved checkpoint in `last-checkpoint/`;
 - `all_checkpoints`: `every_save`, and each checkpoint is pushed into its own `checkpoint-<step>/`.
 
+A two-step run has one model per task (`tasks/<task>/best`, what `mtbert predict` and `mtbert export` use) and
+stage 1's shared model (`stage1/best`), so its repo mirrors the run folder: `README.md` (the run's card),
+`stage1/best/` (absent with `two_step.init_from`) and `tasks/<task>/best/`, each loading with
+`MultiTaskModel.from_pretrained` and holding its own card. Each stage pushes as a one-stage run does, into its own
+folder (`stage1/`, `tasks/<task>/`: its `best/`, `last-checkpoint/` or `checkpoint-<step>/`); the end push, after
+stage 2, holds every model and the run's card (`two_step.py` calls `begin_stage` before each stage).
+
 A push never stops or loses the training. The pushes during training run in one background thread, in order, each
 from a snapshot of its files (hard links in `<run>/.hub-push/`, so that a newer best/ or a checkpoint rotation
 cannot change a file being uploaded). The end push follows them, after `results.json` and the card are written;
 the finished run waits END_WAIT_S at most for them. A push the Hub may take later (no answer, 408, 429, a 5xx) is
 tried PUSH_ATTEMPTS times with a doubling pause; a push that still fails is reported in one sentence and training
 goes on. `results.json` records every push (its
-commit, or its error) under `hub`, and a failed end push prints the `hf upload` command that sends best/ later.
+commit, or its error) under `hub`, and a failed end push prints the `hf upload` command that sends the end push's
+files later.
 Only rank 0 pushes. The token is huggingface_hub's own (HF_TOKEN, else `hf auth login`'s), the Hub its HF_ENDPOINT.
 """
 
@@ -35,7 +43,7 @@ from mtbert.errors import MtbertError
 from mtbert.evaluation import hub as hub_api
 from mtbert.evaluation.hub import PushFailed
 from mtbert.io import atomic_write_json, read_jsonl
-from mtbert.runs.layout import CHECKPOINT_PREFIX, HUB_PUSH, RunDir
+from mtbert.runs.layout import BEST, CHECKPOINT_PREFIX, HUB_PUSH, STAGE1, TASKS, RunDir
 from mtbert.runs.model_card import CARD, write_model_card
 
 logger = logging.getLogger(__name__)
@@ -88,12 +96,13 @@ class _Push:
     step: int | None  # None: the end push
     files: list[str]
     staged: bool  # the folder is a snapshot to remove once pushed
+    stage: str = ""  # a two-step run's stage: its folder in the run and the repo (stage1, tasks/<task>)
 
 
 class HubPush:
     """The pushes of one run (rank 0 only): `saved(step, best_step)` after each checkpoint, `finish(results)` at
-    the end. `client`, `sleep`, `attempts`, `first_pause` and `end_wait` are injectable (tests: a fake Hub, no
-    real pause)."""
+    the end; a two-step run calls `begin_stage` before each of its stages. `client`, `sleep`, `attempts`,
+    `first_pause` and `end_wait` are injectable (tests: a fake Hub, no real pause)."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, client: HubClient | None = None,
                  sleep: Callable[[float], None] = time.sleep, attempts: int = PUSH_ATTEMPTS,
@@ -111,7 +120,16 @@ class HubPush:
         self._thread: threading.Thread | None = None
         self._given_up = False  # the run ended without waiting for the pushes left
         self._count = 0
+        self.two_step = cfg.two_step is not None
+        self.stage_cfg, self.stage_run, self.stage = cfg, self.run, ""  # the stage training now
         shutil.rmtree(self.staging, ignore_errors=True)  # a killed run's snapshots
+
+    def begin_stage(self, cfg: TrainConfig, stage_dir: Path) -> None:
+        """A stage of a two-step run starts (stage 1, or one task's stage 2, trained with `cfg` into `stage_dir`,
+        a folder of the run): its saves push into the repo folder of the same name."""
+        self.stage_cfg, self.stage_run = cfg, RunDir(stage_dir)
+        self.stage = self.stage_run.root.relative_to(self.run.root).as_posix()
+        self._pushed_best = None
 
     @property
     def staging(self) -> Path:
@@ -129,12 +147,14 @@ class HubPush:
             return  # every_save, and the best model is the one pushed already (or there is none yet)
         self._count += 1
         folder = self.staging / str(self._count)
+        base = folder / self.stage  # a two-step run's stage: its folder in the repo, as in the run
+        model = base / BEST if self.stage else folder
         try:
             if with_model:
-                snapshot(self.run.best, folder, skip=CARD)
-                write_model_card(self.run, folder, self.cfg, best_record(self.run, best_step))
+                snapshot(self.stage_run.best, model, skip=CARD)
+                write_model_card(self.stage_run, model, self.stage_cfg, best_record(self.stage_run, best_step))
             if checkpoint is not None:
-                snapshot(self.run.checkpoint(step), folder / checkpoint)
+                snapshot(self.stage_run.checkpoint(step), base / checkpoint)
         except (OSError, MtbertError) as err:  # e.g. a full disk: this push is left out, training goes on
             shutil.rmtree(folder, ignore_errors=True)
             logger.warning("push_to_hub: step %d is not pushed, its files could not be staged in %s (%s)", step,
@@ -142,8 +162,9 @@ class HubPush:
             return
         if with_model:
             self._pushed_best = best_step
-        files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-        self._submit(_Push(folder, f"Training in progress, step {step}", step, files, staged=True))
+        message = f"Training in progress, {self.stage}, step {step}" if self.stage else \
+            f"Training in progress, step {step}"
+        self._submit(_Push(folder, message, step, files_in(folder), staged=True, stage=self.stage))
 
     def _submit(self, push: _Push | None) -> None:
         with self._cond:
@@ -190,19 +211,28 @@ class HubPush:
 
     # ---- at the end --------------------------------------------------------------------------------
     def finish(self, results: dict[str, Any]) -> dict[str, Any]:
-        """After training: the queued pushes, then best/ (its card written by the stage's finish) in one commit,
-        waiting at most `end_wait` seconds for them. Returns `results` with `hub` (the repo, the last commit, every
-        push) and writes them to results.json; a failed end push is printed with the command that pushes best/
-        later."""
-        best = self.run.best
-        files = sorted(p.relative_to(best).as_posix() for p in best.rglob("*") if p.is_file())
+        """After training: the queued pushes, then the end push in one commit (best/ with the card the stage's
+        finish wrote; a two-step run: its card and every model, see the module docstring), waiting at most
+        `end_wait` seconds for them. Returns `results` with `hub` (the repo, the last commit, every push) and writes
+        them to results.json; a failed end push is printed with the command that pushes its files later."""
+        try:
+            end = self._end_push()
+        except OSError as err:  # e.g. a full disk: recorded as the end push's failure, after the queued pushes
+            end = _Push(self.staging / "end", END_MESSAGE, None, [], staged=True)
+            failure = {**_record(end), "error": f"push_to_hub: the end push could not be staged in {self.staging} "
+                                                f"({err})"}
+        else:
+            failure = None
         if self._queue:
             logger.info("push_to_hub: waiting for %d push(es) to %s, then the end push (at most %g s)",
                         len(self._queue), self.repo_id, self.end_wait)
-        self._submit(_Push(best, END_MESSAGE, None, files, staged=False))
+        if failure is None:
+            self._submit(end)
         self.wait(self.end_wait)
         shutil.rmtree(self.staging, ignore_errors=True)
         with self._cond:
+            if failure is not None:
+                self.records.append(failure)
             records = list(self.records)
         hub: dict[str, Any] = {"repo_id": self.repo_id, "strategy": self.strategy}
         done = [r for r in records if "commit" in r]
@@ -211,17 +241,41 @@ class HubPush:
         hub["pushes"] = records
         if "error" in records[-1]:  # the end push
             hub["push_later"] = self.push_later_command()
+            what = "models" if self.two_step else "best model"
             print(f"mtbert: {records[-1]['error']}; the run finished and {self.run.results} is written; push its "
-                  f"best model later with `{hub['push_later']}`", file=sys.stderr)
+                  f"{what} later with `{hub['push_later']}`", file=sys.stderr)
         results = {**results, "hub": hub}
         atomic_write_json(self.run.results, results)
         return results
 
     def push_later_command(self) -> str:
-        """The command that pushes best/ as the end push does."""
+        """The command that pushes what the end push does: best/, or a two-step run's card and models."""
         private = " --private" if self.cfg.hub_private_repo else ""
+        if self.two_step:
+            include = "".join(f" --include {shlex.quote(p)}" for p in (CARD, f"{STAGE1}/{BEST}/*",
+                                                                         f"{TASKS}/*/{BEST}/*"))
+            return (f"hf upload {self.repo_id} {shlex.quote(str(self.run.root))} .{include} "
+                    f"--commit-message {shlex.quote(END_MESSAGE)}{private}")
         return (f"hf upload {self.repo_id} {shlex.quote(str(self.run.best))} . "
                 f"--commit-message {shlex.quote(END_MESSAGE)}{private}")
+
+    def _end_push(self) -> _Push:
+        """The end push: best/ itself, or (a two-step run) a snapshot of the run's card, stage 1's best/ (when this
+        run trained it) and each task's best/, at their paths in the run folder."""
+        if not self.two_step:
+            return _Push(self.run.best, END_MESSAGE, None, files_in(self.run.best), staged=False)
+        folder = self.staging / "end"
+        shutil.rmtree(folder, ignore_errors=True)
+        models = [self.run.stage1.best] if self.run.stage1.best.is_dir() else []
+        models += [self.run.task(spec.name).best for spec in self.cfg.task_specs()]
+        try:
+            for model in models:
+                snapshot(model, folder / model.relative_to(self.run.root))
+            link(self.run.root / CARD, folder / CARD)
+        except OSError:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return _Push(folder, END_MESSAGE, None, files_in(folder), staged=True)
 
     # ---- one push ----------------------------------------------------------------------------------
     def _push(self, push: _Push) -> dict[str, Any]:
@@ -262,7 +316,14 @@ class HubPush:
 
 
 def _record(push: _Push) -> dict[str, Any]:
-    return {"step": push.step if push.step is not None else "end", "message": push.message, "files": push.files}
+    stage = {"stage": push.stage} if push.stage else {}
+    return {"step": push.step if push.step is not None else "end", **stage, "message": push.message,
+            "files": push.files}
+
+
+def files_in(folder: Path) -> list[str]:
+    """The files under `folder`, as sorted repo paths."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
 def snapshot(source: Path, target: Path, skip: str | None = None) -> None:
@@ -271,12 +332,16 @@ def snapshot(source: Path, target: Path, skip: str | None = None) -> None:
     for path in sorted(source.rglob("*")):
         if not path.is_file() or path.relative_to(source).as_posix() == skip:
             continue
-        out = target / path.relative_to(source)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(path, out)
-        except OSError:
-            shutil.copy2(path, out)
+        link(path, target / path.relative_to(source))
+
+
+def link(path: Path, out: Path) -> None:
+    """`out` as a hard link to the file `path` (a copy where the file system has none)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(path, out)
+    except OSError:
+        shutil.copy2(path, out)
 
 
 def best_record(run: RunDir, best_step: int) -> dict[str, Any]:

@@ -3,6 +3,10 @@
 Stage 2 starts each task from a copy of stage 1's best model with a fresh head for that task (or, with
 `keep_stage1`, lets stage 1's own model compete as step 0) and trains on that task alone. The run folder's
 top-level files then come from the specialised models.
+
+With `push_to_hub`, each stage pushes into the Hub repo as a one-stage run does, into its own folder
+(`stage1/`, `tasks/<task>/`), and the end push, after stage 2, holds the run's card and every model
+(training/hub_push.py says which files go where).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from mtbert.runs.layout import MODEL_CONFIG, PREDICTIONS, SCORES, RunDir
 from mtbert.runs.model_card import write_model_card
 from mtbert.tasks import TaskSpec
 from mtbert.training import checkpoint as ckpt
+from mtbert.training.hub_push import HubPush
 from mtbert.training.stage import ModelStart, train_stage
 
 
@@ -29,6 +34,8 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
     """Stage 1 as configured (or `two_step.init_from`), then one specialised model per task from its best model."""
     run = RunDir(output_dir)
     settings = cfg.two_step_settings
+    ranks = start_ranks(cfg.ddp_mode)
+    hub = HubPush(cfg, run.root) if cfg.push_to_hub and ranks.is_main else None  # optional: push_to_hub
     init_from = settings.init_from
     if init_from:
         stage1_best = resolve_best(Path(init_from))
@@ -37,8 +44,10 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         stage1_cfg = replace(cfg, two_step=None, output_dir=str(stage1.root))
         if not stage1.results.is_file():
             stage_resume = resume if resume and ckpt.has_checkpoint(stage1.root, resume) else None
+            if hub is not None:
+                hub.begin_stage(stage1_cfg, stage1.root)
             train_stage(stage1_cfg, stage1.root, ModelStart(backbone=str(backbone) if backbone else None),
-                        resume_from_checkpoint=stage_resume)
+                        resume_from_checkpoint=stage_resume, hub=hub)
         stage1_best = stage1.best
     stage2 = stage2_config(cfg)
     ratios = cfg.ratios()
@@ -56,9 +65,12 @@ def train_two_step(cfg: TrainConfig, output_dir: Path, resume: str | None = None
         # stage 1's model competes for a task it trained (ratio > 0), or for any of init_from's heads
         competes = settings.keep_stage1 and (bool(init_from) or ratios[spec.name] > 0)
         start = ModelStart(init_from=stage1_best, reset_head=spec.name, competes=competes)
-        per_task_results[spec.name] = train_stage(task_cfg, task_run.root, start, resume_from_checkpoint=stage_resume)
-    ranks = start_ranks(cfg.ddp_mode)
-    return ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
+        if hub is not None:
+            hub.begin_stage(task_cfg, task_run.root)
+        per_task_results[spec.name] = train_stage(task_cfg, task_run.root, start, resume_from_checkpoint=stage_resume,
+                                                  hub=hub)
+    results = ranks.main_only(combine_task_runs, cfg, output_dir, per_task_results)
+    return hub.finish(results) if hub is not None else results
 
 
 def _task_entry(cfg: TrainConfig, spec: TaskSpec) -> Any:

@@ -95,10 +95,11 @@ def save_checkpoint(run: Path, step: int) -> None:
                                 "'_' and '.', at most 96 characters, no '--' or '..')"),
     ({"hub_strategy": "steps"}, "hub_strategy: 'steps' is not one of end | every_save | checkpoint | all_checkpoints"),
     ({"hub_private_repo": "maybe"}, "hub_private_repo: must be true or false, not 'maybe'"),
-    ({"push_to_hub": True, "hub_model_id": REPO, "two_step": {"num_train_epochs": 1}},
-     "push_to_hub: a two-step run has one model per task and is not pushed during training; push a task's model "
-     "after it with `hf upload REPO RUN/tasks/TASK/best`"),
+    ({"push_to_hub": True, "two_step": {"num_train_epochs": 1}},  # a two-step run still needs its repo
+     "hub_model_id: must be set when push_to_hub is true (the Hub model repo to push to, owner/name)"),
     ({"two_step": {"push_to_hub": True}}, "two_step.push_to_hub: not a key that stage 2 can change"),
+    ({"push_to_hub": True, "hub_model_id": REPO, "two_step": {"hub_strategy": "end"}},  # one repo, one strategy
+     "two_step.hub_strategy: not a key that stage 2 can change"),
     ({"hub_token": "hf_secret"}, "hub_token: not a config key, because the config is saved in the run folder and the "
                                  "model card; set HF_TOKEN or log in with `hf auth login`"),
 ])
@@ -273,3 +274,133 @@ def test_a_hub_that_never_answers_does_not_hold_the_finished_run(tmp_path, capsy
     client.hold.set()  # the Hub answers at last: the given-up thread ends, recording nothing more
     thread.join(GUARD_S)
     assert not thread.is_alive() and [p["step"] for p in hub.records] == [2, "end"] and len(client.uploads) == 1
+
+
+# ---- a two-step run -------------------------------------------------------------------------------------------
+
+
+def test_a_two_step_run_may_push(tmp_path):
+    cfg = config(tmp_path / "run", tasks=["sst", "para"], two_step={"num_train_epochs": 1}, hub_strategy="checkpoint")
+    assert cfg.push_to_hub and cfg.two_step == {"num_train_epochs": 1}  # the old refusal is gone
+
+
+def two_step_stages(run: Path, cfg: TrainConfig) -> list[tuple[TrainConfig, Path]]:
+    """The stages of a two-step run on sst and para, as two_step.py trains them: (its config, its folder)."""
+    from dataclasses import replace
+
+    from mtbert.config import save_config, stage2_config
+
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    stage2 = stage2_config(cfg)
+    return [(replace(cfg, two_step=None, output_dir=str(run / "stage1")), run / "stage1")] + [
+        (replace(stage2, tasks=[task], method="single", output_dir=str(run / "tasks" / task),
+                 metric_for_best_model="overall"), run / "tasks" / task) for task in ("sst", "para")]
+
+
+@pytest.mark.parametrize("strategy", HUB_STRATEGIES)
+def test_a_two_step_run_pushes_each_stage_into_its_folder_and_every_model_at_the_end(tmp_path, strategy):
+    run = tmp_path / "run"
+    cfg = config(run, tasks=["sst", "para"], two_step={"num_train_epochs": 1}, hub_strategy=strategy)
+    stages = two_step_stages(run, cfg)
+    client = FakeClient()
+    hub = HubPush(cfg, run, client=client)
+    for stage_cfg, folder in stages:  # each stage: a checkpoint at step 2 that is also its best model
+        hub.begin_stage(stage_cfg, folder)
+        fake_run(folder, best_steps=(2,))
+        save_checkpoint(folder, 2)
+        hub.saved(2, best_step=2)
+        (folder / "best" / "README.md").write_text(f"the final card of {folder.name}")  # the stage's finish
+    (run / "README.md").write_text("the run's card")  # combine_task_runs writes it after stage 2
+    results = hub.finish({"overall": 0.2, "best_step": {"sst": 2, "para": 2}})
+    names = ["stage1", "tasks/sst", "tasks/para"]
+    saves = [] if strategy == "end" else names
+    assert [m for m, _ in client.uploads] == [f"Training in progress, {n}, step 2" for n in saves] + [
+        "End of training"]
+    model = {"best/README.md", "best/encoder/model.safetensors", "best/mtbert_config.json"}
+    checkpoint = {"checkpoint": "last-checkpoint", "all_checkpoints": "checkpoint-2"}.get(strategy)
+    kept = {f"{checkpoint}/model.safetensors", f"{checkpoint}/optimizer.pt"} if checkpoint else set()
+    for name, (_, files) in zip(saves, client.uploads, strict=False):
+        assert set(files) == {f"{name}/{f}" for f in model | kept}
+        card = files[f"{name}/best/README.md"].decode()
+        assert f'snapshot_download("{REPO}", allow_patterns="{name}/best/*")' in card
+        assert f'MultiTaskModel.from_pretrained(f"{{repo}}/{name}/best")' in card
+        assert str(tmp_path) not in card
+    _, end = client.uploads[-1]  # the end push: the run's card and every model, at their paths in the run
+    assert end == {"README.md": b"the run's card", **{
+        f"{n}/best/{f}": (run / n / "best" / f).read_bytes() for n in names for f in
+        ("README.md", "encoder/model.safetensors", "mtbert_config.json")}}
+    pushes = results["hub"]["pushes"]
+    assert [(p["step"], p.get("stage")) for p in pushes] == [(2, n) for n in saves] + [("end", None)]
+    assert results["hub"]["revision"] == f"{len(client.uploads):040x}" and "push_later" not in results["hub"]
+    assert json.loads((run / "results.json").read_text()) == results
+    assert not (run / ".hub-push").exists()
+
+
+def test_a_two_step_run_whose_pushes_fail_finishes_and_prints_the_command(tmp_path, capsys):
+    run = tmp_path / "run"
+    cfg = config(run, tasks=["sst", "para"], two_step={"num_train_epochs": 1}, hub_strategy="every_save",
+                 hub_private_repo=True)
+    stages = two_step_stages(run, cfg)
+    busy = PushFailed("push_to_hub: the Hub at H could not upload X to alice/run (503 Service Unavailable)", True)
+    client = FakeClient(None, *[busy] * 20)  # stage 1's push lands, every later one fails
+    slept: list[float] = []
+    hub = HubPush(cfg, run, client=client, sleep=slept.append)
+    for stage_cfg, folder in stages:
+        hub.begin_stage(stage_cfg, folder)
+        fake_run(folder, best_steps=(2,))
+        hub.saved(2, best_step=2)
+        hub.saved(4, best_step=2)  # the same best model: nothing more to push
+    (run / "README.md").write_text("card")
+    results = hub.finish({"overall": 0.2})
+    assert [(p["step"], p.get("stage"), "error" in p) for p in results["hub"]["pushes"]] == [
+        (2, "stage1", False), (2, "tasks/sst", True), (2, "tasks/para", True), ("end", None, True)]
+    assert slept == [10.0, 20.0] * 3 and results["hub"]["revision"] == f"{1:040x}"
+    later = (f"hf upload {REPO} {run} . --include README.md --include 'stage1/best/*' --include 'tasks/*/best/*' "
+             "--commit-message 'End of training' --private")
+    assert results["hub"]["push_later"] == later
+    assert capsys.readouterr().err == (
+        f"mtbert: {results['hub']['pushes'][-1]['error']}; the run finished and {run / 'results.json'} is written; "
+        f"push its models later with `{later}`\n")
+    assert json.loads((run / "results.json").read_text()) == results
+
+
+def test_a_two_step_run_from_init_from_pushes_no_stage1(tmp_path):
+    run = tmp_path / "run"
+    cfg = config(run, tasks=["sst", "para"], two_step={"init_from": str(tmp_path / "other")}, hub_strategy="end")
+    stages = two_step_stages(run, cfg)[1:]  # stage 1 is the other run's
+    client = FakeClient()
+    hub = HubPush(cfg, run, client=client)
+    for stage_cfg, folder in stages:
+        hub.begin_stage(stage_cfg, folder)
+        fake_run(folder)
+    (run / "README.md").write_text("card")
+    hub.finish({"overall": 0.2})
+    [(_, end)] = client.uploads
+    assert {f.split("/best/")[0] for f in end} == {"README.md", "tasks/sst", "tasks/para"}
+
+
+def test_a_two_step_end_push_that_cannot_be_staged_is_reported_and_the_run_finishes(tmp_path, monkeypatch, capsys):
+    import mtbert.training.hub_push as hub_push
+
+    run = tmp_path / "run"
+    cfg = config(run, tasks=["sst", "para"], two_step={"num_train_epochs": 1}, hub_strategy="end")
+    client = FakeClient()
+    hub = HubPush(cfg, run, client=client)
+    for stage_cfg, folder in two_step_stages(run, cfg):
+        hub.begin_stage(stage_cfg, folder)
+        fake_run(folder)
+    (run / "README.md").write_text("card")
+
+    def full_disk(path: Path, out: Path) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hub_push, "link", full_disk)
+    results = hub.finish({"overall": 0.2})
+    assert client.uploads == [] and not (run / ".hub-push").exists()
+    [end] = results["hub"]["pushes"]
+    assert end["step"] == "end" and end["error"] == (
+        f"push_to_hub: the end push could not be staged in {run / '.hub-push'} ([Errno 28] No space left on device)")
+    assert results["hub"]["push_later"].startswith(f"hf upload {REPO} {run} . --include README.md ")
+    assert capsys.readouterr().err.startswith(f"mtbert: {end['error']}; the run finished")
+    assert json.loads((run / "results.json").read_text()) == results
