@@ -116,3 +116,12 @@ def test_a_local_folder_takes_no_revision_and_a_path_is_never_a_hub_id(checkpoin
     for folder in ("a/b/c", "/no/such", "./x/y", "single"):  # folders, not repo ids: no Hub is asked
         with pytest.raises(MtbertError, match=rf"^{re.escape(folder.removeprefix('./'))}: not an mtbert checkpoint"):
             MultiTaskModel.from_pretrained(folder)
+
+
+def test_a_subfolder_of_a_local_folder_and_a_subfolder_that_leaves_it(checkpoints):
+    parent = checkpoints["main"].parent
+    np.testing.assert_allclose(MultiTaskModel.from_pretrained(parent, subfolder="main/").predict("sst", TEXTS).scores,
+                               local_scores(checkpoints["main"]), atol=1e-6)
+    for bad in ("../main", "/abs"):
+        with pytest.raises(MtbertError, match=r"^subfolder: .* must be a relative folder inside the checkpoint"):
+            MultiTaskModel.from_pretrained(parent, subfolder=bad)

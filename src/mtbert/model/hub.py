@@ -8,18 +8,22 @@ from pathlib import Path
 from mtbert.errors import MtbertError
 
 
-def checkpoint_folder(name_or_path: str | Path, revision: str | None = None) -> Path:
+def checkpoint_folder(name_or_path: str | Path, revision: str | None = None, subfolder: str | None = None) -> Path:
     """The local folder of a checkpoint: `name_or_path` itself when it exists, else the snapshot of the Hub model
-    repo it names (downloaded, or taken from the cache when offline or unchanged).
+    repo it names (downloaded, or taken from the cache when offline or unchanged); with `subfolder`, that folder
+    of it (only its files are downloaded: a two-step run's repo holds one model per task, `tasks/<task>/best`).
 
     Every failure is one MtbertError naming the repo: no such repo (or no access), no such revision, or the Hub
     out of reach with nothing cached.
     """
     path = Path(name_or_path)
+    inside = (subfolder or "").rstrip("/")
+    if inside and (Path(inside).is_absolute() or ".." in Path(inside).parts):
+        raise MtbertError(f"subfolder: {subfolder!r} must be a relative folder inside the checkpoint")
     if path.exists() or not looks_like_repo_id(str(name_or_path)):
         if revision is not None:
             raise MtbertError(f"revision: {path} is a local folder; a revision only applies to a Hub model repo")
-        return path  # a folder (a missing one is reported by the loader, naming the file it lacks)
+        return path / inside if inside else path  # a missing folder is reported by the loader, naming its file
     repo_id = str(name_or_path)
     import httpx2  # huggingface_hub's HTTP client: a connection failure is not wrapped in its own errors
     from huggingface_hub import constants, snapshot_download
@@ -32,9 +36,11 @@ def checkpoint_folder(name_or_path: str | Path, revision: str | None = None) -> 
     )
 
     at = f"the Hub at {constants.ENDPOINT}"
-    which = f"{repo_id}" + (f" (revision {revision})" if revision else "")
+    which = f"{repo_id}" + (f" (revision {revision})" if revision else "") + (f", folder {inside}" if inside else "")
     try:
-        return Path(snapshot_download(repo_id, revision=revision, repo_type="model"))
+        snapshot = Path(snapshot_download(repo_id, revision=revision, repo_type="model",
+                                          allow_patterns=f"{inside}/*" if inside else None))
+        return snapshot / inside if inside else snapshot
     except GatedRepoError:
         raise MtbertError(f"{which}: the model repo is gated on {at}; accept its terms and log in with "
                           "`hf auth login` or set HF_TOKEN") from None

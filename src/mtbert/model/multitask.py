@@ -220,11 +220,12 @@ class MultiTaskModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dropout: float | None = None,
-                        revision: str | None = None) -> MultiTaskModel:
+                        revision: str | None = None, subfolder: str | None = None) -> MultiTaskModel:
         """Load a checkpoint written by save_pretrained (never unpickles): a folder, or a Hub model repo id
-        (`user/repo`, at `revision`) downloaded through huggingface_hub's cache (model/hub.py). The model keeps its
-        tokenizer as `model.tokenizer`, for `predict`."""
-        path = checkpoint_folder(path, revision)
+        (`user/repo`, at `revision`) downloaded through huggingface_hub's cache (model/hub.py); `subfolder`: the
+        checkpoint is that folder of it (a two-step run's `tasks/<task>/best`). The model keeps its tokenizer as
+        `model.tokenizer`, for `predict`."""
+        path = checkpoint_folder(path, revision, subfolder)
         if not (path / CONFIG_FILE).is_file():
             raise MtbertError(f"{path}: not an mtbert checkpoint ({CONFIG_FILE} is missing)")
         settings = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))

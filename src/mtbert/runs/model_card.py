@@ -392,16 +392,14 @@ def _hub_load_section(repo_id: str, specs: list[TaskSpec], repo_folder: str | No
     task = specs[0].name
     if repo_folder is not None:
         models = ("Each task's model is in `tasks/<task>/best/` of this repo (stage 1's shared model, when the run "
-                  "trained it, in `stage1/best/`); download one folder and load it:\n\n"
-                  if repo_folder.startswith(f"{TASKS}/") else "Download the folder of this model and load it:\n\n")
+                  "trained it, in `stage1/best/`); load one by its folder (only its files are downloaded):\n\n"
+                  if repo_folder.startswith(f"{TASKS}/") else "Load this model by its folder of the repo:\n\n")
         return (
             "## How to load it\n\n"
             f"With mtbert installed. {models}"
             "```python\n"
-            "from huggingface_hub import snapshot_download\n"
             "from mtbert import MultiTaskModel\n\n"
-            f'repo = snapshot_download("{repo_id}", allow_patterns="{repo_folder}/*")\n'
-            f'model = MultiTaskModel.from_pretrained(f"{{repo}}/{repo_folder}").eval()\n'
+            f'model = MultiTaskModel.from_pretrained("{repo_id}", subfolder="{repo_folder}").eval()\n'
             f'model.predict("{task}", texts)  # labels and scores; texts: strings, or pairs of strings for a pair '
             'task\n'
             "```"
