@@ -147,6 +147,15 @@ def base_model_id(name_or_path: str | None) -> str | None:
     return name_or_path
 
 
+def backbone_words(name_or_path: str | None) -> str:
+    """How a card names the backbone: its Hub id (the bundled MiniLM's, marked so), or a local folder by its name
+    alone (a card may be pushed to the Hub: it names no path of this machine)."""
+    hub_id = base_model_id(name_or_path)
+    if not name_or_path or hub_id == BUNDLED_BACKBONE and name_or_path != BUNDLED_BACKBONE:
+        return f"{BUNDLED_BACKBONE} (bundled)"
+    return hub_id or f"{Path(name_or_path).name} (a local folder)"
+
+
 def citations(cfg: TrainConfig, two_step: bool = False) -> list[Citation]:
     """The works a run's method stands on: its aggregator or weighting, SMART, and the CS224N report's own methods."""
     out = []
@@ -287,7 +296,7 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
                 f"{_method_words(cfg)}, then each task got its own fine-tuned copy (`tasks/<task>/best`).")
     else:
         what = f"One encoder shared by {', '.join(s.name for s in specs)}, trained with {_method_words(cfg)}."
-    backbone = cfg.model_name_or_path or f"{BUNDLED_BACKBONE} (bundled)"
+    backbone = backbone_words(cfg.model_name_or_path)
     body = [
         f"# {model_name}",
         "",

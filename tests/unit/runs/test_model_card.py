@@ -119,3 +119,14 @@ def test_ensemble_writes_a_card(tmp_path):
     written = ModelCard.load(out / "README.md")
     assert "ensemble" in written.data.tags
     assert "An ensemble of 2 mtbert runs" in written.text
+
+
+def test_the_backbone_is_named_by_hub_id_or_by_its_folder_name_never_its_path(tmp_path):
+    from mtbert.runs.model_card import BUNDLED_BACKBONE, backbone_words
+
+    folder = tmp_path / "deep" / "my-bert"
+    folder.mkdir(parents=True)
+    assert backbone_words(None) == f"{BUNDLED_BACKBONE} (bundled)"
+    assert backbone_words("bert-base-uncased") == "bert-base-uncased"
+    assert backbone_words("google-bert/bert-base-uncased") == "google-bert/bert-base-uncased"
+    assert backbone_words(str(folder)) == "my-bert (a local folder)"
