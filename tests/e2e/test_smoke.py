@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.runs import train_here
 
 from mtbert.cli import main
 
@@ -37,8 +38,9 @@ def _lines(path: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory, tiny_model_dir, tiny_data_dir) -> Path:
     tmp = tmp_path_factory.mktemp("smoke")
-    result = mtbert("train", "configs/smoke.yaml", *_overrides(tmp, "run", tiny_model_dir, tiny_data_dir))
-    assert result.returncode == 0, result.stderr[-3000:]
+    # `mtbert train` in this process (a process of its own costs seconds of imports); the predictions below run the
+    # CLI as processes of their own
+    train_here([str(ROOT / "configs" / "smoke.yaml"), *_overrides(tmp, "run", tiny_model_dir, tiny_data_dir)])
     return tmp / "run"
 
 
@@ -78,15 +80,15 @@ def test_evaluate_and_predict_agree_with_the_run(smoke_run, tmp_path, tiny_data_
         files[task] = tmp_path / name
         files[task].write_text("\n".join(_lines(data_dir / name)[:201]) + "\n", encoding="utf-8")
     args = [f"--{task}={path}" for task, path in files.items()]
-    # evaluate in this process; the two predictions below run the CLI as a process of its own
+    # evaluate and predict from a file in this process; the prediction from standard input runs the CLI as a
+    # process of its own
     assert main(["evaluate", str(smoke_run), *args, "--json", str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     results = json.loads((smoke_run / "results.json").read_text())
     for key in ("sst_acc", "para_acc", "sts_corr", "overall"):
         assert evaluated[key] == pytest.approx(results[key], abs=1e-6), key
     out = tmp_path / "sts.csv"
-    result = mtbert("predict", str(smoke_run), "--task", "sts", "--input", str(files["sts"]), "--output", str(out))
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert main(["predict", str(smoke_run), "--task", "sts", "--input", str(files["sts"]), "--output", str(out)]) == 0
     assert _lines(out) == _lines(smoke_run / "predictions" / "sts-dev-output.csv")
     result = mtbert("predict", str(smoke_run), "--task", "para", "--input", "-",
                     stdin="How do I learn Python?\tWhat is the best way to learn Python?\nhello\tgoodbye\n")
@@ -96,10 +98,10 @@ def test_evaluate_and_predict_agree_with_the_run(smoke_run, tmp_path, tiny_data_
 
 
 def test_smoke_two_step_with_a_ratio_zero_task(tmp_path, tiny_model_dir, tiny_data_dir):
-    # the tiny model and data always: four trainings (stage 1, then each task), each reading the data again
-    result = mtbert("train", "configs/smoke-two-step.yaml", *_overrides(tmp_path, "two", tiny_model_dir,
-                                                                         tiny_data_dir, real=False))
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the tiny model and data always: four trainings (stage 1, then each task), each reading the data again; in
+    # this process, and the prediction below as a process of its own
+    train_here([str(ROOT / "configs" / "smoke-two-step.yaml"), *_overrides(tmp_path, "two", tiny_model_dir,
+                                                                            tiny_data_dir, real=False)])
     run = tmp_path / "two"
     stage1 = json.loads((run / "stage1" / "results.json").read_text())
     assert "sst_acc" not in stage1 and {"para_acc", "sts_corr"} <= set(stage1)
