@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import accuracy_score, f1_score
 
 from mtbert.errors import ConfigError, DataError
 from mtbert.kinds.base import LabelParser, type_name
@@ -256,6 +255,8 @@ class MultiLabel(SentenceKind):
         width = width_of(spec, predictions, labels)
         truth, predicted = bits(labels, width), bits(predictions, width)
         present = np.flatnonzero(truth.any(0) | predicted.any(0))
+        from sklearn.metrics import accuracy_score, f1_score  # here: scikit-learn takes seconds to import
+
         macro = f1_score(truth, predicted, labels=present, average="macro", zero_division=0.0) if len(present) else 0.0
         return {"micro_f1": float(f1_score(truth, predicted, average="micro", zero_division=0.0)),
                 "macro_f1": float(macro),

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import pearsonr, rankdata, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 from torch import nn
 
 from mtbert.errors import ConfigError, MtbertError
@@ -210,6 +208,8 @@ class ClassificationKind(SentenceKind):
     def metric_values(self, spec: TaskSpec, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         """scikit-learn's metrics; macro F1 averages the classes found in the labels or the predictions."""
         y, p = np.asarray(labels, dtype=float).astype(int), np.asarray(predictions, dtype=float).astype(int)
+        from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef  # here: seconds to import
+
         values = {"acc": float(accuracy_score(y, p)),
                   "macro_f1": float(f1_score(y, p, average="macro", zero_division=0.0)),
                   "micro_f1": float(f1_score(y, p, average="micro", zero_division=0.0))}
@@ -367,6 +367,8 @@ class RegressionKind(SentenceKind):
         predictions, labels = np.asarray(predictions, dtype=float), np.asarray(labels, dtype=float)
         if len(labels) < 2 or np.std(predictions) == 0 or np.std(labels) == 0:
             return {"corr": 0.0, "spearman": 0.0}
+        from scipy.stats import pearsonr, spearmanr
+
         return {"corr": float(pearsonr(predictions, labels).statistic),
                 "spearman": float(spearmanr(predictions, labels).statistic)}
 
@@ -375,6 +377,8 @@ class RegressionKind(SentenceKind):
         """Pearson r of every resample, or Spearman rho (Pearson r of the resample's average ranks)."""
         p, y = np.asarray(predictions, dtype=float)[indices], np.asarray(labels, dtype=float)[indices]
         if spec.metric == "spearman":
+            from scipy.stats import rankdata
+
             p, y = rankdata(p, axis=1), rankdata(y, axis=1)
         pc, yc = p - p.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
         denom = np.sqrt((pc**2).sum(1) * (yc**2).sum(1))

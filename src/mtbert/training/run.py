@@ -19,7 +19,6 @@ from mtbert.model.multitask import ENCODER_DIR, check_backbone, default_backbone
 from mtbert.runs.layout import LOCK, RunDir
 from mtbert.runs.lock import RunLock
 from mtbert.training.hub_push import HubPush, check_can_push
-from mtbert.training.mlm import pretrain_mlm
 from mtbert.training.stage import ModelStart, train_stage
 from mtbert.training.two_step import resolve_best, train_two_step
 
@@ -43,6 +42,8 @@ def train(cfg: TrainConfig, resume_from_checkpoint: str | None = None, overwrite
         backbone = None
         settings = cfg.two_step_settings
         if cfg.mlm_steps and not (settings and settings.init_from):  # optional: a further pretrained encoder
+            from mtbert.training.mlm import pretrain_mlm  # here: its transformers imports take seconds
+
             backbone = ranks.main_only(pretrain_mlm, cfg, run.mlm, ranks.device)
         if settings is None:
             start = ModelStart(backbone=str(backbone) if backbone is not None else None)
