@@ -38,6 +38,13 @@ the surgery (the heads) as `other_params`: `apply()` averages their gradients ov
 Gradient accumulation: `begin_step` with the token ids of all the step's micro-batches, then after each
 micro-batch's backward `collect(task, accumulate=True)`, and `apply()` once. Float16 with a gradient scaler:
 `apply(scaler=scaler)` aggregates the unscaled gradients.
+
+Memory: the buffer is T rows of the shared parameters (about 46 MB a row for MiniLM: its dense parameters and the
+step's embedding rows) plus the update. `buffer_dtype="bfloat16"` stores the T rows in bfloat16 (half of that);
+the update stays in the parameters' dtype, and the Gramian and the update are accumulated in float32 over column
+chunks of a few MB (`mtbert.methods.aggregators`). Measured on real MiniLM steps (`benchmarks/buffer_precision.py`):
+the PCGrad update's relative error against a float32 buffer is a few 1e-3 and no conflict decision changes but
+those of near-orthogonal pairs.
 """
 
 from __future__ import annotations
@@ -58,6 +65,17 @@ from mtbert.methods.aggregators import Aggregator, GradVac, NashMTL, diagnose, m
 
 SCOPES = ("global", "per-layer")
 DDP_MODES = ("exact", "local")
+BUFFER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the per-task rows' storage
+
+
+def buffer_dtype_of(value: str | torch.dtype | None) -> torch.dtype | None:
+    """The dtype `buffer_dtype` names (`"float32"`, `"bfloat16"` or that torch dtype; None: the parameters')."""
+    if value is None:
+        return None
+    for name, dtype in BUFFER_DTYPES.items():
+        if value == name or value == dtype:
+            return dtype
+    raise ConfigError(f"buffer_dtype: {value!r} is not one of {', '.join(BUFFER_DTYPES)}")
 
 
 class GradScale(Protocol):
@@ -78,17 +96,22 @@ class PerTaskGradients:
     for every task).
 
     The buffer's memory and the embedding's gradient matrix are kept from step to step (grown when a step needs
-    more), and so is the update (`update`, one more row of that memory, which `GradientSurgery.apply` has the
-    method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
+    more), and so is the update (`update`, a P-vector in the parameters' dtype, which `GradientSurgery.apply` has
+    the method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
     faults cost more than the surgery itself on a small model. So the rows (`grads`) are valid until the next
     `begin_step`, the shared `.grad` that `write` sets are views of the kept update (a step whose `.grad` still
-    point into it takes fresh memory), and the embedding's `.grad` is the same tensor every step (zeroed, then the
-    step's rows written).
+    point into it takes a fresh one), and the embedding's `.grad` is the same tensor every step (zeroed, then the
+    step's rows written). A step with more tasks than the rows hold grows them in place where the memory has room,
+    else into memory for twice the rows (so the first step's growth never holds two copies of many rows).
+
+    `buffer_dtype` (None: the parameters' dtype) is the rows' storage: `torch.bfloat16` halves it; each collected
+    gradient is rounded once to it (an accumulated micro-batch adds in float32 and rounds the sum once more).
     """
 
     def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
-                 names: list[str] | None = None) -> None:
+                 names: list[str] | None = None, buffer_dtype: torch.dtype | None = None) -> None:
         self.embedding = embedding
+        self.buffer_dtype = buffer_dtype
         names = names or [str(i) for i in range(len(params))]
         self.params = [p for p in params if p is not embedding]
         self.names = [n for n, p in zip(names, params, strict=True) if p is not embedding]
@@ -99,6 +122,7 @@ class PerTaskGradients:
         self.update: torch.Tensor | None = None
         self.used = [False] * len(self.params)
         self._memory: torch.Tensor | None = None  # kept across steps: the rows of every step
+        self._update_memory: torch.Tensor | None = None  # kept across steps: the update (the shared `.grad`)
         self._embedding_grad: torch.Tensor | None = None  # kept across steps, zeroed and written by `write`
 
     def begin_step(self, touched_rows: torch.Tensor | None) -> None:
@@ -112,22 +136,37 @@ class PerTaskGradients:
             if self.rows is None:
                 self.rows = torch.arange(self.embedding.shape[0], device=device)
             width += self.rows.numel() * self.embedding.shape[1]
-        memory = self._rows_memory((self.num_tasks + 1) * width, device, dtype)
+        self.grads = self.update = None  # no view keeps memory alive that a fresh one replaces
+        memory = self._kept("_memory", self.num_tasks * width, device, self.buffer_dtype or dtype)
         self.grads = memory[: self.num_tasks * width].view(self.num_tasks, width)
-        self.update = memory[self.num_tasks * width :]  # where the step's update goes (`GradientSurgery.apply`)
+        self.update = self._kept("_update_memory", width, device, dtype, check_use=True)[:width]  # `apply` writes it
         self.used = [False] * len(self.params)
 
-    def _rows_memory(self, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """`size` elements of the kept memory, grown (by a quarter more than asked) when a step needs more; fresh
-        when a parameter's `.grad` still points into it (a `.grad` that `write` set and nobody cleared)."""
-        memory = self._memory
+    def _kept(self, name: str, size: int, device: torch.device, dtype: torch.dtype,
+              check_use: bool = False) -> torch.Tensor:
+        """The kept memory called `name` if it holds `size` elements of `dtype` on `device` (and, with `check_use`,
+        no parameter's `.grad` still points into it: a `.grad` that `write` set and nobody cleared), else fresh
+        memory (a quarter more than asked, for the next steps' other widths), the old one let go first."""
+        memory = getattr(self, name)
         if memory is not None and (memory.device != device or memory.dtype != dtype or memory.numel() < size
-                                   or self._in_use(memory)):
+                                   or (check_use and self._in_use(memory))):
             memory = None
+            setattr(self, name, None)
         if memory is None:
             memory = torch.empty(size + size // 4, device=device, dtype=dtype)
-            self._memory = memory
-        return memory[:size]
+            setattr(self, name, memory)
+        return memory
+
+    def add_row(self) -> None:
+        """One more task row (the rows collected so far kept): in place when the memory has room, else in fresh
+        memory for twice the rows."""
+        width, rows = self.grads.shape[1], self.num_tasks + 1
+        if self._memory.numel() < rows * width:
+            memory = self._memory.new_empty(max(rows, 2 * self.num_tasks) * width)
+            memory[: self.num_tasks * width].copy_(self._memory[: self.num_tasks * width])
+            self.grads, self._memory = None, memory
+        self.num_tasks = rows
+        self.grads = self._memory[: rows * width].view(rows, width)
 
     def _in_use(self, memory: torch.Tensor) -> bool:
         """Whether a shared parameter's `.grad` lives in `memory` (an update `write` set, not yet cleared)."""
@@ -193,9 +232,15 @@ class PerTaskGradients:
 def aggregate_per_layer(aggregate, grads: torch.Tensor, groups: list[list[tuple[int, int]]],
                         generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`), into `out` when
-    given."""
-    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device) if out is None else out
+    given. A group of one column range (an encoder layer) is aggregated from a view of its columns straight into
+    its part of the update; only a group of several ranges is copied."""
+    dtype = torch.promote_types(grads.dtype, torch.float32)  # a float32 update of bfloat16 rows
+    update = torch.empty(grads.shape[1], dtype=dtype, device=grads.device) if out is None else out
     for group in groups:
+        if len(group) == 1:
+            start, end = group[0]
+            aggregate(grads[:, start:end], generator=generator, out=update[start:end])
+            continue
         columns = torch.cat([torch.arange(s, e, device=grads.device) for s, e in group])
         update[columns] = aggregate(grads.index_select(1, columns), generator=generator)
     return update
@@ -247,18 +292,22 @@ class GradientSurgery:
     averages over the ranks (ignored on one process). `distributed`: None averages over the ranks whenever
     torch.distributed is initialised with several processes; False never does. `ddp_mode`: `exact` averages
     the per-task buffer over the ranks before the aggregation, `local` aggregates each rank's own buffer and
-    averages the updates (a cheaper, different algorithm). `method_options` go to the method (`c=0.4` for
-    `cagrad`).
+    averages the updates (a cheaper, different algorithm). `buffer_dtype`: the per-task rows' storage, `"float32"`
+    or `"bfloat16"` (half the memory; the Gramian and the update still accumulate in float32, the update is in the
+    parameters' dtype; None: the parameters' dtype); on several ranks a bfloat16 buffer is averaged in bfloat16.
+    `method_options` go to the method (`c=0.4` for `cagrad`).
     """
 
     def __init__(self, params: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]], method: str = "pcgrad",
                  seed: int = 0, *, embedding: nn.Parameter | None = None, scope: str = "global",
                  other_params: Iterable[nn.Parameter] = (), distributed: bool | None = None,
-                 ddp_mode: str = "exact", **method_options: Any) -> None:
+                 ddp_mode: str = "exact", buffer_dtype: str | torch.dtype | None = None,
+                 **method_options: Any) -> None:
         if scope not in SCOPES:
             raise ConfigError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
         if ddp_mode not in DDP_MODES:
             raise ConfigError(f"ddp_mode: {ddp_mode!r} is not one of {', '.join(DDP_MODES)}")
+        dtype = buffer_dtype_of(buffer_dtype)
         named = _named(params)
         if scope == "per-layer" and named and all(name.isdigit() for name, _ in named):
             raise ConfigError('scope "per-layer" needs parameter names: pass named_parameters() as params')
@@ -276,7 +325,8 @@ class GradientSurgery:
         shared = {id(p) for _, p in named}
         self.other_params = [p for p in other_params if p.requires_grad and id(p) not in shared]
         self.distributed = distributed
-        self._buffer = PerTaskGradients([p for _, p in named], 1, embedding, names=[n for n, _ in named])
+        self._buffer = PerTaskGradients([p for _, p in named], 1, embedding, names=[n for n, _ in named],
+                                        buffer_dtype=dtype)
         self._capacity = 1
         self._tasks: list[str] = []
         self._begun = False
@@ -350,10 +400,8 @@ class GradientSurgery:
             return
         index = len(self._tasks)
         if index == buffer.grads.shape[0]:  # a task more than any step before: one more row
-            grown = buffer.grads.new_empty(index + 1, buffer.grads.shape[1])
-            grown[:index].copy_(buffer.grads)
-            buffer.grads = grown
-            self._capacity = buffer.num_tasks = index + 1
+            buffer.add_row()
+            self._capacity = buffer.num_tasks
         buffer.collect(index)
         self._tasks.append(task)
 
@@ -386,7 +434,7 @@ class GradientSurgery:
         overflowed, grad_scale = False, 1.0
         if scaler is not None:  # fp16: aggregate the true gradients
             grad_scale = float(scaler.get_scale())
-            overflowed = not bool(torch.isfinite(grads).all())
+            overflowed = not bool(torch.stack([torch.isfinite(row).all() for row in grads]).all())  # a row at a time
             grads.div_(grad_scale)
         out = buffer.update if scaler is None else None  # fp16 writes the update back scaled: a new tensor
         if aggregator is not None:
