@@ -100,8 +100,10 @@ class PerTaskGradients:
     the method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
     faults cost more than the surgery itself on a small model. So the rows (`grads`) are valid until the next
     `begin_step`, the shared `.grad` that `write` sets are views of the kept update (a step whose `.grad` still
-    point into it takes a fresh one), and the embedding's `.grad` is the same tensor every step (zeroed, then the
-    step's rows written). A step with more tasks than the rows hold grows them in place where the memory has room,
+    point into it takes a fresh one), and the embedding's `.grad` is written (zeroed, then the step's rows) into
+    the start of the rows' memory, spent once the update is computed (where it is large enough, else into a kept
+    tensor of its own; a `.grad` still set at the next `begin_step` is moved out first). So the rows are valid only
+    until `write`. A step with more tasks than the rows hold grows them in place where the memory has room,
     else into memory for twice the rows (so the first step's growth never holds two copies of many rows).
 
     `buffer_dtype` (None: the parameters' dtype) is the rows' storage: `torch.bfloat16` halves it; each collected
@@ -137,6 +139,8 @@ class PerTaskGradients:
                 self.rows = torch.arange(self.embedding.shape[0], device=device)
             width += self.rows.numel() * self.embedding.shape[1]
         self.grads = self.update = None  # no view keeps memory alive that a fresh one replaces
+        if self._holds_embedding_grad():  # a `.grad` left set (backward adds into it): moved out of the rows
+            self.embedding.grad = self.embedding.grad.clone()
         memory = self._kept("_memory", self.num_tasks * width, device, self.buffer_dtype or dtype)
         self.grads = memory[: self.num_tasks * width].view(self.num_tasks, width)
         self.update = self._kept("_update_memory", width, device, dtype, check_use=True)[:width]  # `apply` writes it
@@ -205,14 +209,32 @@ class PerTaskGradients:
             p.grad = update[offset : offset + n].view_as(p) if self.used[k] else None
             offset += n
         if self.embedding is not None:
-            grad = self._embedding_grad
-            if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
-                    or grad.device != self.embedding.device:
-                grad = self._embedding_grad = torch.empty_like(self.embedding)
+            grad = self._spent_rows_as_embedding_grad()
+            if grad is None:
+                grad = self._embedding_grad
+                if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
+                        or grad.device != self.embedding.device:
+                    grad = self._embedding_grad = torch.empty_like(self.embedding)
             # zeroed whole: clipping or a gradient scaler may have scaled all of it in place (by NaN, after an
             # overflow), so no row can be assumed still zero
             grad.zero_().index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
             self.embedding.grad = grad
+
+    def _spent_rows_as_embedding_grad(self) -> torch.Tensor | None:
+        """The start of the rows' memory as an embedding-shaped tensor, where it is large enough (None if not): the
+        rows are spent once the update is computed, so the embedding's `.grad` needs no memory of its own."""
+        memory, embedding = self._memory, self.embedding
+        size = embedding.numel() * embedding.element_size()
+        if memory is None or memory.device != embedding.device or size % memory.element_size() \
+                or memory.numel() * memory.element_size() < size:
+            return None
+        return memory[: size // memory.element_size()].view(embedding.dtype).view_as(embedding)
+
+    def _holds_embedding_grad(self) -> bool:
+        """Whether the embedding's `.grad` (one `write` set and nobody cleared) lives in the rows' memory."""
+        grad = None if self.embedding is None else self.embedding.grad
+        return grad is not None and self._memory is not None \
+            and grad.untyped_storage().data_ptr() == self._memory.untyped_storage().data_ptr()
 
     def layer_groups(self) -> list[list[tuple[int, int]]]:
         """Column ranges of the buffer grouped by encoder layer (`.layer.<i>.`); the rest (embeddings, the
