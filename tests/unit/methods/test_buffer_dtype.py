@@ -169,3 +169,52 @@ def test_the_method_passes_the_buffer_dtype_to_its_engine():
     model = Net()
     method = make_method("pcgrad", model, list(TASKS), buffer_dtype="bfloat16")
     assert method.surgery.buffer.buffer_dtype == torch.bfloat16
+
+
+DISTRIBUTED_SCRIPT = '''
+import os, sys
+import torch
+import torch.distributed as dist
+from mtbert.methods.surgery import GradientSurgery
+
+out, dtype = sys.argv[1], sys.argv[2]
+if "RANK" in os.environ:
+    dist.init_process_group("gloo")
+rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+torch.manual_seed(0)
+trunk = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 4))
+heads = [torch.nn.Linear(4, 1) for _ in range(3)]
+g = torch.Generator().manual_seed(1)
+x, y = torch.randn(3, 8, 6, generator=g), torch.randn(3, 8, generator=g)
+y[1] = -y[0]
+x[1] = x[0]
+surgery = GradientSurgery(trunk.named_parameters(), "pcgrad", seed=0, buffer_dtype=dtype)
+share = slice(rank * 8 // world, (rank + 1) * 8 // world)
+for t in range(3):
+    ((heads[t](trunk(x[t, share])).squeeze(-1) - y[t, share]) ** 2).mean().backward()
+    surgery.collect(str(t))
+surgery.apply()
+if rank == 0:
+    torch.save(torch.cat([p.grad.reshape(-1) for p in trunk.parameters()]), out)
+if dist.is_initialized():
+    dist.barrier()
+    dist.destroy_process_group()
+'''
+
+
+@pytest.mark.e2e
+def test_two_gloo_processes_average_a_bfloat16_buffer_like_one_process_on_the_union(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "step.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    for launch, name, dtype in ((two, "two", "bfloat16"), ([sys.executable], "one", "float32")):
+        done = subprocess.run([*launch, str(script), str(tmp_path / name), dtype], capture_output=True, text=True,
+                              env=env, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    two_ranks, one = torch.load(tmp_path / "two"), torch.load(tmp_path / "one")
+    assert two_ranks.dtype == torch.float32 and relative_error(two_ranks, one) < 1e-2
