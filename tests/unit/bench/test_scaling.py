@@ -40,3 +40,15 @@ def test_the_scaling_command_refuses_bad_counts(capsys):
     assert main(["bench", "scaling", "--tasks", "1,4"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --tasks: each count must be at least 2 (got [1, 4])")
+
+
+def test_the_bfloat16_row_stands_beside_the_pinned_rows_and_has_its_peak_goal():
+    from mtbert.bench.scaling import ALL_ROWS
+
+    assert ROWS == ("sum", "pcgrad", "pcgrad-k2", "torchjd") and ALL_ROWS == (*ROWS, "pcgrad-bf16")
+    rows = {row: {"seconds_per_step": 1.0, "ratio_to_sum": 1.0, "peak_ratio_to_sum": 1.0} for row in ALL_ROWS}
+    rows["pcgrad"]["peak_ratio_to_sum"], rows["pcgrad-bf16"]["peak_ratio_to_sum"] = 1.6, 1.29
+    goals = scaling_goals({"16": rows})
+    assert goals["pcgrad_peak_at_16"]["met"] is False
+    assert goals["pcgrad_bf16_peak_at_16"] == {"goal": "<= 1.3", "ratio": 1.29, "met": True}
+    assert set(marginal_cost({"2": rows, "4": rows})) == set(ALL_ROWS)
