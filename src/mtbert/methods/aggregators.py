@@ -75,11 +75,13 @@ def _update_dtype(grads: Tensor) -> torch.dtype:
 
 
 def _column_chunks(grads: Tensor) -> Iterator[tuple[int, int, Tensor]]:
-    """``(start, end, grads[:, start:end] as float32)`` over the columns, each chunk about ``CHUNK_BYTES``."""
+    """``(start, end, grads[:, start:end])`` over the columns, each chunk about ``CHUNK_BYTES``: a view in full
+    precision, a float32 copy of low-precision rows."""
     width = max(1, CHUNK_BYTES // (4 * max(1, grads.shape[0])))
     for start in range(0, grads.shape[1], width):
         end = min(start + width, grads.shape[1])
-        yield start, end, grads[:, start:end].float()
+        chunk = grads[:, start:end]
+        yield start, end, chunk if _full_precision(chunk) else chunk.float()
 
 
 def _gramian(grads: Tensor) -> Tensor:
@@ -409,12 +411,9 @@ def diagnose(grads: Tensor, update: Tensor, task_names: list[str]) -> dict[str, 
     _check_matrix(grads)
     if len(task_names) != grads.shape[0]:
         raise ValueError(f"task_names has {len(task_names)} names for {grads.shape[0]} gradient rows")
-    if _full_precision(grads):
-        removed = torch.linalg.vector_norm(grads.sum(dim=0) - update)
-    else:  # chunk by chunk in float32
-        squares = sum(((chunk.sum(dim=0) - update[start:end]) ** 2).sum(dtype=torch.float64)
-                      for start, end, chunk in _column_chunks(grads))
-        removed = torch.as_tensor(squares, dtype=torch.float64, device=grads.device).sqrt()
+    squares = sum(((chunk.sum(dim=0) - update[start:end]) ** 2).sum(dtype=torch.float64)  # no P-vector made
+                  for start, end, chunk in _column_chunks(grads))
+    removed = torch.as_tensor(squares, dtype=torch.float64, device=grads.device).sqrt()
     values = torch.cat([_gramian(grads).double().flatten(), removed.reshape(1).double()])
     values = values.to(device="cpu", dtype=torch.float64).tolist()
     t = len(task_names)
