@@ -218,3 +218,30 @@ def test_two_gloo_processes_average_a_bfloat16_buffer_like_one_process_on_the_un
         assert done.returncode == 0, done.stderr[-3000:]
     two_ranks, one = torch.load(tmp_path / "two"), torch.load(tmp_path / "one")
     assert two_ranks.dtype == torch.float32 and relative_error(two_ranks, one) < 1e-2
+
+
+def test_a_run_with_surgery_buffer_dtype_bfloat16_keeps_bfloat16_rows_and_logs_finite_losses(tiny_config, monkeypatch):
+    import json
+    import math
+    from pathlib import Path
+
+    from mtbert.methods import method as method_module
+    from mtbert.training.run import train
+
+    methods = []
+    real = method_module.Method.__init__
+
+    def recording(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        methods.append(self)
+
+    monkeypatch.setattr(method_module.Method, "__init__", recording)
+    cfg = build_config({**tiny_config, "method": "pcgrad", "surgery_buffer_dtype": "bfloat16", "max_steps": 3,
+                        "logging_steps": 1})
+    train(cfg)
+    assert len(methods) == 1 and methods[0].buffer._memory.dtype == torch.bfloat16
+    lines = [json.loads(x) for x in (Path(cfg.output_dir) / "train_log.jsonl").open()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    losses = [v for line in lines for v in line["loss"].values()]
+    assert len(losses) == 3 * len(lines[0]["loss"]) > 0 and all(math.isfinite(v) for v in losses)
+    assert all(len(line["conflict"]) == 3 and all(v > 0 for v in line["grad_norm"].values()) for line in lines)
