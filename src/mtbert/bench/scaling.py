@@ -11,8 +11,8 @@ step (`mtbert.bench.step.rotated_rounds`):
 - `pcgrad-k2`: PCGrad over 2 tasks drawn each step as `tasks_per_step: 2` draws them (`tasks_of_step`, equal
   shares), the step's samples split between them (a 2 x P buffer, as training builds it with that key);
 - `torchjd`: torchjd's `mtl_backward` + `jac_to_grad(PCGrad())` over all T tasks;
-- `pcgrad-bf16` (beside the pinned rows above): `pcgrad` with `surgery_buffer_dtype: bfloat16` (the T rows in
-  bfloat16, the Gramian and the update accumulated in float32).
+- `pcgrad-bf16` (with `--extra_rows pcgrad-bf16`, beside the pinned rows above): `pcgrad` with
+  `surgery_buffer_dtype: bfloat16` (the T rows in bfloat16, the Gramian and the update accumulated in float32).
 
 Per T and row: median seconds per step, its paired ratio to `sum` (median of the per-step ratios), and the peak
 resident memory of the row alone in a fresh process (`peak_mb`); per row, the marginal seconds of one more task
@@ -50,7 +50,7 @@ from mtbert.training.optim import make_optimizer
 logger = logging.getLogger(__name__)
 
 ROWS = ("sum", "pcgrad", "pcgrad-k2", "torchjd")  # pinned (issue 35)
-EXTRA_ROWS = ("pcgrad-bf16",)
+EXTRA_ROWS = ("pcgrad-bf16",)  # asked for with `extra_rows`
 ALL_ROWS = (*ROWS, *EXTRA_ROWS)
 BASES = ("sst", "para", "sts")
 SAMPLED_TASKS = 2  # pcgrad-k2's tasks per step
@@ -74,8 +74,14 @@ def task_shares(count: int, sizes: dict[str, int]) -> dict[str, range]:
 
 
 def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, samples_per_step: int = 64,
-                  model_path: str | None = None, memory_steps: int = 2) -> dict[str, Any]:
-    """Seconds per step and peak memory of each row (`ROWS`) for each T in `task_counts`, at equal samples."""
+                  model_path: str | None = None, memory_steps: int = 2,
+                  extra_rows: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Seconds per step and peak memory of each row (`ROWS`, then `extra_rows` of `EXTRA_ROWS`) for each T in
+    `task_counts`, at equal samples."""
+    unknown = [r for r in extra_rows if r not in EXTRA_ROWS]
+    if unknown:
+        raise MtbertError(f"--extra_rows: {', '.join(unknown)} is not one of {', '.join(EXTRA_ROWS)}")
+    rows = (*ROWS, *dict.fromkeys(extra_rows))
     if not task_counts or any(t < SAMPLED_TASKS for t in task_counts):
         raise MtbertError(f"--tasks: each count must be at least {SAMPLED_TASKS} (got {task_counts})")
     if any(samples_per_step < t for t in task_counts):
@@ -84,14 +90,14 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
     if steps < MIN_ROUNDS:
         raise MtbertError(f"--steps: {steps} timed steps is too few for a paired interval (at least {MIN_ROUNDS})")
     out: dict[str, Any] = {"benchmark": "scaling", "samples_per_step": samples_per_step, "steps": steps,
-                           "rows": list(ALL_ROWS), **machine(), "tasks": {}}
+                           "rows": list(rows), **machine(), "tasks": {}}
     for n, count in enumerate(task_counts, start=1):
         logger.info("bench scaling: T = %d (%d of %d): %d steps of each row, then each row's memory alone",
                     count, n, len(task_counts), steps + warmup)
-        times = time_rows(count, ALL_ROWS, steps, warmup, samples_per_step, model_path)
+        times = time_rows(count, rows, steps, warmup, samples_per_step, model_path)
         base = statistics.median(times["sum"])
         per_row = {}
-        for row in ALL_ROWS:
+        for row in rows:
             ratios = paired_ratios(times, row)
             low, high = bootstrap_interval(ratios)
             per_row[row] = {"seconds_per_step": round(statistics.median(times[row]), 4),
@@ -99,7 +105,7 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
                             "ratio_ci95": [round(low, 3), round(high, 3)],
                             "ratio_of_medians": round(statistics.median(times[row]) / base, 3),
                             "peak_mb": row_peak_mb(count, row, memory_steps, samples_per_step, model_path)}
-        for row in ALL_ROWS:
+        for row in rows:
             per_row[row]["peak_ratio_to_sum"] = round(per_row[row]["peak_mb"] / per_row["sum"]["peak_mb"], 3)
         out["tasks"][str(count)] = per_row
     out["marginal_seconds_per_task"] = marginal_cost(out["tasks"])

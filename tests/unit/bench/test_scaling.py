@@ -40,6 +40,9 @@ def test_the_scaling_command_refuses_bad_counts(capsys):
     assert main(["bench", "scaling", "--tasks", "1,4"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --tasks: each count must be at least 2 (got [1, 4])")
+    assert main(["bench", "scaling", "--tasks", "2,4", "--extra_rows", "pcgrad-fp8"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --extra_rows: pcgrad-fp8 is not one of pcgrad-bf16")
 
 
 def test_the_bfloat16_row_stands_beside_the_pinned_rows_and_has_its_peak_goal():
