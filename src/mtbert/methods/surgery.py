@@ -100,14 +100,15 @@ class PerTaskGradients:
 
     The buffer's memory and the embedding's gradient matrix are kept from step to step (grown when a step needs
     more), and so is the update (`update`, a P-vector in the parameters' dtype, which `GradientSurgery.apply` has
-    the method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
-    faults cost more than the surgery itself on a small model. So the rows (`grads`) are valid until the next
-    `begin_step`, the shared `.grad` that `write` sets are views of the kept update (a step whose `.grad` still
-    point into it takes a fresh one), and the embedding's `.grad` is written (zeroed, then the step's rows) into
-    the start of the rows' memory, spent once the update is computed (where it is large enough, else into a kept
-    tensor of its own; a `.grad` still set at the next `begin_step` is moved out first). So the rows are valid only
-    until `write`. A step with more tasks than the rows hold grows them in place where the memory has room,
-    else into memory for twice the rows (so the first step's growth never holds two copies of many rows).
+    the method write into; not kept with low-precision rows: `keeps_update`): on the CPU a fresh tensor this large
+    is new pages from the system on every step, whose faults cost more than the surgery itself on a small model.
+    So the rows (`grads`) are valid until `write`, the shared `.grad` that `write` sets are views of
+    the kept update (a step whose `.grad` still point into it takes a fresh one), and the embedding's `.grad` is
+    written (zeroed, then the step's rows) into the start of the rows' memory, spent once the update is computed
+    (where it is large enough, else into a kept tensor of its own; a `.grad` still set at the next `begin_step` is
+    moved out first). A step with more tasks than the rows hold grows
+    them in place where the memory has room, else into memory for twice the rows (so the first step's growth never
+    holds two copies of many rows).
 
     `buffer_dtype` (None: the parameters' dtype) is the rows' storage: `torch.bfloat16` halves it; each collected
     gradient is rounded once to it (an accumulated micro-batch adds in float32 and rounds the sum once more).
@@ -146,7 +147,10 @@ class PerTaskGradients:
             self.embedding.grad = self.embedding.grad.clone()
         memory = self._kept("_memory", self.num_tasks * width, device, self.buffer_dtype or dtype)
         self.grads = memory[: self.num_tasks * width].view(self.num_tasks, width)
-        self.update = self._kept("_update_memory", width, device, dtype, check_use=True)[:width]  # `apply` writes it
+        if self.keeps_update:
+            self.update = self._kept("_update_memory", width, device, dtype, check_use=True)[:width]  # `apply` fills
+        else:  # taken by `apply` (`take_update`), let go with the `.grad` that view it
+            self._update_memory = None
         self.used = [False] * len(self.params)
 
     def _kept(self, name: str, size: int, device: torch.device, dtype: torch.dtype,
@@ -163,6 +167,22 @@ class PerTaskGradients:
             memory = torch.empty(size + size // 4, device=device, dtype=dtype)
             setattr(self, name, memory)
         return memory
+
+    @property
+    def keeps_update(self) -> bool:
+        """Whether the update's memory is kept from step to step: with rows in the parameters' dtype. With
+        low-precision rows (chosen to save memory) it is taken at `apply` instead, so that it does not sit beside
+        the rows through the next step's backward passes."""
+        return self.buffer_dtype is None or self.buffer_dtype == self._param_dtype()
+
+    def take_update(self) -> torch.Tensor:
+        """The P-vector the step's update is written into (`update`; fresh where it is not kept)."""
+        if self.update is None:
+            self.update = self.grads.new_empty(self.grads.shape[1], dtype=self._param_dtype())
+        return self.update
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.params[0].dtype if self.params else self.embedding.dtype
 
     def add_row(self) -> None:
         """One more task row (the rows collected so far kept): in place when the memory has room, else in fresh
@@ -222,6 +242,8 @@ class PerTaskGradients:
             # overflow), so no row can be assumed still zero
             grad.zero_().index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
             self.embedding.grad = grad
+        if not self.keeps_update:
+            self.update = None  # the `.grad` hold it, until the optimizer lets go of them
 
     def _spent_rows_as_embedding_grad(self) -> torch.Tensor | None:
         """The start of the rows' memory as an embedding-shaped tensor, where it is large enough (None if not): the
@@ -461,7 +483,7 @@ class GradientSurgery:
             grad_scale = float(scaler.get_scale())
             overflowed = not bool(torch.stack([torch.isfinite(row).all() for row in grads]).all())  # a row at a time
             grads.div_(grad_scale)
-        out = buffer.update if scaler is None else None  # fp16 writes the update back scaled: a new tensor
+        out = buffer.take_update() if scaler is None else None  # fp16 writes the update back scaled: a new tensor
         if aggregator is not None:
             update = aggregator(grads, generator=self.generator, out=out)
         elif self.scope == "per-layer":

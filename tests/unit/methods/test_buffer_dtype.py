@@ -141,7 +141,10 @@ def test_the_rows_take_half_the_memory_and_grow_in_place_where_there_is_room():
         surgery = GradientSurgery(model.shared(), buffer_dtype=getattr(torch, dtype))
         surgery_step(model, surgery, batches(0), sparse=False)
         sizes[dtype] = surgery.buffer._memory.untyped_storage().nbytes()
-        assert surgery.buffer.update.dtype == torch.float32
+        layer = model.trunk["layer"][0].weight.grad
+        assert layer.dtype == torch.float32
+        # float32 rows keep the update's memory for the next step; bfloat16 rows let it go with the .grad
+        assert (surgery.buffer.update is not None) == (dtype == "float32") == surgery.buffer.keeps_update
     assert sizes["bfloat16"] * 2 == sizes["float32"]
     buffer = surgery.buffer
     buffer.begin_step(None)  # 3 rows, kept with room for a quarter more: a 4th row grows in place
