@@ -396,8 +396,8 @@ class GradientSurgery:
 
     @property
     def grads(self) -> torch.Tensor | None:
-        """The collected rows of this step (tasks x shared parameters; the embedding by its touched rows); the
-        memory is reused by the next step, so copy what must outlive it."""
+        """The collected rows of this step (tasks x shared parameters; the embedding by its touched rows; in
+        `buffer_dtype`); `apply` writes the embedding's `.grad` over their memory, so copy what must outlive it."""
         return None if self._buffer.grads is None else self._buffer.grads[: len(self._tasks)]
 
     def begin_step(self, input_ids: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
