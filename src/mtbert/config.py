@@ -26,6 +26,7 @@ EVAL_STRATEGIES = ("epoch", "steps", "no")
 STS_LOSSES = ("mse", "cosent")
 DDP_MODES = ("exact", "local")
 SURGERY_SCOPES = ("global", "per-layer", "representation")
+SURGERY_BUFFER_DTYPES = ("float32", "bfloat16")
 # the names `mtbert.methods` implements (tests/unit/methods check the two agree) and the trackers of report_to
 METHODS = ("single", "sum", "pcgrad", "cagrad", "gradvac", "imtl-g", "mgda", "upgrad", "aligned-mtl", "nash-mtl",
            "uncertainty", "famo")
@@ -127,6 +128,9 @@ class TrainConfig:
     tasks_per_step: int | None = key(None,
         "k: each step trains k of the active tasks, drawn by the sampling's shares (seeded, the same on every "
         "rank), surgery over those k (a k-row buffer); empty: every task every step")
+    surgery_buffer_dtype: str = key("float32",
+        "float32 | bfloat16: storage of the surgery's per-task gradient rows (bfloat16 halves the T x P buffer; "
+        "the Gramian and the update still accumulate in float32)")
     smart_weight: float = key(0.0, "weight of SMART's smoothness penalty on each task's loss (0: off)")
     smart_step_size: float = key(1e-3, "SMART's ascent step and perturbation bound (max-norm, on the word embeddings)")
     smart_noise: float = key(1e-5, "std of SMART's initial Gaussian noise")
@@ -552,6 +556,7 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
     for key, allowed in (("pair_architecture", PAIR_ARCHITECTURES), ("pooling", POOLINGS),
                          ("eval_strategy", EVAL_STRATEGIES), ("sts_loss", STS_LOSSES), ("ddp_mode", DDP_MODES),
                          ("sampling", SAMPLING_STRATEGIES), ("surgery_scope", SURGERY_SCOPES),
+                         ("surgery_buffer_dtype", SURGERY_BUFFER_DTYPES),
                          ("bf16", ("auto", "true", "false"))):
         if getattr(cfg, key) not in allowed:
             raise bad(key, f"'{getattr(cfg, key)}' is not one of {' | '.join(allowed)}")

@@ -30,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
             counts = [int(t) for t in args.tasks.split(",")]
         except ValueError:
             raise MtbertError(f"--tasks: '{args.tasks}' is not a comma-separated list of numbers") from None
-        results = bench_scaling(counts, args.steps, args.warmup, args.samples_per_step)
+        extra = tuple(r for r in (getattr(args, "extra_rows", None) or "").split(",") if r)
+        results = bench_scaling(counts, args.steps, args.warmup, args.samples_per_step, extra_rows=extra)
     elif args.bench == "throughput":
         from mtbert.bench.throughput import bench_throughput
 

@@ -10,7 +10,9 @@ step (`mtbert.bench.step.rotated_rounds`):
 - `pcgrad`: PCGrad over all T tasks (a T x P buffer);
 - `pcgrad-k2`: PCGrad over 2 tasks drawn each step as `tasks_per_step: 2` draws them (`tasks_of_step`, equal
   shares), the step's samples split between them (a 2 x P buffer, as training builds it with that key);
-- `torchjd`: torchjd's `mtl_backward` + `jac_to_grad(PCGrad())` over all T tasks.
+- `torchjd`: torchjd's `mtl_backward` + `jac_to_grad(PCGrad())` over all T tasks;
+- `pcgrad-bf16` (with `--extra_rows pcgrad-bf16`, beside the pinned rows above): `pcgrad` with
+  `surgery_buffer_dtype: bfloat16` (the T rows in bfloat16, the Gramian and the update accumulated in float32).
 
 Per T and row: median seconds per step, its paired ratio to `sum` (median of the per-step ratios), and the peak
 resident memory of the row alone in a fresh process (`peak_mb`); per row, the marginal seconds of one more task
@@ -47,7 +49,9 @@ from mtbert.training.optim import make_optimizer
 
 logger = logging.getLogger(__name__)
 
-ROWS = ("sum", "pcgrad", "pcgrad-k2", "torchjd")
+ROWS = ("sum", "pcgrad", "pcgrad-k2", "torchjd")  # pinned (issue 35)
+EXTRA_ROWS = ("pcgrad-bf16",)  # asked for with `extra_rows`
+ALL_ROWS = (*ROWS, *EXTRA_ROWS)
 BASES = ("sst", "para", "sts")
 SAMPLED_TASKS = 2  # pcgrad-k2's tasks per step
 
@@ -70,8 +74,14 @@ def task_shares(count: int, sizes: dict[str, int]) -> dict[str, range]:
 
 
 def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, samples_per_step: int = 64,
-                  model_path: str | None = None, memory_steps: int = 2) -> dict[str, Any]:
-    """Seconds per step and peak memory of each row (`ROWS`) for each T in `task_counts`, at equal samples."""
+                  model_path: str | None = None, memory_steps: int = 2,
+                  extra_rows: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Seconds per step and peak memory of each row (`ROWS`, then `extra_rows` of `EXTRA_ROWS`) for each T in
+    `task_counts`, at equal samples."""
+    unknown = [r for r in extra_rows if r not in EXTRA_ROWS]
+    if unknown:
+        raise MtbertError(f"--extra_rows: {', '.join(unknown)} is not one of {', '.join(EXTRA_ROWS)}")
+    rows = (*ROWS, *dict.fromkeys(extra_rows))
     if not task_counts or any(t < SAMPLED_TASKS for t in task_counts):
         raise MtbertError(f"--tasks: each count must be at least {SAMPLED_TASKS} (got {task_counts})")
     if any(samples_per_step < t for t in task_counts):
@@ -80,14 +90,14 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
     if steps < MIN_ROUNDS:
         raise MtbertError(f"--steps: {steps} timed steps is too few for a paired interval (at least {MIN_ROUNDS})")
     out: dict[str, Any] = {"benchmark": "scaling", "samples_per_step": samples_per_step, "steps": steps,
-                           "rows": list(ROWS), **machine(), "tasks": {}}
+                           "rows": list(rows), **machine(), "tasks": {}}
     for n, count in enumerate(task_counts, start=1):
         logger.info("bench scaling: T = %d (%d of %d): %d steps of each row, then each row's memory alone",
                     count, n, len(task_counts), steps + warmup)
-        times = time_rows(count, ROWS, steps, warmup, samples_per_step, model_path)
+        times = time_rows(count, rows, steps, warmup, samples_per_step, model_path)
         base = statistics.median(times["sum"])
         per_row = {}
-        for row in ROWS:
+        for row in rows:
             ratios = paired_ratios(times, row)
             low, high = bootstrap_interval(ratios)
             per_row[row] = {"seconds_per_step": round(statistics.median(times[row]), 4),
@@ -95,7 +105,7 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
                             "ratio_ci95": [round(low, 3), round(high, 3)],
                             "ratio_of_medians": round(statistics.median(times[row]) / base, 3),
                             "peak_mb": row_peak_mb(count, row, memory_steps, samples_per_step, model_path)}
-        for row in ROWS:
+        for row in rows:
             per_row[row]["peak_ratio_to_sum"] = round(per_row[row]["peak_mb"] / per_row["sum"]["peak_mb"], 3)
         out["tasks"][str(count)] = per_row
     out["marginal_seconds_per_task"] = marginal_cost(out["tasks"])
@@ -106,21 +116,25 @@ def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, sampl
 def marginal_cost(tasks: dict[str, dict[str, Any]]) -> dict[str, float | None]:
     """Per row, the least-squares slope of seconds per step over T (None with a single T)."""
     counts = [int(t) for t in tasks]
+    rows = [row for row in ALL_ROWS if all(row in tasks[str(t)] for t in counts)]
     if len(counts) < 2:
-        return {row: None for row in ROWS}
+        return {row: None for row in rows}
     return {row: round(float(np.polyfit(counts, [tasks[str(t)][row]["seconds_per_step"] for t in counts], 1)[0]),
-                       5) for row in ROWS}
+                       5) for row in rows}
 
 
 def scaling_goals(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Issue 35's goals where their T was measured: PCGrad <= 1.05x `sum` per step and peak <= 1.3x at T = 16;
-    `pcgrad-k2` at T = 32 within 1.1x of its T = 2 seconds."""
+    """Issue 35's goals where their T was measured: PCGrad <= 1.05x `sum` per step and peak <= 1.3x at T = 16
+    (also read for `pcgrad-bf16` where measured); `pcgrad-k2` at T = 32 within 1.1x of its T = 2 seconds."""
     out: dict[str, Any] = {}
     if "16" in tasks:
         row = tasks["16"]["pcgrad"]
         out["pcgrad_step_at_16"] = {"goal": "<= 1.05", "ratio": row["ratio_to_sum"], "met": row["ratio_to_sum"] <= 1.05}
         out["pcgrad_peak_at_16"] = {"goal": "<= 1.3", "ratio": row["peak_ratio_to_sum"],
                                     "met": row["peak_ratio_to_sum"] <= 1.3}
+        if "pcgrad-bf16" in tasks["16"]:
+            ratio = tasks["16"]["pcgrad-bf16"]["peak_ratio_to_sum"]
+            out["pcgrad_bf16_peak_at_16"] = {"goal": "<= 1.3", "ratio": ratio, "met": ratio <= 1.3}
     if "2" in tasks and "32" in tasks:
         growth = round(tasks["32"]["pcgrad-k2"]["seconds_per_step"] / tasks["2"]["pcgrad-k2"]["seconds_per_step"], 3)
         out["pcgrad_k2_32_vs_2"] = {"goal": "<= 1.1", "ratio": growth, "met": growth <= 1.1}
@@ -156,7 +170,8 @@ def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup:
     optimizer = make_optimizer(model, replace(cfg, learning_rate=1e-5), torch.device("cpu"))
     objective = plain_objective(model, torch.device("cpu"))
     methods = {"sum": Method("sum", model, names), "pcgrad": Method("pcgrad", model, names),
-               "pcgrad-k2": Method("pcgrad", model, names[:SAMPLED_TASKS])}  # rows by place: any 2 of the tasks
+               "pcgrad-k2": Method("pcgrad", model, names[:SAMPLED_TASKS]),  # rows by place: any 2 of the tasks
+               "pcgrad-bf16": Method("pcgrad", model, names, buffer_dtype="bfloat16")}
     model.train()
 
     def stepper(row: str):

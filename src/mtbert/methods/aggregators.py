@@ -6,6 +6,11 @@ Row t of ``grads`` is task t's gradient of the shared encoder parameters, flatte
 CPU in float64 (the only host sync), the method's small loops or solver there, then one product
 ``w @ grads``.
 
+The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory): the Gramian and
+``w @ grads`` are then accumulated in float32 over column chunks of about ``CHUNK_BYTES`` (converted one at a time,
+never the whole matrix: a bfloat16 matrix product is many times slower than float32 on a CPU without bf16
+instructions), and the update is float32.
+
 Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
 ``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the
 scale of a MEAN (their weights sum to 1, or start from the mean); ``nash-mtl`` has its own scale and
@@ -35,6 +40,7 @@ from torch import Tensor
 from mtbert.errors import ConfigError, MtbertError
 
 TORCHJD_INSTALL_HINT = 'pip install "torchjd[cagrad,nash-mtl,quadprog-projector]==0.18.0"'
+CHUNK_BYTES = 4 << 20  # float32 bytes of one column chunk of low-precision rows (a few MB: stays in cache)
 
 
 class Aggregator(Protocol):
@@ -58,15 +64,53 @@ def _check_matrix(grads: Tensor) -> None:
         raise ValueError(f"grads must be a T x P matrix (one row per task), got shape {tuple(grads.shape)}")
 
 
-def _gramian_cpu(grads: Tensor) -> Tensor:
-    """``grads @ grads.T`` computed where ``grads`` lives, then copied once to the CPU as float64."""
+def _full_precision(grads: Tensor) -> bool:
+    """Whether ``grads`` is float32 or float64 (used as is); else (bfloat16, float16) it is read in float32 chunks."""
+    return grads.dtype in (torch.float32, torch.float64)
+
+
+def _update_dtype(grads: Tensor) -> torch.dtype:
+    """The dtype of an update of ``grads``: theirs, or float32 for low-precision rows."""
+    return torch.promote_types(grads.dtype, torch.float32)
+
+
+def _column_chunks(grads: Tensor) -> Iterator[tuple[int, int, Tensor]]:
+    """``(start, end, grads[:, start:end])`` over the columns, each chunk about ``CHUNK_BYTES``: a view in full
+    precision, a float32 copy of low-precision rows."""
+    width = max(1, CHUNK_BYTES // (4 * max(1, grads.shape[0])))
+    for start in range(0, grads.shape[1], width):
+        end = min(start + width, grads.shape[1])
+        chunk = grads[:, start:end]
+        yield start, end, chunk if _full_precision(chunk) else chunk.float()
+
+
+def _gramian(grads: Tensor) -> Tensor:
+    """``grads @ grads.T`` on ``grads``' device: one matrix product in full precision; for low-precision rows, the
+    float32 products of the column chunks summed in float64 (no float32 copy of the whole matrix)."""
     _check_matrix(grads)
-    gramian = (grads @ grads.T).to(device="cpu", dtype=torch.float64)
-    return (gramian + gramian.T) / 2  # exactly symmetric, whatever the matmul's rounding
+    if _full_precision(grads):
+        return grads @ grads.T
+    total = torch.zeros(grads.shape[0], grads.shape[0], dtype=torch.float64, device=grads.device)
+    for _, _, chunk in _column_chunks(grads):
+        total += (chunk @ chunk.T).double()
+    return total
+
+
+def _gramian_cpu(grads: Tensor) -> Tensor:
+    """``grads @ grads.T`` computed where ``grads`` lives (:func:`_gramian`), then copied once to the CPU as float64."""
+    gramian_ = _gramian(grads).to(device="cpu", dtype=torch.float64)
+    return (gramian_ + gramian_.T) / 2  # exactly symmetric, whatever the matmul's rounding
 
 
 def _combine(weights: Tensor, grads: Tensor, out: Tensor | None = None) -> Tensor:
-    """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given)."""
+    """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given);
+    low-precision rows are combined in float32 chunk by chunk into a float32 update."""
+    if not _full_precision(grads):
+        weights = weights.to(device=grads.device, dtype=torch.float32).unsqueeze(0)
+        out = torch.empty(grads.shape[1], dtype=torch.float32, device=grads.device) if out is None else out
+        for start, end, chunk in _column_chunks(grads):
+            torch.matmul(weights, chunk, out=out[start:end].unsqueeze(0))
+        return out
     weights = weights.to(device=grads.device, dtype=grads.dtype)
     if out is None:
         return weights @ grads
@@ -116,6 +160,8 @@ def _global_rng_from(generator: torch.Generator | None) -> Iterator[None]:
 def sum_rows(grads: Tensor, generator: torch.Generator | None = None, *, out: Tensor | None = None) -> Tensor:
     """The plain sum of the task gradients (ordinary summed-loss training); ``generator`` is unused."""
     _check_matrix(grads)
+    if not _full_precision(grads):  # in float32, chunk by chunk
+        return _combine(torch.ones(grads.shape[0]), grads, out)
     return grads.sum(dim=0) if out is None else torch.sum(grads, dim=0, out=out)
 
 
@@ -150,6 +196,8 @@ def pcgrad_weights(gramian: Tensor, generator: torch.Generator | None = None) ->
 def pcgrad_projected(grads: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """The T x P projected gradients g_i' of PCGrad (their sum is :func:`pcgrad`'s update)."""
     coefficients = torch.tensor(_pcgrad_coefficients(_gramian_cpu(grads), generator), dtype=torch.float64)
+    if not _full_precision(grads):
+        return torch.stack([_combine(row, grads) for row in coefficients])
     return coefficients.to(device=grads.device, dtype=grads.dtype) @ grads
 
 
@@ -300,7 +348,7 @@ class NashMTL:
         gramian = _gramian_cpu(grads)
         if not bool((gramian.diagonal() > 0.0).any()):
             # all gradients zero: torchjd's solver would divide by 0
-            return grads.new_zeros(grads.shape[1]) if out is None else out.zero_()
+            return grads.new_zeros(grads.shape[1], dtype=_update_dtype(grads)) if out is None else out.zero_()
         tasks = gramian.shape[0]
         if self._aggregator is None or self._aggregator.n_tasks != tasks:
             self._aggregator = _make_torchjd(
@@ -363,9 +411,11 @@ def diagnose(grads: Tensor, update: Tensor, task_names: list[str]) -> dict[str, 
     _check_matrix(grads)
     if len(task_names) != grads.shape[0]:
         raise ValueError(f"task_names has {len(task_names)} names for {grads.shape[0]} gradient rows")
-    gramian = grads @ grads.T
-    removed = torch.linalg.vector_norm(grads.sum(dim=0) - update)
-    values = torch.cat([gramian.flatten(), removed.reshape(1)]).to(device="cpu", dtype=torch.float64).tolist()
+    squares = sum(((chunk.sum(dim=0) - update[start:end]) ** 2).sum(dtype=torch.float64)  # no P-vector made
+                  for start, end, chunk in _column_chunks(grads))
+    removed = torch.as_tensor(squares, dtype=torch.float64, device=grads.device).sqrt()
+    values = torch.cat([_gramian(grads).double().flatten(), removed.reshape(1).double()])
+    values = values.to(device="cpu", dtype=torch.float64).tolist()
     t = len(task_names)
     m = [values[i * t : (i + 1) * t] for i in range(t)]
     norms = [math.sqrt(max(m[i][i], 0.0)) for i in range(t)]

@@ -64,12 +64,12 @@ class Method:
     """One training method over a model's shared parameters (see the module docstring).
 
     `options`: the method's keyword options (`method_options` of the config), checked as `check_method_options`
-    does.
+    does. `buffer_dtype`: the storage of the engine's per-task rows (`surgery_buffer_dtype`: float32 or bfloat16).
     """
 
     def __init__(self, name: str, model: nn.Module, tasks: list[str], ranks: Ranks = ONE_PROCESS, seed: int = 0,
                  per_layer: bool = False, options: Mapping[str, Any] | None = None,
-                 representation: bool = False) -> None:
+                 representation: bool = False, buffer_dtype: str = "float32") -> None:
         check_method_options(name, options)
         options = dict(options or {})
         self.name = name
@@ -89,6 +89,7 @@ class Method:
         self.surgery = GradientSurgery(shared, name if self.aggregating else "sum", seed, embedding=embedding,
                                        scope="per-layer" if per_layer else "global", other_params=others,
                                        distributed=ranks.distributed, ddp_mode=ranks.ddp_mode,
+                                       buffer_dtype=buffer_dtype,
                                        **(options if self.aggregating else {}))
         # optional: surgery on the tasks' gradients of the encoder's output (methods/representation.py)
         self.representation = RepresentationSurgery(self.surgery.aggregate, self.surgery.generator, others) \
@@ -222,12 +223,13 @@ class Method:
 
 
 def make_method(name: str, model: nn.Module, tasks: list[str], ranks: Ranks = ONE_PROCESS, seed: int = 0,
-                surgery_scope: str = "global", options: Mapping[str, Any] | None = None) -> Method:
+                surgery_scope: str = "global", options: Mapping[str, Any] | None = None,
+                buffer_dtype: str = "float32") -> Method:
     """The Method called `name` over `model`'s shared encoder (any of `METHODS`, with its `options`; `surgery_scope`
-    global, per-layer or representation); a trainable loss weighting is attached to the model as
-    `model.loss_weighting`, so the optimizer and checkpoints include it."""
+    global, per-layer or representation; `buffer_dtype`: its per-task rows' storage); a trainable loss weighting is
+    attached to the model as `model.loss_weighting`, so the optimizer and checkpoints include it."""
     method = Method(name, model, tasks, ranks, seed, per_layer=surgery_scope == "per-layer", options=options,
-                    representation=surgery_scope == "representation")
+                    representation=surgery_scope == "representation", buffer_dtype=buffer_dtype)
     if method.loss_module is not None:
         model.loss_weighting = method.loss_module
     return method

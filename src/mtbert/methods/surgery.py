@@ -38,6 +38,16 @@ the surgery (the heads) as `other_params`: `apply()` averages their gradients ov
 Gradient accumulation: `begin_step` with the token ids of all the step's micro-batches, then after each
 micro-batch's backward `collect(task, accumulate=True)`, and `apply()` once. Float16 with a gradient scaler:
 `apply(scaler=scaler)` aggregates the unscaled gradients.
+
+Memory: the buffer is T rows of the shared parameters (about 43 MB a row for MiniLM: its dense parameters and the
+step's embedding rows) plus the update; the embedding's `.grad` is written into the rows' memory once they are
+spent. At T = 16 (`mtbert bench scaling`) PCGrad's peak is 1.6x `sum`'s with float32 rows, 1.25x with bfloat16.
+`buffer_dtype="bfloat16"` stores the T rows in bfloat16 (half of that);
+the update stays in the parameters' dtype, and the Gramian and the update are accumulated in float32 over column
+chunks of a few MB (`mtbert.methods.aggregators`). Measured on real MiniLM PCGrad steps
+(`benchmarks/buffer_precision.py`, T = 3 and 16): the update's relative error against a float32 buffer was 0.17%
+(cosine 0.999999) and no conflict decision (the sign of g_i.g_j) changed, though some pairs' cosine was 2e-5. On
+several ranks a bfloat16 buffer is averaged in bfloat16 (the all-reduce's sums rounded to it).
 """
 
 from __future__ import annotations
@@ -58,6 +68,17 @@ from mtbert.methods.aggregators import Aggregator, GradVac, NashMTL, diagnose, m
 
 SCOPES = ("global", "per-layer")
 DDP_MODES = ("exact", "local")
+BUFFER_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # the per-task rows' storage
+
+
+def buffer_dtype_of(value: str | torch.dtype | None) -> torch.dtype | None:
+    """The dtype `buffer_dtype` names (`"float32"`, `"bfloat16"` or that torch dtype; None: the parameters')."""
+    if value is None:
+        return None
+    for name, dtype in BUFFER_DTYPES.items():
+        if value == name or value == dtype:
+            return dtype
+    raise ConfigError(f"buffer_dtype: {value!r} is not one of {', '.join(BUFFER_DTYPES)}")
 
 
 class GradScale(Protocol):
@@ -78,17 +99,25 @@ class PerTaskGradients:
     for every task).
 
     The buffer's memory and the embedding's gradient matrix are kept from step to step (grown when a step needs
-    more), and so is the update (`update`, one more row of that memory, which `GradientSurgery.apply` has the
-    method write into): on the CPU a fresh tensor this large is new pages from the system on every step, whose
-    faults cost more than the surgery itself on a small model. So the rows (`grads`) are valid until the next
-    `begin_step`, the shared `.grad` that `write` sets are views of the kept update (a step whose `.grad` still
-    point into it takes fresh memory), and the embedding's `.grad` is the same tensor every step (zeroed, then the
-    step's rows written).
+    more), and so is the update (`update`, a P-vector in the parameters' dtype, which `GradientSurgery.apply` has
+    the method write into; not kept with low-precision rows: `keeps_update`): on the CPU a fresh tensor this large
+    is new pages from the system on every step, whose faults cost more than the surgery itself on a small model.
+    So the rows (`grads`) are valid until `write`, the shared `.grad` that `write` sets are views of
+    the kept update (a step whose `.grad` still point into it takes a fresh one), and the embedding's `.grad` is
+    written (zeroed, then the step's rows) into the start of the rows' memory, spent once the update is computed
+    (where it is large enough, else into a kept tensor of its own; a `.grad` still set at the next `begin_step` is
+    moved out first). A step with more tasks than the rows hold grows
+    them in place where the memory has room, else into memory for twice the rows (so the first step's growth never
+    holds two copies of many rows).
+
+    `buffer_dtype` (None: the parameters' dtype) is the rows' storage: `torch.bfloat16` halves it; each collected
+    gradient is rounded once to it (an accumulated micro-batch adds in float32 and rounds the sum once more).
     """
 
     def __init__(self, params: list[nn.Parameter], num_tasks: int, embedding: nn.Parameter | None = None,
-                 names: list[str] | None = None) -> None:
+                 names: list[str] | None = None, buffer_dtype: torch.dtype | None = None) -> None:
         self.embedding = embedding
+        self.buffer_dtype = buffer_dtype
         names = names or [str(i) for i in range(len(params))]
         self.params = [p for p in params if p is not embedding]
         self.names = [n for n, p in zip(names, params, strict=True) if p is not embedding]
@@ -99,6 +128,7 @@ class PerTaskGradients:
         self.update: torch.Tensor | None = None
         self.used = [False] * len(self.params)
         self._memory: torch.Tensor | None = None  # kept across steps: the rows of every step
+        self._update_memory: torch.Tensor | None = None  # kept across steps: the update (the shared `.grad`)
         self._embedding_grad: torch.Tensor | None = None  # kept across steps, zeroed and written by `write`
 
     def begin_step(self, touched_rows: torch.Tensor | None) -> None:
@@ -112,22 +142,58 @@ class PerTaskGradients:
             if self.rows is None:
                 self.rows = torch.arange(self.embedding.shape[0], device=device)
             width += self.rows.numel() * self.embedding.shape[1]
-        memory = self._rows_memory((self.num_tasks + 1) * width, device, dtype)
+        self.grads = self.update = None  # no view keeps memory alive that a fresh one replaces
+        if self._holds_embedding_grad():  # a `.grad` left set (backward adds into it): moved out of the rows
+            self.embedding.grad = self.embedding.grad.clone()
+        memory = self._kept("_memory", self.num_tasks * width, device, self.buffer_dtype or dtype)
         self.grads = memory[: self.num_tasks * width].view(self.num_tasks, width)
-        self.update = memory[self.num_tasks * width :]  # where the step's update goes (`GradientSurgery.apply`)
+        if self.keeps_update:
+            self.update = self._kept("_update_memory", width, device, dtype, check_use=True)[:width]  # `apply` fills
+        else:  # taken by `apply` (`take_update`), let go with the `.grad` that view it
+            self._update_memory = None
         self.used = [False] * len(self.params)
 
-    def _rows_memory(self, size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-        """`size` elements of the kept memory, grown (by a quarter more than asked) when a step needs more; fresh
-        when a parameter's `.grad` still points into it (a `.grad` that `write` set and nobody cleared)."""
-        memory = self._memory
+    def _kept(self, name: str, size: int, device: torch.device, dtype: torch.dtype,
+              check_use: bool = False) -> torch.Tensor:
+        """The kept memory called `name` if it holds `size` elements of `dtype` on `device` (and, with `check_use`,
+        no parameter's `.grad` still points into it: a `.grad` that `write` set and nobody cleared), else fresh
+        memory (a quarter more than asked, for the next steps' other widths), the old one let go first."""
+        memory = getattr(self, name)
         if memory is not None and (memory.device != device or memory.dtype != dtype or memory.numel() < size
-                                   or self._in_use(memory)):
+                                   or (check_use and self._in_use(memory))):
             memory = None
+            setattr(self, name, None)
         if memory is None:
             memory = torch.empty(size + size // 4, device=device, dtype=dtype)
-            self._memory = memory
-        return memory[:size]
+            setattr(self, name, memory)
+        return memory
+
+    @property
+    def keeps_update(self) -> bool:
+        """Whether the update's memory is kept from step to step: with rows in the parameters' dtype. With
+        low-precision rows (chosen to save memory) it is taken at `apply` instead, so that it does not sit beside
+        the rows through the next step's backward passes."""
+        return self.buffer_dtype is None or self.buffer_dtype == self._param_dtype()
+
+    def take_update(self) -> torch.Tensor:
+        """The P-vector the step's update is written into (`update`; fresh where it is not kept)."""
+        if self.update is None:
+            self.update = self.grads.new_empty(self.grads.shape[1], dtype=self._param_dtype())
+        return self.update
+
+    def _param_dtype(self) -> torch.dtype:
+        return self.params[0].dtype if self.params else self.embedding.dtype
+
+    def add_row(self) -> None:
+        """One more task row (the rows collected so far kept): in place when the memory has room, else in fresh
+        memory for twice the rows."""
+        width, rows = self.grads.shape[1], self.num_tasks + 1
+        if self._memory.numel() < rows * width:
+            memory = self._memory.new_empty(max(rows, 2 * self.num_tasks) * width)
+            memory[: self.num_tasks * width].copy_(self._memory[: self.num_tasks * width])
+            self.grads, self._memory = None, memory
+        self.num_tasks = rows
+        self.grads = self._memory[: rows * width].view(rows, width)
 
     def _in_use(self, memory: torch.Tensor) -> bool:
         """Whether a shared parameter's `.grad` lives in `memory` (an update `write` set, not yet cleared)."""
@@ -166,14 +232,34 @@ class PerTaskGradients:
             p.grad = update[offset : offset + n].view_as(p) if self.used[k] else None
             offset += n
         if self.embedding is not None:
-            grad = self._embedding_grad
-            if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
-                    or grad.device != self.embedding.device:
-                grad = self._embedding_grad = torch.empty_like(self.embedding)
+            grad = self._spent_rows_as_embedding_grad()
+            if grad is None:
+                grad = self._embedding_grad
+                if grad is None or grad.shape != self.embedding.shape or grad.dtype != self.embedding.dtype \
+                        or grad.device != self.embedding.device:
+                    grad = self._embedding_grad = torch.empty_like(self.embedding)
             # zeroed whole: clipping or a gradient scaler may have scaled all of it in place (by NaN, after an
             # overflow), so no row can be assumed still zero
             grad.zero_().index_copy_(0, self.rows, update[offset:].view(-1, self.embedding.shape[1]))
             self.embedding.grad = grad
+        if not self.keeps_update:
+            self.update = None  # the `.grad` hold it, until the optimizer lets go of them
+
+    def _spent_rows_as_embedding_grad(self) -> torch.Tensor | None:
+        """The start of the rows' memory as an embedding-shaped tensor, where it is large enough (None if not): the
+        rows are spent once the update is computed, so the embedding's `.grad` needs no memory of its own."""
+        memory, embedding = self._memory, self.embedding
+        size = embedding.numel() * embedding.element_size()
+        if memory is None or memory.device != embedding.device or size % memory.element_size() \
+                or memory.numel() * memory.element_size() < size:
+            return None
+        return memory[: size // memory.element_size()].view(embedding.dtype).view_as(embedding)
+
+    def _holds_embedding_grad(self) -> bool:
+        """Whether the embedding's `.grad` (one `write` set and nobody cleared) lives in the rows' memory."""
+        grad = None if self.embedding is None else self.embedding.grad
+        return grad is not None and self._memory is not None \
+            and grad.untyped_storage().data_ptr() == self._memory.untyped_storage().data_ptr()
 
     def layer_groups(self) -> list[list[tuple[int, int]]]:
         """Column ranges of the buffer grouped by encoder layer (`.layer.<i>.`); the rest (embeddings, the
@@ -193,9 +279,15 @@ class PerTaskGradients:
 def aggregate_per_layer(aggregate, grads: torch.Tensor, groups: list[list[tuple[int, int]]],
                         generator: torch.Generator | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a gradient method to each group of columns separately (`surgery_scope: per-layer`), into `out` when
-    given."""
-    update = torch.empty(grads.shape[1], dtype=grads.dtype, device=grads.device) if out is None else out
+    given. A group of one column range (an encoder layer) is aggregated from a view of its columns straight into
+    its part of the update; only a group of several ranges is copied."""
+    dtype = torch.promote_types(grads.dtype, torch.float32)  # a float32 update of bfloat16 rows
+    update = torch.empty(grads.shape[1], dtype=dtype, device=grads.device) if out is None else out
     for group in groups:
+        if len(group) == 1:
+            start, end = group[0]
+            aggregate(grads[:, start:end], generator=generator, out=update[start:end])
+            continue
         columns = torch.cat([torch.arange(s, e, device=grads.device) for s, e in group])
         update[columns] = aggregate(grads.index_select(1, columns), generator=generator)
     return update
@@ -247,18 +339,22 @@ class GradientSurgery:
     averages over the ranks (ignored on one process). `distributed`: None averages over the ranks whenever
     torch.distributed is initialised with several processes; False never does. `ddp_mode`: `exact` averages
     the per-task buffer over the ranks before the aggregation, `local` aggregates each rank's own buffer and
-    averages the updates (a cheaper, different algorithm). `method_options` go to the method (`c=0.4` for
-    `cagrad`).
+    averages the updates (a cheaper, different algorithm). `buffer_dtype`: the per-task rows' storage, `"float32"`
+    or `"bfloat16"` (half the memory; the Gramian and the update still accumulate in float32, the update is in the
+    parameters' dtype; None: the parameters' dtype); on several ranks a bfloat16 buffer is averaged in bfloat16.
+    `method_options` go to the method (`c=0.4` for `cagrad`).
     """
 
     def __init__(self, params: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]], method: str = "pcgrad",
                  seed: int = 0, *, embedding: nn.Parameter | None = None, scope: str = "global",
                  other_params: Iterable[nn.Parameter] = (), distributed: bool | None = None,
-                 ddp_mode: str = "exact", **method_options: Any) -> None:
+                 ddp_mode: str = "exact", buffer_dtype: str | torch.dtype | None = None,
+                 **method_options: Any) -> None:
         if scope not in SCOPES:
             raise ConfigError(f"scope: {scope!r} is not one of {', '.join(SCOPES)}")
         if ddp_mode not in DDP_MODES:
             raise ConfigError(f"ddp_mode: {ddp_mode!r} is not one of {', '.join(DDP_MODES)}")
+        dtype = buffer_dtype_of(buffer_dtype)
         named = _named(params)
         if scope == "per-layer" and named and all(name.isdigit() for name, _ in named):
             raise ConfigError('scope "per-layer" needs parameter names: pass named_parameters() as params')
@@ -276,7 +372,8 @@ class GradientSurgery:
         shared = {id(p) for _, p in named}
         self.other_params = [p for p in other_params if p.requires_grad and id(p) not in shared]
         self.distributed = distributed
-        self._buffer = PerTaskGradients([p for _, p in named], 1, embedding, names=[n for n, _ in named])
+        self._buffer = PerTaskGradients([p for _, p in named], 1, embedding, names=[n for n, _ in named],
+                                        buffer_dtype=dtype)
         self._capacity = 1
         self._tasks: list[str] = []
         self._begun = False
@@ -299,8 +396,8 @@ class GradientSurgery:
 
     @property
     def grads(self) -> torch.Tensor | None:
-        """The collected rows of this step (tasks x shared parameters; the embedding by its touched rows); the
-        memory is reused by the next step, so copy what must outlive it."""
+        """The collected rows of this step (tasks x shared parameters; the embedding by its touched rows; in
+        `buffer_dtype`); `apply` writes the embedding's `.grad` over their memory, so copy what must outlive it."""
         return None if self._buffer.grads is None else self._buffer.grads[: len(self._tasks)]
 
     def begin_step(self, input_ids: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
@@ -350,10 +447,8 @@ class GradientSurgery:
             return
         index = len(self._tasks)
         if index == buffer.grads.shape[0]:  # a task more than any step before: one more row
-            grown = buffer.grads.new_empty(index + 1, buffer.grads.shape[1])
-            grown[:index].copy_(buffer.grads)
-            buffer.grads = grown
-            self._capacity = buffer.num_tasks = index + 1
+            buffer.add_row()
+            self._capacity = buffer.num_tasks
         buffer.collect(index)
         self._tasks.append(task)
 
@@ -386,9 +481,9 @@ class GradientSurgery:
         overflowed, grad_scale = False, 1.0
         if scaler is not None:  # fp16: aggregate the true gradients
             grad_scale = float(scaler.get_scale())
-            overflowed = not bool(torch.isfinite(grads).all())
+            overflowed = not bool(torch.stack([torch.isfinite(row).all() for row in grads]).all())  # a row at a time
             grads.div_(grad_scale)
-        out = buffer.update if scaler is None else None  # fp16 writes the update back scaled: a new tensor
+        out = buffer.take_update() if scaler is None else None  # fp16 writes the update back scaled: a new tensor
         if aggregator is not None:
             update = aggregator(grads, generator=self.generator, out=out)
         elif self.scope == "per-layer":

@@ -146,7 +146,7 @@ class Stage:
         self.num_epochs = math.ceil(self.total_steps / self.steps_per_epoch)
         # the engine's buffer holds a row per task a step collects: k rows with tasks_per_step k
         self.method = make_method(cfg.method, self.model, [s.name for s in self.active], ranks, cfg.seed,
-                                  cfg.surgery_scope, cfg.method_options)
+                                  cfg.surgery_scope, cfg.method_options, cfg.surgery_buffer_dtype)
         self.model.to(self.device)  # a trainable loss weighting joins the model's device
         self.optimizer = make_optimizer(self.model, cfg, self.device)
         warmup = cfg.warmup_steps or int(cfg.warmup_ratio * self.total_steps)

@@ -40,3 +40,42 @@ def test_the_scaling_command_refuses_bad_counts(capsys):
     assert main(["bench", "scaling", "--tasks", "1,4"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: --tasks: each count must be at least 2 (got [1, 4])")
+    assert main(["bench", "scaling", "--tasks", "2,4", "--extra_rows", "pcgrad-fp8"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --extra_rows: pcgrad-fp8 is not one of pcgrad-bf16")
+
+
+def test_the_bfloat16_row_stands_beside_the_pinned_rows_and_has_its_peak_goal():
+    from mtbert.bench.scaling import ALL_ROWS
+
+    assert ROWS == ("sum", "pcgrad", "pcgrad-k2", "torchjd") and ALL_ROWS == (*ROWS, "pcgrad-bf16")
+    rows = {row: {"seconds_per_step": 1.0, "ratio_to_sum": 1.0, "peak_ratio_to_sum": 1.0} for row in ALL_ROWS}
+    rows["pcgrad"]["peak_ratio_to_sum"], rows["pcgrad-bf16"]["peak_ratio_to_sum"] = 1.6, 1.29
+    goals = scaling_goals({"16": rows})
+    assert goals["pcgrad_peak_at_16"]["met"] is False
+    assert goals["pcgrad_bf16_peak_at_16"] == {"goal": "<= 1.3", "ratio": 1.29, "met": True}
+    assert set(marginal_cost({"2": rows, "4": rows})) == set(ALL_ROWS)
+
+
+def test_an_extra_row_is_timed_and_measured_beside_the_pinned_rows(monkeypatch):
+    from mtbert.bench import scaling
+
+    seconds = {"sum": 1.0, "pcgrad": 1.1, "pcgrad-k2": 1.0, "torchjd": 2.0, "pcgrad-bf16": 1.2}
+    peaks = {"sum": 1000.0, "pcgrad": 1600.0, "pcgrad-k2": 1200.0, "torchjd": 4000.0, "pcgrad-bf16": 1290.0}
+    timed = []
+
+    def time_rows(count, rows, steps, warmup, samples, model_path):
+        timed.append(tuple(rows))
+        return {row: [seconds[row] * (1 + 0.01 * i) for i in range(steps)] for row in rows}
+
+    monkeypatch.setattr(scaling, "time_rows", time_rows)
+    monkeypatch.setattr(scaling, "row_peak_mb", lambda count, row, *rest: peaks[row])
+    monkeypatch.setattr(scaling, "machine", lambda: {})
+    results = scaling.bench_scaling([2, 16], steps=5, extra_rows=["pcgrad-bf16"])
+    assert timed == [scaling.ALL_ROWS] * 2 and results["rows"] == list(scaling.ALL_ROWS)
+    row = results["tasks"]["16"]["pcgrad-bf16"]
+    assert row["peak_mb"] == 1290.0 and row["peak_ratio_to_sum"] == 1.29 and row["ratio_to_sum"] == 1.2
+    assert results["goals"]["pcgrad_bf16_peak_at_16"]["met"] and not results["goals"]["pcgrad_peak_at_16"]["met"]
+    assert set(results["marginal_seconds_per_task"]) == set(scaling.ALL_ROWS)
+    plain = scaling.bench_scaling([2, 16], steps=5)
+    assert list(plain["tasks"]["16"]) == list(ROWS) and "pcgrad_bf16_peak_at_16" not in plain["goals"]

@@ -138,20 +138,22 @@ def test_the_rows_memory_and_the_embedding_gradient_are_kept_from_step_to_step()
         reference._buffer._memory = reference._buffer._embedding_grad = None  # fresh memory every step
         surgery_step(model, surgery, batch)
         torch.testing.assert_close(written(model), expected, atol=0, rtol=0)  # zero but for this step's rows
-        pointers.append(surgery._buffer._memory.data_ptr())
-        embedding_grads.add(id(model.embed.weight.grad))
+        pointers.append((surgery._buffer._memory.data_ptr(), surgery._buffer._update_memory.data_ptr()))
+        embedding_grads.add(model.embed.weight.grad.data_ptr())
         layer = model.trunk["layer"][1].weight  # the update is written into the kept memory, not a fresh tensor
-        assert layer.grad.untyped_storage().data_ptr() == surgery._buffer._memory.untyped_storage().data_ptr()
+        assert layer.grad.untyped_storage().data_ptr() == surgery._buffer._update_memory.untyped_storage().data_ptr()
         model.embed.weight.grad.mul_(float("nan"))  # as clipping does after an fp16 overflow: every row, in place
-    assert len(set(pointers[1:])) == 1 and len(embedding_grads) == 1  # the first step learns the number of tasks
-    # a .grad that still lives in the memory (left set, not cleared) is never written over: fresh memory
+    assert len(set(pointers[1:])) == 1  # the first step learns the number of tasks
+    assert embedding_grads == {pointers[-1][0]}  # the embedding's .grad is written into the spent rows' memory
+    # a .grad that still lives in the update's memory (left set, not cleared) is never written over: fresh memory
     model.zero_grad(set_to_none=True)
     layer = model.trunk["layer"][0].weight
-    layer.grad = surgery._buffer._memory[: layer.numel()].view_as(layer)
+    layer.grad = surgery._buffer._update_memory[: layer.numel()].view_as(layer)
     kept = layer.grad.clone()
     surgery.begin_step([b["ids"] for b in batches(0).values()])
-    assert surgery._buffer._memory.data_ptr() != pointers[-1]
-    surgery._buffer.grads.fill_(7.0)
+    assert surgery._buffer._update_memory.data_ptr() != pointers[-1][1]
+    assert surgery._buffer._memory.data_ptr() == pointers[-1][0]  # the rows' memory holds no .grad: kept
+    surgery._buffer.update.fill_(7.0)
     torch.testing.assert_close(layer.grad, kept, atol=0, rtol=0)
 
 
