@@ -10,10 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sklearn.metrics
 from scipy.stats import pearsonr
 
-import mtbert.evaluation.metrics
-import mtbert.kinds.sentence
 from mtbert.config import build_config, save_config
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.evaluation.ensemble import majority, run_ensemble, vote
@@ -26,7 +25,7 @@ SST, PARA, STS = BUILTIN_TASKS["sst"], BUILTIN_TASKS["para"], BUILTIN_TASKS["sts
 @pytest.fixture(autouse=True)
 def fast_accuracy(monkeypatch):
     """The same accuracy without scikit-learn's per-call validation (the bootstrap calls it 3000 times)."""
-    monkeypatch.setattr(mtbert.kinds.sentence, "accuracy_score",
+    monkeypatch.setattr(sklearn.metrics, "accuracy_score",
                         lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))))
 
 
