@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 # `make run`: the data from $MTBERT_DATA, else ./data, else fetched into ./data (`mtbert data download`); then
-# configs/main.yaml (two-step PCGrad on the CS224N tasks, 13 minutes on 2 cores), repeatably: a
+# configs/main.yaml (two-step PCGrad on the CS224N tasks, about 20 minutes on 2 cores), repeatably: a
 # finished run is reported (FRESH=1 trains it again), an interrupted one resumes from its last checkpoint, and a
 # folder left without a checkpoint (a run that failed early) starts afresh.
 RUN_CONFIG ?= configs/main.yaml
