@@ -55,7 +55,7 @@ from mtbert.data import SAMPLING_STRATEGIES, EncodedSet, MultiTaskSampler, colla
 from mtbert.distributed import Ranks
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.io import atomic_write_json
-from mtbert.methods.surgery import SCOPES, GradientSurgery
+from mtbert.methods.surgery import BUFFER_DTYPES, SCOPES, GradientSurgery
 from mtbert.model import CONFIG_FILE, MultiTaskModel, task_loss
 
 STATE_FILE = "mtbert_trainer_state.json"
@@ -67,7 +67,8 @@ class MultiTaskTrainer(Trainer):
     `train_dataset` / `eval_dataset`: task name -> dataset (see the module docstring). `method`: any of
     `mtbert.methods.aggregators.AGGREGATORS` (`method_options` go to it). `task_ratio`: `"1:2:1"` (in the order
     of `train_dataset`) or {task: ratio}; ratio 0 leaves a task out, a missing task has ratio 1. `sampling`,
-    `sampling_temperature`, `sample_weighting`, `surgery_scope`: as in mtbert's config. An epoch is
+    `sampling_temperature`, `sample_weighting`, `surgery_scope`, `surgery_buffer_dtype` (`"float32"` or
+    `"bfloat16"`: the per-task rows' storage): as in mtbert's config. An epoch is
     `samples_per_task_per_epoch` samples of each task per process (default: the largest training set).
     `shared_parameters`: the parameters every task reaches (default: a `MultiTaskModel`'s encoder, or the
     model's `shared_parameters()`), with `embedding` the word-embedding matrix kept by touched rows (default: the
@@ -79,6 +80,7 @@ class MultiTaskTrainer(Trainer):
                  method: str = "pcgrad", task_ratio: str | Mapping[str, int] | None = None,
                  sampling: str = "fixed-ratio", sampling_temperature: float = 2.0, sample_weighting: bool = False,
                  samples_per_task_per_epoch: int | None = None, surgery_scope: str = "global",
+                 surgery_buffer_dtype: str = "float32",
                  shared_parameters: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]] | None = None,
                  embedding: nn.Parameter | None = None, method_options: Mapping[str, Any] | None = None,
                  **trainer_kwargs: Any) -> None:
@@ -91,6 +93,9 @@ class MultiTaskTrainer(Trainer):
             raise ConfigError("sampling_temperature: must be > 0")
         if surgery_scope not in SCOPES:
             raise ConfigError(f"surgery_scope: {surgery_scope!r} is not one of {', '.join(SCOPES)}")
+        if surgery_buffer_dtype not in BUFFER_DTYPES:
+            raise ConfigError(f"surgery_buffer_dtype: {surgery_buffer_dtype!r} is not one of "
+                              f"{', '.join(BUFFER_DTYPES)}")
         if samples_per_task_per_epoch is not None and samples_per_task_per_epoch < 1:
             raise ConfigError("samples_per_task_per_epoch: must be >= 1")
         self.ratios = _ratios(task_ratio, list(datasets))
@@ -111,7 +116,8 @@ class MultiTaskTrainer(Trainer):
         shared_ids = {id(p) for _, p in shared} | ({id(embedding)} if embedding is not None else set())
         others = [p for p in self.model.parameters() if p.requires_grad and id(p) not in shared_ids]
         self.surgery = GradientSurgery(shared, method, seed=self.args.seed, embedding=embedding, scope=surgery_scope,
-                                       other_params=others, **dict(method_options or {}))
+                                       other_params=others, buffer_dtype=surgery_buffer_dtype,
+                                       **dict(method_options or {}))
         self._loss_sums: dict[str, torch.Tensor] = {}
         self._loss_steps = 0
         self._last_stats: dict[str, Any] | None = None

@@ -230,6 +230,21 @@ def test_bad_settings_are_one_clear_error(tiny_model_dir, tiny_data_dir, tmp_pat
         MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, method="pgrad")
     with pytest.raises(ConfigError, match="shared_parameters"):
         MultiTaskTrainer(Trunk(), args(tmp_path), train_dataset={"up": toy_set(1.0)})
+    with pytest.raises(ConfigError, match="surgery_buffer_dtype: 'bf16' is not one of float32, bfloat16"):
+        MultiTaskTrainer(model, args(tmp_path), train_dataset=sets, surgery_buffer_dtype="bf16")
+
+
+def test_a_bfloat16_buffer_trains_close_to_float32_rows(tiny_model_dir, tiny_data_dir, tmp_path):
+    ends = {}
+    for dtype in ("float32", "bfloat16"):
+        model, tokenizer = tiny_model(tiny_model_dir)
+        trainer = MultiTaskTrainer(model, args(tmp_path / dtype), train_dataset=train_sets(tiny_data_dir, tokenizer),
+                                   processing_class=tokenizer, method="pcgrad", surgery_buffer_dtype=dtype)
+        trainer.train()
+        assert trainer.surgery.buffer.buffer_dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+        ends[dtype] = dict(model.named_parameters())
+    differences = [float((ends["float32"][n] - p).abs().max()) for n, p in ends["bfloat16"].items()]
+    assert 0 < max(differences) < 1e-3  # rounded rows, the same training
 
 
 DISTRIBUTED_SCRIPT = '''
