@@ -130,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=8, help="timed steps per T (at least 5)")
     b.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     b.add_argument("--samples_per_step", type=int, default=64, help="samples per step in all, spread over the tasks")
+    b.add_argument("--skip_rows", default="", help="pinned rows to leave out (not sum), e.g. torchjd: a longer "
+                   "run of the others")
     b.add_argument("--extra_rows", default="", help="rows beside the pinned ones: pcgrad-bf16 (surgery_buffer_dtype "
                    "bfloat16)")
     b.add_argument("--json", metavar="OUT", help="write the results to this JSON file")

@@ -31,7 +31,9 @@ def main(args: argparse.Namespace) -> int:
         except ValueError:
             raise MtbertError(f"--tasks: '{args.tasks}' is not a comma-separated list of numbers") from None
         extra = tuple(r for r in (getattr(args, "extra_rows", None) or "").split(",") if r)
-        results = bench_scaling(counts, args.steps, args.warmup, args.samples_per_step, extra_rows=extra)
+        skip = tuple(r for r in (getattr(args, "skip_rows", None) or "").split(",") if r)
+        results = bench_scaling(counts, args.steps, args.warmup, args.samples_per_step, extra_rows=extra,
+                                skip_rows=skip)
     elif args.bench == "throughput":
         from mtbert.bench.throughput import bench_throughput
 

@@ -75,13 +75,19 @@ def task_shares(count: int, sizes: dict[str, int]) -> dict[str, range]:
 
 def bench_scaling(task_counts: list[int], steps: int = 8, warmup: int = 1, samples_per_step: int = 64,
                   model_path: str | None = None, memory_steps: int = 2,
-                  extra_rows: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
-    """Seconds per step and peak memory of each row (`ROWS`, then `extra_rows` of `EXTRA_ROWS`) for each T in
-    `task_counts`, at equal samples."""
+                  extra_rows: tuple[str, ...] | list[str] = (),
+                  skip_rows: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+    """Seconds per step and peak memory of each row (`ROWS` but `skip_rows`, then `extra_rows` of `EXTRA_ROWS`) for
+    each T in `task_counts`, at equal samples. Skipping rows (never `sum`, the reference) makes a longer run of the
+    others affordable (torchjd's step is 14x `sum`'s at T = 16); the file then lacks those rows."""
     unknown = [r for r in extra_rows if r not in EXTRA_ROWS]
     if unknown:
         raise MtbertError(f"--extra_rows: {', '.join(unknown)} is not one of {', '.join(EXTRA_ROWS)}")
-    rows = (*ROWS, *dict.fromkeys(extra_rows))
+    unknown = [r for r in skip_rows if r not in ROWS or r == "sum"]
+    if unknown:
+        raise MtbertError(f"--skip_rows: {', '.join(unknown)} is not one of {', '.join(ROWS[1:])} (sum is the "
+                          "reference of every ratio)")
+    rows = (*(r for r in ROWS if r not in skip_rows), *dict.fromkeys(extra_rows))
     if not task_counts or any(t < SAMPLED_TASKS for t in task_counts):
         raise MtbertError(f"--tasks: each count must be at least {SAMPLED_TASKS} (got {task_counts})")
     if any(samples_per_step < t for t in task_counts):
@@ -124,18 +130,17 @@ def marginal_cost(tasks: dict[str, dict[str, Any]]) -> dict[str, float | None]:
 
 
 def scaling_goals(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Issue 35's goals where their T was measured: PCGrad <= 1.05x `sum` per step and peak <= 1.3x at T = 16
-    (also read for `pcgrad-bf16` where measured); `pcgrad-k2` at T = 32 within 1.1x of its T = 2 seconds."""
+    """Issue 35's goals where their T and rows were measured: PCGrad <= 1.05x `sum` per step and peak <= 1.3x at
+    T = 16 (read for `pcgrad` and for `pcgrad-bf16`, each meeting both or not); `pcgrad-k2` at T = 32 within 1.1x
+    of its T = 2 seconds."""
     out: dict[str, Any] = {}
-    if "16" in tasks:
-        row = tasks["16"]["pcgrad"]
-        out["pcgrad_step_at_16"] = {"goal": "<= 1.05", "ratio": row["ratio_to_sum"], "met": row["ratio_to_sum"] <= 1.05}
-        out["pcgrad_peak_at_16"] = {"goal": "<= 1.3", "ratio": row["peak_ratio_to_sum"],
-                                    "met": row["peak_ratio_to_sum"] <= 1.3}
-        if "pcgrad-bf16" in tasks["16"]:
-            ratio = tasks["16"]["pcgrad-bf16"]["peak_ratio_to_sum"]
-            out["pcgrad_bf16_peak_at_16"] = {"goal": "<= 1.3", "ratio": ratio, "met": ratio <= 1.3}
-    if "2" in tasks and "32" in tasks:
+    for row, key in (("pcgrad", "pcgrad"), ("pcgrad-bf16", "pcgrad_bf16")):
+        measured = tasks.get("16", {}).get(row)
+        if measured is not None:
+            step, peak = measured["ratio_to_sum"], measured["peak_ratio_to_sum"]
+            out[f"{key}_step_at_16"] = {"goal": "<= 1.05", "ratio": step, "met": step <= 1.05}
+            out[f"{key}_peak_at_16"] = {"goal": "<= 1.3", "ratio": peak, "met": peak <= 1.3}
+    if "pcgrad-k2" in tasks.get("2", {}) and "pcgrad-k2" in tasks.get("32", {}):
         growth = round(tasks["32"]["pcgrad-k2"]["seconds_per_step"] / tasks["2"]["pcgrad-k2"]["seconds_per_step"], 3)
         out["pcgrad_k2_32_vs_2"] = {"goal": "<= 1.1", "ratio": growth, "met": growth <= 1.1}
     return out

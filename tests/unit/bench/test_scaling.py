@@ -54,7 +54,30 @@ def test_the_bfloat16_row_stands_beside_the_pinned_rows_and_has_its_peak_goal():
     goals = scaling_goals({"16": rows})
     assert goals["pcgrad_peak_at_16"]["met"] is False
     assert goals["pcgrad_bf16_peak_at_16"] == {"goal": "<= 1.3", "ratio": 1.29, "met": True}
+    assert goals["pcgrad_bf16_step_at_16"] == {"goal": "<= 1.05", "ratio": 1.0, "met": True}
     assert set(marginal_cost({"2": rows, "4": rows})) == set(ALL_ROWS)
+
+
+def test_skipped_rows_are_neither_timed_nor_in_the_file_and_sum_cannot_be_skipped(monkeypatch, capsys):
+    from mtbert.bench import scaling
+    from mtbert.cli import main
+
+    timed = []
+
+    def time_rows(count, rows, steps, warmup, samples, model_path):
+        timed.append(tuple(rows))
+        return {row: [1.0 + 0.01 * i for i in range(steps)] for row in rows}
+
+    monkeypatch.setattr(scaling, "time_rows", time_rows)
+    monkeypatch.setattr(scaling, "row_peak_mb", lambda count, row, *rest: 1000.0)
+    monkeypatch.setattr(scaling, "machine", lambda: {})
+    results = scaling.bench_scaling([16], steps=5, extra_rows=["pcgrad-bf16"], skip_rows=["torchjd", "pcgrad-k2"])
+    assert timed == [("sum", "pcgrad", "pcgrad-bf16")] and set(results["tasks"]["16"]) == set(timed[0])
+    assert set(results["goals"]) == {"pcgrad_step_at_16", "pcgrad_peak_at_16", "pcgrad_bf16_step_at_16",
+                                     "pcgrad_bf16_peak_at_16"}
+    assert main(["bench", "scaling", "--tasks", "2", "--skip_rows", "sum"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "error: --skip_rows: sum is not one of pcgrad, pcgrad-k2, torchjd (sum is the reference of every ratio)")
 
 
 def test_an_extra_row_is_timed_and_measured_beside_the_pinned_rows(monkeypatch):
