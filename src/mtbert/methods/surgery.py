@@ -41,7 +41,8 @@ micro-batch's backward `collect(task, accumulate=True)`, and `apply()` once. Flo
 
 Memory: the buffer is T rows of the shared parameters (about 43 MB a row for MiniLM: its dense parameters and the
 step's embedding rows) plus the update; the embedding's `.grad` is written into the rows' memory once they are
-spent. At T = 16 (`mtbert bench scaling`) PCGrad's peak is 1.6x `sum`'s with float32 rows, 1.25x with bfloat16.
+spent. At T = 16 (`mtbert bench scaling`) PCGrad's peak is 1.67x `sum`'s with float32 rows, 1.28x with bfloat16
+(whose conversions make the step 1.19x `sum`'s against 1.07x).
 `buffer_dtype="bfloat16"` stores the T rows in bfloat16 (half of that);
 the update stays in the parameters' dtype, and the Gramian and the update are accumulated in float32 over column
 chunks of a few MB (`mtbert.methods.aggregators`). Measured on real MiniLM PCGrad steps

@@ -235,7 +235,8 @@ def test_bad_settings_are_one_clear_error(tiny_model_dir, tiny_data_dir, tmp_pat
 
 
 def test_a_bfloat16_buffer_trains_close_to_float32_rows(tiny_model_dir, tiny_data_dir, tmp_path):
-    ends = {}
+    start, _ = tiny_model(tiny_model_dir)
+    ends = {"start": dict(start.named_parameters())}
     for dtype in ("float32", "bfloat16"):
         model, tokenizer = tiny_model(tiny_model_dir)
         trainer = MultiTaskTrainer(model, args(tmp_path / dtype), train_dataset=train_sets(tiny_data_dir, tokenizer),
@@ -243,8 +244,11 @@ def test_a_bfloat16_buffer_trains_close_to_float32_rows(tiny_model_dir, tiny_dat
         trainer.train()
         assert trainer.surgery.buffer.buffer_dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
         ends[dtype] = dict(model.named_parameters())
-    differences = [float((ends["float32"][n] - p).abs().max()) for n, p in ends["bfloat16"].items()]
-    assert 0 < max(differences) < 1e-3  # rounded rows, the same training
+    def distance(a, b):
+        return float(sum(((ends[a][n].detach() - ends[b][n].detach()) ** 2).sum() for n in ends[a]) ** 0.5)
+
+    moved, apart = distance("float32", "start"), distance("bfloat16", "float32")
+    assert 0 < apart < 0.05 * moved  # rounded rows, the same training (Adam moves a parameter by about lr per step)
 
 
 DISTRIBUTED_SCRIPT = '''
