@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -22,32 +21,15 @@ from pathlib import Path
 import torch
 
 from mtbert.bench.machine import machine
-from mtbert.bench.scaling import BASES, scaled_tasks, task_shares
-from mtbert.config import build_config
-from mtbert.data import collate, load_task_data
-from mtbert.data.encoding import collate_packed
+from mtbert.bench.scaling import scaled_model
 from mtbert.methods.aggregators import _gramian, pcgrad
 from mtbert.methods.method import Method, plain_objective
-from mtbert.model import MultiTaskModel, load_encoder
-from mtbert.tasks import BUILTIN_TASKS
 from mtbert.training.optim import make_optimizer
 
 
 def precision(count: int, steps: int, samples_per_step: int = 64) -> list[dict]:
     """Per step at T = `count`: the bfloat16 buffer's PCGrad update against the float32 buffer's."""
-    cfg = build_config({})
-    torch.manual_seed(0)
-    encoder, tokenizer = load_encoder(None, 0.1)
-    specs = scaled_tasks(count)
-    model = MultiTaskModel(encoder, specs, cfg.pair_architecture, cfg.pooling, cfg.dropout)
-    bases = [BUILTIN_TASKS[b] for b in BASES[:count]]
-    data = load_task_data(bases, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
-                          splits=("train",))
-    shares = task_shares(count, {b.name: len(data[b.name].train) for b in bases})
-    names = [s.name for s in specs]
-    make = collate_packed if cfg.packing else collate
-    pad = tokenizer.pad_token_id or 0
-    draw = random.Random(0)
+    cfg, model, names, batches_of = scaled_model(count)
     optimizer = make_optimizer(model, replace(cfg, learning_rate=2e-5), torch.device("cpu"))
     objective = plain_objective(model, torch.device("cpu"))
     method = Method("pcgrad", model, names)
@@ -64,8 +46,7 @@ def precision(count: int, steps: int, samples_per_step: int = 64) -> list[dict]:
     out = []
     for _ in range(steps):
         per_task = samples_per_step // count
-        batches = {t: make(data[t.split("-")[0]].train, draw.sample(shares[t], min(per_task, len(shares[t]))), pad)
-                   for t in names}
+        batches = batches_of(names, per_task)
         method.backward(batches, {t: 1.0 / len(b["labels"]) for t, b in batches.items()}, objective)
         full, state = captured.pop("grads"), captured.pop("state")
         half = torch.empty_like(full, dtype=torch.bfloat16).copy_(full)  # as the bfloat16 buffer stores the rows

@@ -94,6 +94,17 @@ def files_of(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
+def push_later(command: str, hub, run: Path) -> tuple[dict, dict]:
+    """Run a printed push-later command (the venv's `hf`) against the fake Hub; the commit it posted."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(run.parent / "hf_home"), "NO_PROXY": "127.0.0.1",
+           "no_proxy": "127.0.0.1",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return read_commit(hub.posted("commit")[-1][2])
+
+
 @pytest.mark.parametrize("strategy", ["end", "every_save", "checkpoint", "all_checkpoints"])
 def test_each_hub_strategy_commits_what_transformers_does(tiny_config, hub, pauses, strategy):
     results = train(build_config(run_config(tiny_config, hub_strategy=strategy)))
@@ -158,13 +169,7 @@ def test_a_hub_that_fails_mid_training_loses_nothing(tiny_config, hub, pauses, c
             f"model later with `{command}`") in err.splitlines()
 
     hub.fail_commits_from = None  # the Hub is back: the printed command pushes best/ as the end push would have
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(run.parent / "hf_home"), "NO_PROXY": "127.0.0.1",
-           "no_proxy": "127.0.0.1",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # the venv's hf
-    done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    header, files = read_commit(hub.posted("commit")[-1][2])
+    header, files = push_later(command, hub, run)
     assert header["summary"] == "End of training" and files == files_of(run / "best")
 
 
@@ -291,11 +296,5 @@ def test_a_two_step_run_on_a_failing_hub_finishes_and_its_command_pushes_later(t
     assert f"push its models later with `{command}`" in capsys.readouterr().err
 
     hub.fail_commits_from = None  # the Hub is back: the printed command pushes what the end push would have
-    env = {**os.environ, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_test",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(run.parent / "hf_home"), "NO_PROXY": "127.0.0.1",
-           "no_proxy": "127.0.0.1",
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}  # the venv's hf
-    done = subprocess.run(shlex.split(command), capture_output=True, text=True, env=env, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    header, files = read_commit(hub.posted("commit")[-1][2])
+    header, files = push_later(command, hub, run)
     assert header["summary"] == "End of training" and files == end_files(run)

@@ -146,9 +146,9 @@ def scaling_goals(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup: int, samples_per_step: int,
-              model_path: str | None) -> dict[str, list[float]]:
-    """Seconds of each row's step over `steps` steps after `warmup`, on the same batches, order rotated."""
+def scaled_model(count: int, model_path: str | None = None) -> tuple[Any, MultiTaskModel, list[str], Any]:
+    """The default config, a model with the `count` scaled tasks' heads (seed 0), their names, and
+    `batches_of(tasks, per_task)`: a batch of each named task from its share of the course data (seeded draws)."""
     cfg = build_config({})
     torch.manual_seed(0)
     encoder, tokenizer = load_encoder(model_path, 0.1)
@@ -158,7 +158,6 @@ def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup:
     data = load_task_data(bases, cfg.resolved_data_dir(), tokenizer, cfg.max_length, cfg.pair_architecture,
                           splits=("train",))
     shares = task_shares(count, {b.name: len(data[b.name].train) for b in bases})
-    names = [s.name for s in specs]
     make = collate_packed if cfg.packing else collate
     pad = tokenizer.pad_token_id or 0
     draw = random.Random(0)
@@ -167,6 +166,13 @@ def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup:
         return {t: make(data[t.split("-")[0]].train, draw.sample(shares[t], min(per_task, len(shares[t]))), pad)
                 for t in tasks}
 
+    return cfg, model, [s.name for s in specs], batches_of
+
+
+def time_rows(count: int, rows: tuple[str, ...] | list[str], steps: int, warmup: int, samples_per_step: int,
+              model_path: str | None) -> dict[str, list[float]]:
+    """Seconds of each row's step over `steps` steps after `warmup`, on the same batches, order rotated."""
+    cfg, model, names, batches_of = scaled_model(count, model_path)
     all_batches = []
     for step in range(1, steps + warmup + 1):
         sampled = tasks_of_step(dict.fromkeys(names, 1), SAMPLED_TASKS, 0, step)  # as `tasks_per_step: 2` draws
