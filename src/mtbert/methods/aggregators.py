@@ -6,10 +6,12 @@ Row t of ``grads`` is task t's gradient of the shared encoder parameters, flatte
 CPU in float64 (the only host sync), the method's small loops or solver there, then one product
 ``w @ grads``.
 
-The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory): the Gramian and
-``w @ grads`` are then accumulated in float32 over column chunks of about ``CHUNK_BYTES`` (converted one at a time,
-never the whole matrix: a bfloat16 matrix product is many times slower than float32 on a CPU without bf16
-instructions), and the update is float32.
+The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory). Where the
+device multiplies bfloat16 matrices natively (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`bfloat16_products`),
+the Gramian and ``w @ grads`` are then each one bfloat16 product, accumulated in float32 and rounded once to
+bfloat16 (2^-9 relative per entry: no entry changes sign), read at half the bytes of float32 rows; the update is
+float32. Elsewhere (a bfloat16 product is many times slower than float32 on a CPU without bf16 instructions) they
+are accumulated in float32 over column chunks of about ``CHUNK_BYTES``, converted one at a time.
 
 Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
 ``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the
@@ -27,6 +29,7 @@ without it they raise :class:`MissingDependencyError`.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Iterator
@@ -74,6 +77,22 @@ def _update_dtype(grads: Tensor) -> torch.dtype:
     return torch.promote_types(grads.dtype, torch.float32)
 
 
+@functools.cache
+def _native_bfloat16(device_type: str) -> bool:
+    if device_type == "cuda":
+        return True
+    if device_type != "cpu":
+        return False
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+def bfloat16_products(grads: Tensor) -> bool:
+    """Whether the products of ``grads`` (bfloat16 rows) are taken in bfloat16: on a GPU, or a CPU with bf16
+    instructions (AVX512-BF16, AMX), where oneDNN accumulates them in float32; else in float32 column chunks."""
+    return grads.dtype == torch.bfloat16 and _native_bfloat16(grads.device.type)
+
+
 def _column_chunks(grads: Tensor) -> Iterator[tuple[int, int, Tensor]]:
     """``(start, end, grads[:, start:end])`` over the columns, each chunk about ``CHUNK_BYTES``: a view in full
     precision, a float32 copy of low-precision rows."""
@@ -85,11 +104,14 @@ def _column_chunks(grads: Tensor) -> Iterator[tuple[int, int, Tensor]]:
 
 
 def _gramian(grads: Tensor) -> Tensor:
-    """``grads @ grads.T`` on ``grads``' device: one matrix product in full precision; for low-precision rows, the
-    float32 products of the column chunks summed in float64 (no float32 copy of the whole matrix)."""
+    """``grads @ grads.T`` on ``grads``' device: one matrix product in full precision (or in bfloat16 where
+    :func:`bfloat16_products`); else, for low-precision rows, the float32 products of the column chunks summed in
+    float64 (no float32 copy of the whole matrix)."""
     _check_matrix(grads)
     if _full_precision(grads):
         return grads @ grads.T
+    if bfloat16_products(grads):
+        return (grads @ grads.T).double()
     total = torch.zeros(grads.shape[0], grads.shape[0], dtype=torch.float64, device=grads.device)
     for _, _, chunk in _column_chunks(grads):
         total += (chunk @ chunk.T).double()
@@ -104,10 +126,13 @@ def _gramian_cpu(grads: Tensor) -> Tensor:
 
 def _combine(weights: Tensor, grads: Tensor, out: Tensor | None = None) -> Tensor:
     """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given);
-    low-precision rows are combined in float32 chunk by chunk into a float32 update."""
+    low-precision rows give a float32 update: one bfloat16 product (:func:`bfloat16_products`), else float32
+    chunk by chunk."""
     if not _full_precision(grads):
-        weights = weights.to(device=grads.device, dtype=torch.float32).unsqueeze(0)
         out = torch.empty(grads.shape[1], dtype=torch.float32, device=grads.device) if out is None else out
+        if bfloat16_products(grads):
+            return out.copy_(weights.to(device=grads.device, dtype=grads.dtype) @ grads)
+        weights = weights.to(device=grads.device, dtype=torch.float32).unsqueeze(0)
         for start, end, chunk in _column_chunks(grads):
             torch.matmul(weights, chunk, out=out[start:end].unsqueeze(0))
         return out

@@ -1,9 +1,11 @@
 """`GradientSurgery(buffer_dtype="bfloat16")` (`surgery_buffer_dtype`): the per-task rows in bfloat16, the Gramian
-and the update accumulated in float32 over column chunks, the update in the parameters' dtype.
+and the update one bfloat16 product each where the device has bf16 instructions, else accumulated in float32 over
+column chunks; the update in the parameters' dtype.
 
 The update must be that of the float32 buffer up to bfloat16's rounding of the rows (2^-9 relative per element):
-every method is checked against the float32 buffer's update within a relative error of 2e-2 (sum and PCGrad: 1e-2),
-and the chunked products against float32 products of the same (rounded) rows.
+every method, on both paths, is checked against the float32 buffer's update within a relative error of 2e-2 (sum
+and PCGrad: 1e-2); the chunked products against float32 products of the same (rounded) rows, and the bfloat16
+products against float64 ones within bfloat16's rounding, with the sign of every entry kept.
 """
 
 from __future__ import annotations
@@ -22,8 +24,20 @@ from .test_surgery import METHODS_HERE, TASKS, FakeScaler, Net, batches, surgery
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    """Chunks of 64 bytes: every product runs over many chunks, the last one shorter."""
+    """The float32 chunks' path (as on a CPU without bf16 instructions), with chunks of 64 bytes: every product runs
+    over many chunks, the last one shorter."""
+    monkeypatch.setattr(aggregators, "_native_bfloat16", lambda device_type: False)
     monkeypatch.setattr(aggregators, "CHUNK_BYTES", 64)
+
+
+@pytest.fixture(params=["chunks", "bfloat16-products"])
+def products(request, monkeypatch):
+    """Each path of low-precision rows: float32 column chunks (of 64 bytes), or one bfloat16 product (taken on
+    the CPU here whatever its instructions: slower without them, the same rounding)."""
+    native = request.param == "bfloat16-products"
+    monkeypatch.setattr(aggregators, "_native_bfloat16", lambda device_type: native)
+    monkeypatch.setattr(aggregators, "CHUNK_BYTES", 64)
+    return request.param
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
@@ -50,9 +64,40 @@ def test_chunked_gramian_combination_and_diagnostics_equal_float32_products_of_t
     assert stats["removed_norm"] == pytest.approx(reference["removed_norm"], rel=1e-5)
 
 
+def test_bfloat16_products_equal_float64_products_of_the_rounded_rows_within_one_rounding(monkeypatch):
+    monkeypatch.setattr(aggregators, "_native_bfloat16", lambda device_type: True)
+    generator = torch.Generator().manual_seed(5)
+    rows = torch.randn(5, 4000, generator=generator)
+    rows[1] = 0.3 * rows[0] + rows[1]  # a large cosine, and entries of both signs
+    rows[2] = -0.01 * rows[3] + rows[2]
+    rows = rows.bfloat16()
+    exact = rows.double() @ rows.double().T
+    gramian = _gramian(rows)
+    assert gramian.dtype == torch.float64
+    assert ((gramian - exact).abs() <= 2.0**-8 * exact.abs() + 1e-3).all()  # float32 sums, one bfloat16 rounding
+    assert torch.equal(gramian > 0, exact > 0)
+    weights = torch.tensor([0.5, -1.0, 2.0, 0.25, 1.0])
+    combined = _combine(weights, rows, out=torch.empty(4000))
+    assert combined.dtype == torch.float32
+    assert relative_error(combined, weights.double() @ rows.double()) < 2.0**-8
+    assert aggregators.bfloat16_products(rows) and not aggregators.bfloat16_products(rows.float())
+
+
+def test_bfloat16_products_are_taken_where_the_device_multiplies_bfloat16(monkeypatch):
+    """A GPU, or a CPU with AVX512-BF16 or AMX; else the float32 chunks."""
+    aggregators._native_bfloat16.cache_clear()
+    for capabilities, expected in (({"avx512_bf16": True}, True), ({"amx_bf16": True}, True),
+                                   ({"avx512_f": True, "avx2": True}, False)):
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda capabilities=capabilities: capabilities)
+        assert aggregators._native_bfloat16("cpu") is expected
+        aggregators._native_bfloat16.cache_clear()
+    assert aggregators._native_bfloat16("cuda") and not aggregators._native_bfloat16("meta")
+    aggregators._native_bfloat16.cache_clear()
+
+
 @pytest.mark.parametrize("method", METHODS_HERE)
 @pytest.mark.parametrize("sparse", [True, False], ids=["embedding-rows", "dense"])
-def test_every_method_runs_on_bfloat16_rows_close_to_the_float32_buffer(method, sparse, small_chunks):
+def test_every_method_runs_on_bfloat16_rows_close_to_the_float32_buffer(method, sparse, products):
     updates = {}
     for dtype in ("float32", "bfloat16"):
         model = Net()
