@@ -271,6 +271,21 @@ def _two_step_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
         return None
 
 
+def _stage1_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
+    """The two-step run a stage-1 folder (`<run>/stage1`) belongs to, with its config, when readable."""
+    top = run_dir.root.parent
+    if run_dir.root.name != STAGE1 or not (top / CONFIG).is_file():
+        return None
+    from mtbert.config import load_config
+    from mtbert.errors import MtbertError
+
+    try:
+        top_cfg = load_config(top / CONFIG)
+    except MtbertError:
+        return None
+    return (RunDir(top), top_cfg) if top_cfg.two_step is not None else None
+
+
 def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[str, Any]) -> ModelCard:
     """The card of `folder` (a run's `best/`, a stage-2 `tasks/<t>/best`, or a two-step run's root). A run that
     pushes to the Hub (`push_to_hub`) gets the card of its repo: it loads the model by the repo id and names no
@@ -278,9 +293,11 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
     specs = cfg.task_specs()
     hub_id = cfg.hub_model_id if cfg.push_to_hub else None
     parent = _two_step_parent(run_dir)
+    stage1_of = _stage1_parent(run_dir) if parent is None else None
     top_cfg = parent[1] if parent else cfg
-    two_step = parent is not None or cfg.two_step is not None
-    run_name = f"{parent[0].root.name}-{run_dir.root.name}" if parent else run_dir.root.name
+    two_step = parent is not None or stage1_of is not None or cfg.two_step is not None
+    top_run = parent or stage1_of
+    run_name = f"{top_run[0].root.name}-{run_dir.root.name}" if top_run else run_dir.root.name
     model_name = hub_id.split("/")[-1] if hub_id else f"mtbert-{run_name}"
     data = ModelCardData(
         model_name=model_name, base_model=base_model_id(cfg.model_name_or_path), library_name="mtbert",
@@ -291,6 +308,10 @@ def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[st
         what = (f"Stage 2 of the two-step run `{parent[0].root.name}`: stage 1 trained the encoder on "
                 f"{', '.join(s.name for s in top_cfg.task_specs())} with {_method_words(top_cfg)}, then this copy "
                 f"was fine-tuned on {', '.join(s.name for s in specs)} alone.")
+    elif stage1_of is not None:
+        what = (f"Stage 1 of the two-step run `{stage1_of[0].root.name}`: one encoder shared by "
+                f"{', '.join(s.name for s in specs)}, trained with {_method_words(cfg)}; each task's copy fine-tuned "
+                "on it alone (stage 2) is in `tasks/<task>/best` of the run.")
     elif cfg.two_step is not None:
         what = (f"A two-step run: stage 1 trained one encoder on {', '.join(s.name for s in specs)} with "
                 f"{_method_words(cfg)}, then each task got its own fine-tuned copy (`tasks/<task>/best`).")
@@ -383,16 +404,7 @@ def _repo_folder(run_dir: RunDir, cfg: TrainConfig, parent) -> str | None:
         return f"{TASKS}/{run_dir.root.name}/{BEST}"
     if cfg.two_step is not None:
         return f"{TASKS}/{cfg.task_specs()[0].name}/{BEST}"
-    top = run_dir.root.parent / CONFIG
-    if run_dir.root.name == STAGE1 and top.is_file():
-        from mtbert.config import load_config
-        from mtbert.errors import MtbertError
-
-        try:
-            return f"{STAGE1}/{BEST}" if load_config(top).two_step is not None else None
-        except MtbertError:
-            return None
-    return None
+    return f"{STAGE1}/{BEST}" if _stage1_parent(run_dir) is not None else None
 
 
 def _hub_load_section(repo_id: str, specs: list[TaskSpec], repo_folder: str | None = None) -> str:

@@ -79,6 +79,14 @@ def test_a_stage2_card_names_its_two_step_run_and_cites_stage_1s_method(tmp_path
     assert "Stage 2 of the two-step run `quick`" in card.text
     assert f'from_pretrained("{tmp_path}/quick/tasks/sts/best")' in card.text
     assert "Gradient Surgery" in card.text and "Ang" in card.text
+    # stage 1's own card says what it is
+    stage1 = run.stage1
+    stage1.best.mkdir(parents=True)
+    stage1_cfg = build_config({**top.to_dict(), "two_step": None})
+    stage1_card = ModelCard.load(write_model_card(stage1, stage1.best, stage1_cfg, RESULTS))
+    assert stage1_card.data.model_name == "mtbert-quick-stage1" and "two-step" in stage1_card.data.tags
+    assert "Stage 1 of the two-step run `quick`: one encoder shared by" in stage1_card.text
+    assert "Ang" in stage1_card.text  # cites the two-step report
     # the two-step run's top level: no weights there, each task's folder is named
     top_card = write_model_card(run, run.root, top, RESULTS).read_text()
     assert "tasks/<task>/best" in top_card and "from_pretrained(\"" not in top_card
