@@ -8,10 +8,10 @@ CPU in float64 (the only host sync), the method's small loops or solver there, t
 
 The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory). Where the
 device multiplies bfloat16 matrices natively (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`bfloat16_products`),
-the Gramian and ``w @ grads`` are then each one bfloat16 product, accumulated in float32 and rounded once to
-bfloat16 (2^-9 relative per entry: no entry changes sign), read at half the bytes of float32 rows; the update is
-float32. Elsewhere (a bfloat16 product is many times slower than float32 on a CPU without bf16 instructions) they
-are accumulated in float32 over column chunks of about ``CHUNK_BYTES``, converted one at a time.
+the Gramian is then one bfloat16 product and ``w @ grads`` one per block of columns, accumulated in float32 and
+rounded once to bfloat16 (2^-9 relative per entry: no entry changes sign), reading half the bytes of float32 rows;
+the update is float32. Elsewhere (a bfloat16 product is many times slower than float32 on a CPU without bf16
+instructions) they are accumulated in float32 over column chunks of about ``CHUNK_BYTES``, converted one at a time.
 
 Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
 ``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the
@@ -126,12 +126,17 @@ def _gramian_cpu(grads: Tensor) -> Tensor:
 
 def _combine(weights: Tensor, grads: Tensor, out: Tensor | None = None) -> Tensor:
     """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given);
-    low-precision rows give a float32 update: one bfloat16 product (:func:`bfloat16_products`), else float32
-    chunk by chunk."""
+    low-precision rows give a float32 update: bfloat16 products over blocks of ``CHUNK_BYTES / 4`` columns
+    (:func:`bfloat16_products`), else float32 chunk by chunk."""
     if not _full_precision(grads):
         out = torch.empty(grads.shape[1], dtype=torch.float32, device=grads.device) if out is None else out
-        if bfloat16_products(grads):
-            return out.copy_(weights.to(device=grads.device, dtype=grads.dtype) @ grads)
+        if bfloat16_products(grads):  # in column blocks: the bfloat16 result is a small temporary, not a P-vector
+            weights = weights.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
+            width = max(1, CHUNK_BYTES // 4)
+            for start in range(0, grads.shape[1], width):
+                end = min(start + width, grads.shape[1])
+                out[start:end].copy_((weights @ grads[:, start:end]).squeeze(0))
+            return out
         weights = weights.to(device=grads.device, dtype=torch.float32).unsqueeze(0)
         for start, end, chunk in _column_chunks(grads):
             torch.matmul(weights, chunk, out=out[start:end].unsqueeze(0))
