@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,10 @@ def dev_results(run_dir: Path, constrained: bool) -> Results:
     results = {}
     for spec in trained_tasks(run_dir, cfg):
         labels = dev_labels(spec, cfg.resolved_data_dir(), cfg.max_eval_samples)
+        if labels is None:
+            print(f"constrained_decoding.py: no dev labels for task {spec.name!r} of {run_dir} under "
+                  f"{cfg.resolved_data_dir()} (set MTBERT_DATA to the run's data folder)", file=sys.stderr)
+            raise SystemExit(2)
         ids = list(labels)
         if spec.kind == "token-classification":
             spec = dataclasses.replace(spec, constrained_decoding=constrained)
