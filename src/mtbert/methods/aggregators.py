@@ -7,7 +7,7 @@ CPU in float64 (the only host sync), the method's small loops or solver there, t
 ``w @ grads``.
 
 The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory). Where the
-device multiplies bfloat16 matrices natively (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`bfloat16_products`),
+device multiplies bfloat16 matrices natively (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`_bfloat16_products`),
 the Gramian is then one bfloat16 product and ``w @ grads`` one per block of columns, accumulated in float32 and
 rounded once to bfloat16 (2^-9 relative per entry: no entry changes sign), reading half the bytes of float32 rows;
 the update is float32. Elsewhere (a bfloat16 product is many times slower than float32 on a CPU without bf16
@@ -87,7 +87,7 @@ def _native_bfloat16(device_type: str) -> bool:
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
-def bfloat16_products(grads: Tensor) -> bool:
+def _bfloat16_products(grads: Tensor) -> bool:
     """Whether the products of ``grads`` (bfloat16 rows) are taken in bfloat16: on a GPU, or a CPU with bf16
     instructions (AVX512-BF16, AMX), where oneDNN accumulates them in float32; else in float32 column chunks."""
     return grads.dtype == torch.bfloat16 and _native_bfloat16(grads.device.type)
@@ -105,12 +105,12 @@ def _column_chunks(grads: Tensor) -> Iterator[tuple[int, int, Tensor]]:
 
 def _gramian(grads: Tensor) -> Tensor:
     """``grads @ grads.T`` on ``grads``' device: one matrix product in full precision (or in bfloat16 where
-    :func:`bfloat16_products`); else, for low-precision rows, the float32 products of the column chunks summed in
+    :func:`_bfloat16_products`); else, for low-precision rows, the float32 products of the column chunks summed in
     float64 (no float32 copy of the whole matrix)."""
     _check_matrix(grads)
     if _full_precision(grads):
         return grads @ grads.T
-    if bfloat16_products(grads):
+    if _bfloat16_products(grads):
         return (grads @ grads.T).double()
     total = torch.zeros(grads.shape[0], grads.shape[0], dtype=torch.float64, device=grads.device)
     for _, _, chunk in _column_chunks(grads):
@@ -127,10 +127,10 @@ def _gramian_cpu(grads: Tensor) -> Tensor:
 def _combine(weights: Tensor, grads: Tensor, out: Tensor | None = None) -> Tensor:
     """``weights @ grads`` with the weights cast to the gradients' dtype and device (into ``out`` when given);
     low-precision rows give a float32 update: bfloat16 products over blocks of ``CHUNK_BYTES / 4`` columns
-    (:func:`bfloat16_products`), else float32 chunk by chunk."""
+    (:func:`_bfloat16_products`), else float32 chunk by chunk."""
     if not _full_precision(grads):
         out = torch.empty(grads.shape[1], dtype=torch.float32, device=grads.device) if out is None else out
-        if bfloat16_products(grads):  # in column blocks: the bfloat16 result is a small temporary, not a P-vector
+        if _bfloat16_products(grads):  # in column blocks: the bfloat16 result is a small temporary, not a P-vector
             weights = weights.to(device=grads.device, dtype=grads.dtype).unsqueeze(0)
             width = max(1, CHUNK_BYTES // 4)
             for start in range(0, grads.shape[1], width):

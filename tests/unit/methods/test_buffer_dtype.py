@@ -80,7 +80,7 @@ def test_bfloat16_products_equal_float64_products_of_the_rounded_rows_within_one
     combined = _combine(weights, rows, out=torch.empty(4000))
     assert combined.dtype == torch.float32
     assert relative_error(combined, weights.double() @ rows.double()) < 2.0**-8
-    assert aggregators.bfloat16_products(rows) and not aggregators.bfloat16_products(rows.float())
+    assert aggregators._bfloat16_products(rows) and not aggregators._bfloat16_products(rows.float())
 
 
 def test_bfloat16_products_are_taken_where_the_device_multiplies_bfloat16(monkeypatch):
