@@ -6,12 +6,13 @@ Row t of ``grads`` is task t's gradient of the shared encoder parameters, flatte
 CPU in float64 (the only host sync), the method's small loops or solver there, then one product
 ``w @ grads``.
 
-The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory). Where the
-device multiplies bfloat16 matrices natively (a GPU, or a CPU with AVX512-BF16 or AMX: :func:`_bfloat16_products`),
-the Gramian is then one bfloat16 product and ``w @ grads`` one per block of columns, accumulated in float32 and
+The rows may be stored in bfloat16 (``GradientSurgery(buffer_dtype="bfloat16")``, half the memory). On a CPU
+that multiplies bfloat16 matrices natively through oneDNN (AVX512-BF16 or AMX: :func:`_bfloat16_products`), the
+Gramian is then one bfloat16 product and ``w @ grads`` one per block of columns, accumulated in float32 and
 rounded once to bfloat16 (2^-9 relative per entry: no entry changes sign), reading half the bytes of float32 rows;
 the update is float32. Elsewhere (a bfloat16 product is many times slower than float32 on a CPU without bf16
-instructions) they are accumulated in float32 over column chunks of about ``CHUNK_BYTES``, converted one at a time.
+instructions; a GPU converts chunks at little cost) they are accumulated in float32 over column chunks of about
+``CHUNK_BYTES``, converted one at a time.
 
 Scale: ``sum``, ``pcgrad`` and ``gradvac`` are on the scale of a SUM of task gradients; ``cagrad``,
 ``imtl-g``, ``mgda``, ``upgrad`` and ``aligned-mtl`` follow their papers (and torchjd) and are on the
@@ -79,17 +80,15 @@ def _update_dtype(grads: Tensor) -> torch.dtype:
 
 @functools.cache
 def _native_bfloat16(device_type: str) -> bool:
-    if device_type == "cuda":
-        return True
-    if device_type != "cpu":
-        return False
+    if device_type != "cpu":  # a GPU converts chunks at little cost; its bfloat16 products may also reduce in
+        return False  # bfloat16 (torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction)
     capabilities = torch.cpu.get_capabilities()
     return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
 
 
 def _bfloat16_products(grads: Tensor) -> bool:
-    """Whether the products of ``grads`` (bfloat16 rows) are taken in bfloat16: on a GPU, or a CPU with bf16
-    instructions (AVX512-BF16, AMX), where oneDNN accumulates them in float32; else in float32 column chunks."""
+    """Whether the products of ``grads`` (bfloat16 rows) are taken in bfloat16: on a CPU with bf16 instructions
+    (AVX512-BF16, AMX), where oneDNN accumulates them in float32; else (a GPU too) in float32 column chunks."""
     return grads.dtype == torch.bfloat16 and _native_bfloat16(grads.device.type)
 
 

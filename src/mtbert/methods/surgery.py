@@ -43,7 +43,7 @@ Memory: the buffer is T rows of the shared parameters (about 43 MB a row for Min
 step's embedding rows) plus the update; the embedding's `.grad` is written into the rows' memory once they are
 spent. `buffer_dtype="bfloat16"` stores the T rows in bfloat16 (half of that); the update stays in the parameters'
 dtype. The Gramian and the update are bfloat16 products accumulated in float32 where the device multiplies
-bfloat16 natively (a GPU, a CPU with AVX512-BF16 or AMX), else accumulated in float32 over column chunks of a few
+bfloat16 natively (a CPU with AVX512-BF16 or AMX), else accumulated in float32 over column chunks of a few
 MB (`mtbert.methods.aggregators`). At T = 16 (`mtbert bench scaling`, MiniLM, a CPU with AVX512-BF16) PCGrad with
 bfloat16 rows costs 1.04x `sum`'s step at 1.28x its peak memory; with float32 rows 1.07x at 1.66x. Measured on real
 MiniLM PCGrad steps (`benchmarks/buffer_precision.py`, T = 3 and 16): the update's relative error against a float32

@@ -84,14 +84,14 @@ def test_bfloat16_products_equal_float64_products_of_the_rounded_rows_within_one
 
 
 def test_bfloat16_products_are_taken_where_the_device_multiplies_bfloat16(monkeypatch):
-    """A GPU, or a CPU with AVX512-BF16 or AMX; else the float32 chunks."""
+    """A CPU with AVX512-BF16 or AMX; else (a GPU too) the float32 chunks."""
     aggregators._native_bfloat16.cache_clear()
     for capabilities, expected in (({"avx512_bf16": True}, True), ({"amx_bf16": True}, True),
                                    ({"avx512_f": True, "avx2": True}, False)):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda capabilities=capabilities: capabilities)
         assert aggregators._native_bfloat16("cpu") is expected
         aggregators._native_bfloat16.cache_clear()
-    assert aggregators._native_bfloat16("cuda") and not aggregators._native_bfloat16("meta")
+    assert not aggregators._native_bfloat16("cuda") and not aggregators._native_bfloat16("meta")
     aggregators._native_bfloat16.cache_clear()
 
 
