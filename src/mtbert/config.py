@@ -144,6 +144,9 @@ class TrainConfig:
     greater_is_better: bool | None = key(None, "whether a larger metric_for_best_model is better (default: true)")
     early_stopping_patience: int | None = key(None,
         "stop after this many evaluations without improvement of metric_for_best_model (default: never)")
+    ema_decay: float | None = key(None,
+        "keep an exponential moving average of the weights with this decay (e.g. 0.999), updated after every "
+        "optimizer step; the average is what is evaluated and saved as best/ (default: none)")
     fp16: bool = key(False, "float16 mixed precision with a gradient scaler, on a CUDA GPU (steps whose gradients "
                      "overflow are skipped); bf16: auto trains in bfloat16 on a GPU")
     packing: bool = key(True,
@@ -567,6 +570,8 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("gradient_accumulation_steps", f"must be a positive integer, not {cfg.gradient_accumulation_steps}")
     if cfg.early_stopping_patience is not None and cfg.early_stopping_patience <= 0:
         raise bad("early_stopping_patience", f"must be a positive integer or empty, not {cfg.early_stopping_patience}")
+    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
+        raise bad("ema_decay", f"must be between 0 and 1 (e.g. 0.999) or empty, not {cfg.ema_decay}")
     if cfg.fp16 and cfg.bf16 == "true":
         raise bad("fp16", "cannot be combined with bf16: true; choose one")
     check_input_groups(cfg.task_specs())

@@ -161,12 +161,15 @@ def verify_checkpoint(path: Path) -> str | None:
 
 def save_checkpoint(output_dir: Path, step: int, model, optimizer, scheduler, sampler, generator,
                     state: dict[str, Any], keep: int | None,
-                    rank_rng: list[dict[str, torch.Tensor]] | None = None) -> Path:
-    """Write checkpoint-<step>/; `rank_rng` holds every rank's RNG states when there are several ranks."""
+                    rank_rng: list[dict[str, torch.Tensor]] | None = None, weight_average=None) -> Path:
+    """Write checkpoint-<step>/; `rank_rng` holds every rank's RNG states when there are several ranks;
+    `weight_average` (`ema_decay`'s `WeightAverage`) writes its average beside the model."""
     target = output_dir / f"{PREFIX}{step}"
 
     def fill(tmp: Path) -> None:
         save_model(model, str(tmp / "model.safetensors"))
+        if weight_average is not None:
+            weight_average.save(tmp)
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         rng = {"torch": torch.get_rng_state(), "generator": generator.get_state()}

@@ -54,6 +54,7 @@ from mtbert.training.optim import make_optimizer
 from mtbert.training.preemption import Preemption, resume_advice
 from mtbert.training.runlog import RunLog
 from mtbert.training.smart import Smoothness, smart_penalty
+from mtbert.training.weight_average import WeightAverage
 
 if TYPE_CHECKING:
     from mtbert.training.hub_push import HubPush
@@ -112,6 +113,8 @@ class Stage:
         self.smoothness = Smoothness(cfg.smart_weight, cfg.smart_step_size, cfg.smart_noise) \
             if cfg.smart_weight else None
         self.logged_until = 0  # the last step the trackers were sent before a resume
+        # optional: ema_decay, the weights' moving average that is evaluated and saved as best/
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.state = self._initial_state(resume_from_checkpoint)
         self.log = RunLog(self.run_dir, cfg.to_dict(), self.total_steps, self.state.global_step,
                           enabled=self.ranks.is_main, logged_until=self.logged_until)
@@ -164,6 +167,8 @@ class Stage:
         saved = ckpt.load_checkpoint(path, self.model, self.optimizer, self.scheduler, self.sampler,
                                      self.method.generator, self.ranks.rank)
         self.method.load_state_dict(saved)
+        if self.average is not None:
+            self.average.load(path, saved.get("ema_updates"))
         if self.scaler is not None and saved.get("grad_scaler") is not None:
             self.scaler.load_state_dict(saved["grad_scaler"])
         state = StageState.from_dict(saved)
@@ -307,11 +312,14 @@ class Stage:
         return torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm or float("inf"))
 
     def optimizer_step(self) -> None:
+        """The optimizer's step, then (`ema_decay`) the weights' moving average moves towards the new weights."""
         if self.scaler is None:
             self.optimizer.step()
         else:  # fp16: the gradients are unscaled and finite; the scaler may raise its scale
             self.scaler.step(self.optimizer)
             self.scaler.update()
+        if self.average is not None:
+            self.average.update(self.model)
 
     def skip_overflow(self, step: int) -> None:
         """fp16: the scaled gradients overflowed; as Trainer does, the step is skipped and the scale halved."""
@@ -345,8 +353,10 @@ class Stage:
             strategy == "steps" and step % self.cfg.eval_steps == 0)
 
     def evaluate(self, step: int, losses: dict[str, float]) -> None:
-        """Every rank predicts a share of the dev sets and gets the same metrics; a better model becomes best/."""
-        metrics, outputs = evaluate_sets(self.model, self.dev_sets, self.cfg.per_device_eval_batch_size, self.pad_id,
+        """Every rank predicts a share of the dev sets and gets the same metrics; a better model becomes best/
+        (with `ema_decay`, of the weights' moving average)."""
+        model = self.average.model if self.average is not None else self.model
+        metrics, outputs = evaluate_sets(model, self.dev_sets, self.cfg.per_device_eval_batch_size, self.pad_id,
                                          self.device, ranks=self.ranks)
         record = {"epoch": round(step / self.steps_per_epoch, 4), "step": step, "split": "dev", **metrics,
                   "train_seconds": round(self.state.train_seconds, 1)}
@@ -355,7 +365,7 @@ class Stage:
             self.state.best_metric, self.state.best_step = metrics[self.cfg.metric_for_best_model], step
             self.state.evals_without_improvement = 0
             self.best_outputs = outputs
-            self.save_best(self.model)
+            self.save_best(model)
         else:
             self.state.evals_without_improvement += 1
 
@@ -412,10 +422,11 @@ class Stage:
             logger.warning("step %d: no checkpoint while steps are non-finite", step)
             return False
         state = {**self.state.to_dict(), **self.method.state_dict(),
-                 **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {})}
+                 **({"grad_scaler": self.scaler.state_dict()} if self.scaler is not None else {}),
+                 **({"ema_updates": self.average.updates} if self.average is not None else {})}
         self.ranks.main_only(ckpt.save_checkpoint, self.run_dir.root, step, self.model, self.optimizer,
                              self.scheduler, self.sampler, self.method.generator, state, self.cfg.save_total_limit,
-                             rank_rng=self.ranks.rng_states())
+                             rank_rng=self.ranks.rng_states(), weight_average=self.average)
         return True
 
     def finish(self) -> dict[str, Any]:
