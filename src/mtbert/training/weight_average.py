@@ -29,7 +29,7 @@ def ema_decay_at(decay: float, updates: int) -> float:
 
 
 class WeightAverage:
-    """The exponential moving average of `model`'s trainable parameters (see the module docstring)."""
+    """The exponential moving average of `model`'s parameters (see the module docstring)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
