@@ -31,6 +31,26 @@ def test_the_shipped_table_names_the_course_columns_and_timed_tasks():
     assert "14k-pair" in ref.footnote
 
 
+def test_the_snips_rows_differ_from_the_recipe_only_in_what_they_compare():
+    """Every row of the SNIPS table trains with joint.yaml's recipe; a row changes only its method, its surgery
+    scope or its tasks (a one-task row: joint.yaml's task of that name, without the group)."""
+    import yaml
+
+    folder = table_dir("cs224n").parent / "snips"
+    recipe = yaml.safe_load((folder / "joint.yaml").read_text())
+    compared = {"output_dir", "method", "surgery_scope", "metric_for_best_model", "tasks"}
+    rows = ["intent", "slots", "joint-sum", "joint-pcgrad"]
+    for row in rows:
+        config = yaml.safe_load((folder / f"{row}.yaml").read_text())
+        assert {k: v for k, v in config.items() if k not in compared} == \
+            {k: v for k, v in recipe.items() if k not in compared}, row
+        for task in config["tasks"]:
+            own = next(t for t in recipe["tasks"] if t["name"] == task["name"])
+            if len(config["tasks"]) == 1:
+                own = {k: v for k, v in own.items() if k != "input_group"}
+            assert task == own, (row, task["name"])
+
+
 def test_another_task_set_is_another_table(tmp_path: Path):
     (tmp_path / "table.yaml").write_text(TABLE)
     ref = load_reference(tmp_path)
