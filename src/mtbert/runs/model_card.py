@@ -257,33 +257,29 @@ def _without_local_folders(value: Any) -> Any:
 # ---- run cards ----------------------------------------------------------------------------------------------
 
 
-def _two_step_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
-    """The two-step run a stage-2 folder (`<run>/tasks/<task>`) belongs to, with its config, when readable."""
-    parent = run_dir.root.parent
-    if parent.name != TASKS or not (parent.parent / CONFIG).is_file():
-        return None
+def _run_with_config(top: Path) -> tuple[RunDir, TrainConfig] | None:
+    """The run at `top` with its config, when it has a readable one."""
     from mtbert.config import load_config
     from mtbert.errors import MtbertError
 
+    if not (top / CONFIG).is_file():
+        return None
     try:
-        return RunDir(parent.parent), load_config(parent.parent / CONFIG)
+        return RunDir(top), load_config(top / CONFIG)
     except MtbertError:
         return None
+
+
+def _two_step_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
+    """The two-step run a stage-2 folder (`<run>/tasks/<task>`) belongs to, with its config, when readable."""
+    parent = run_dir.root.parent
+    return _run_with_config(parent.parent) if parent.name == TASKS else None
 
 
 def _stage1_parent(run_dir: RunDir) -> tuple[RunDir, TrainConfig] | None:
     """The two-step run a stage-1 folder (`<run>/stage1`) belongs to, with its config, when readable."""
-    top = run_dir.root.parent
-    if run_dir.root.name != STAGE1 or not (top / CONFIG).is_file():
-        return None
-    from mtbert.config import load_config
-    from mtbert.errors import MtbertError
-
-    try:
-        top_cfg = load_config(top / CONFIG)
-    except MtbertError:
-        return None
-    return (RunDir(top), top_cfg) if top_cfg.two_step is not None else None
+    top = _run_with_config(run_dir.root.parent) if run_dir.root.name == STAGE1 else None
+    return top if top is not None and top[1].two_step is not None else None
 
 
 def model_card(run_dir: RunDir, folder: Path, cfg: TrainConfig, results: dict[str, Any]) -> ModelCard:

@@ -37,6 +37,7 @@ class WeightAverage:
         def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
             torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(self.decay, int(updates)))
 
+        # without a device, AveragedModel keeps its count of updates on the CPU: reading it is no device sync
         self.averaged = AveragedModel(model, multi_avg_fn=update, use_buffers=False)
         self.averaged.requires_grad_(False)
 

@@ -33,6 +33,14 @@ def test_the_average_follows_the_formula_with_its_warm_up():
     assert ema_decay_at(0.9, 1) == pytest.approx(2 / 11) and ema_decay_at(0.9, 1000) == 0.9
 
 
+def test_the_count_of_updates_stays_on_the_host_whatever_the_models_device():
+    """Reading the count each step (the decay's warm-up) is no device sync: it is a CPU tensor even when the
+    model and its average live elsewhere (here the meta device, which holds no values at all)."""
+    average = WeightAverage(torch.nn.Linear(3, 2, device="meta"), decay=0.9)
+    assert average.model.weight.device.type == "meta"
+    assert average.averaged.n_averaged.device.type == "cpu" and average.updates == 0
+
+
 def test_ema_decay_must_be_between_0_and_1():
     for bad in (0.0, 1.0, 1.5, -0.1):
         with pytest.raises(ConfigError, match="ema_decay: must be between 0 and 1"):
