@@ -29,6 +29,11 @@ added to the task's row of the per-task buffer, and the last one aggregates: the
 as large. fp16: the per-task rows are unscaled before the aggregation (`GradientSurgery.apply`), so every method
 trains under float16 loss scaling.
 
+`ema_decay` (as in mtbert's config): after every optimizer step an exponential moving average of the weights moves
+towards them; `evaluate` scores the average, and when `train` returns the model holds it (so `save_model` writes
+it), from the best checkpoint with `load_best_model_at_end`. Checkpoints keep the trained weights and, beside them,
+the average (`ema.safetensors`) and its count of updates, so a resumed run continues both.
+
 Exactness: checkpoints keep the sampler's positions and the surgery's generator next to Trainer's RNG states,
 so `resume_from_checkpoint` continues exactly. With several processes (torchrun, `accelerate launch`) every task's
 backward runs inside DDP's `no_sync` and the per-task buffer and the heads' gradients are averaged once per step,
@@ -42,6 +47,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -49,7 +55,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from mtbert.data import SAMPLING_STRATEGIES, EncodedSet, MultiTaskSampler, collate, samples_per_step
 from mtbert.distributed import Ranks
@@ -57,6 +63,7 @@ from mtbert.errors import ConfigError, MtbertError
 from mtbert.io import atomic_write_json
 from mtbert.methods.surgery import BUFFER_DTYPES, SCOPES, GradientSurgery
 from mtbert.model import CONFIG_FILE, MultiTaskModel, task_loss
+from mtbert.training.weight_average import WeightAverage
 
 STATE_FILE = "mtbert_trainer_state.json"
 
@@ -68,7 +75,8 @@ class MultiTaskTrainer(Trainer):
     `mtbert.methods.aggregators.AGGREGATORS` (`method_options` go to it). `task_ratio`: `"1:2:1"` (in the order
     of `train_dataset`) or {task: ratio}; ratio 0 leaves a task out, a missing task has ratio 1. `sampling`,
     `sampling_temperature`, `sample_weighting`, `surgery_scope`, `surgery_buffer_dtype` (`"float32"` or
-    `"bfloat16"`: the per-task rows' storage): as in mtbert's config. An epoch is
+    `"bfloat16"`: the per-task rows' storage), `ema_decay` (the weights' moving average, see the module
+    docstring): as in mtbert's config. An epoch is
     `samples_per_task_per_epoch` samples of each task per process (default: the largest training set).
     `shared_parameters`: the parameters every task reaches (default: a `MultiTaskModel`'s encoder, or the
     model's `shared_parameters()`), with `embedding` the word-embedding matrix kept by touched rows (default: the
@@ -83,7 +91,7 @@ class MultiTaskTrainer(Trainer):
                  surgery_buffer_dtype: str = "float32",
                  shared_parameters: Iterable[nn.Parameter] | Iterable[tuple[str, nn.Parameter]] | None = None,
                  embedding: nn.Parameter | None = None, method_options: Mapping[str, Any] | None = None,
-                 **trainer_kwargs: Any) -> None:
+                 ema_decay: float | None = None, **trainer_kwargs: Any) -> None:
         datasets = _check_datasets(train_dataset, "train_dataset")
         if eval_dataset is not None:
             _check_datasets(eval_dataset, "eval_dataset")
@@ -98,6 +106,8 @@ class MultiTaskTrainer(Trainer):
                               f"{', '.join(BUFFER_DTYPES)}")
         if samples_per_task_per_epoch is not None and samples_per_task_per_epoch < 1:
             raise ConfigError("samples_per_task_per_epoch: must be >= 1")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ConfigError(f"ema_decay: must be between 0 and 1 (e.g. 0.999) or None, not {ema_decay}")
         self.ratios = _ratios(task_ratio, list(datasets))
         super().__init__(model=model, args=args, train_dataset=dict(datasets),
                          eval_dataset=dict(eval_dataset) if eval_dataset is not None else None, **trainer_kwargs)
@@ -125,6 +135,9 @@ class MultiTaskTrainer(Trainer):
         self._step_parts: dict[str, list[Any]] = {}
         self._step_sizes: dict[str, int] = {}
         self._diagnostics = False
+        self.average = WeightAverage(self.model, ema_decay) if ema_decay else None
+        if self.average is not None:
+            self.add_callback(_UpdateAverage(self))
 
     def _check_args(self) -> None:
         args = self.args
@@ -133,6 +146,14 @@ class MultiTaskTrainer(Trainer):
                               "process): start one process per GPU with torchrun or accelerate launch")
         if args.fsdp or args.deepspeed:
             raise ConfigError("MultiTaskTrainer needs whole parameters: FSDP and DeepSpeed are not supported")
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """Trainer's `train`; with `ema_decay` the model then holds the weights' moving average (what `evaluate`
+        scored; the best checkpoint's with `load_best_model_at_end`)."""
+        output = super().train(*args, **kwargs)
+        if self.average is not None:
+            self.accelerator.unwrap_model(self.model).load_state_dict(self.average.model.state_dict())
+        return output
 
     # ---- data ------------------------------------------------------------------------------------
     def get_train_dataloader(self) -> DataLoader:
@@ -285,7 +306,7 @@ class MultiTaskTrainer(Trainer):
         """Metrics of every task's evaluation set: mtbert's (`<task>_acc` / `<task>_corr` and `overall`) for a
         `MultiTaskModel` on `EncodedSet`s, else each task's mean loss (`<task>_loss`) and their mean (`loss`)."""
         sets = _check_datasets(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.average.model if self.average is not None else self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         if isinstance(model, MultiTaskModel) and all(isinstance(ds, EncodedSet) for ds in sets.values()):
@@ -327,27 +348,32 @@ class MultiTaskTrainer(Trainer):
             os.makedirs(folder, exist_ok=True)
             atomic_write_json(os.path.join(folder, STATE_FILE), {
                 "tasks": list(self.sizes), "method": self.surgery.method, "sampler": self.sampler.state_dict(),
-                "generator": self.surgery.generator.get_state().tolist()})
+                "generator": self.surgery.generator.get_state().tolist(),
+                **({"ema_updates": self.average.updates} if self.average is not None else {})})
+            if self.average is not None:
+                self.average.save(Path(folder))
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """Trainer's loading (or a `MultiTaskModel` folder's), then the sampler positions and the generator."""
+        state = _checkpoint_state(resume_from_checkpoint)
         path = os.path.join(resume_from_checkpoint, STATE_FILE)
-        if not os.path.isfile(path):
-            raise ConfigError(f"{resume_from_checkpoint}: not a MultiTaskTrainer checkpoint ({STATE_FILE} is missing)")
-        with open(path, encoding="utf-8") as f:
-            state = json.load(f)
         if state.get("tasks") != list(self.sizes):
             raise ConfigError(f"{path}: the checkpoint trained tasks {state.get('tasks')}, this run {list(self.sizes)}")
         self._load_weights(resume_from_checkpoint, model)
         self.sampler.load_state_dict(state["sampler"])
         self.surgery.load_state_dict({"method": state["method"], "generator": state["generator"]})
+        if self.average is not None:
+            self.average.load(Path(resume_from_checkpoint), state.get("ema_updates"))
 
     def _load_best_model(self) -> None:
-        if self._mtbert_folder(self.state.best_model_checkpoint):
-            self._load_weights(self.state.best_model_checkpoint)
+        best = self.state.best_model_checkpoint
+        if self._mtbert_folder(best):
+            self._load_weights(best)
         else:
             super()._load_best_model()
+        if self.average is not None and best is not None:
+            self.average.load(Path(best), _checkpoint_state(best).get("ema_updates"))
 
     def _mtbert_folder(self, folder: str | None) -> bool:
         unwrapped = self.accelerator.unwrap_model(self.model)
@@ -380,6 +406,25 @@ class MultiTaskTrainer(Trainer):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
+
+
+class _UpdateAverage(TrainerCallback):
+    """`ema_decay`: after every optimizer step, the weights' moving average moves towards the new weights."""
+
+    def __init__(self, trainer: MultiTaskTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.average.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
+
+
+def _checkpoint_state(folder: str) -> dict[str, Any]:
+    """A checkpoint's `mtbert_trainer_state.json`."""
+    path = os.path.join(folder, STATE_FILE)
+    if not os.path.isfile(path):
+        raise ConfigError(f"{folder}: not a MultiTaskTrainer checkpoint ({STATE_FILE} is missing)")
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 class _Steps(Dataset):
     def __init__(self, n: int) -> None:
         self.n = n

@@ -21,15 +21,16 @@ from helpers.aggregator_properties import needs_torchjd
 from helpers.runs import beside
 from safetensors.torch import load_file
 from torch import nn
-from transformers import TrainingArguments, default_data_collator
+from transformers import TrainerCallback, TrainingArguments, default_data_collator
 
 from mtbert import MultiTaskTrainer
 from mtbert.data import MultiTaskSampler, collate, load_task_data, samples_per_step
-from mtbert.errors import ConfigError
+from mtbert.errors import ConfigError, MtbertError
 from mtbert.methods.aggregators import make_aggregator
 from mtbert.methods.pertask import PerTaskGradients
 from mtbert.model import MultiTaskModel, load_encoder, task_loss
 from mtbert.tasks import BUILTIN_TASKS
+from mtbert.training.weight_average import ema_decay_at
 
 TASKS = ["sst", "para", "sts"]
 UNIT = 4
@@ -259,6 +260,7 @@ from mtbert import MultiTaskModel, MultiTaskTrainer
 from mtbert.data import load_task_data
 from mtbert.model import load_encoder
 from mtbert.tasks import BUILTIN_TASKS
+from mtbert.training.weight_average import ema_decay_at
 
 model_dir, data_dir, out, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 torch.manual_seed(0)
@@ -298,3 +300,64 @@ def test_two_gloo_processes_equal_one_process_on_the_union_of_their_batches(tiny
         assert two.keys() == one.keys()
         for key in two:
             torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0, msg=key)
+
+
+class Recorder(TrainerCallback):
+    """The trained weights after every optimizer step."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model, self.steps = model, []
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.steps.append({n: p.detach().clone() for n, p in self.model.named_parameters()})
+
+
+def toy_trainer(tmp_path: Path, ema_decay: float | None, **extra) -> MultiTaskTrainer:
+    model = Trunk()
+    return MultiTaskTrainer(model, args(tmp_path, **{"max_steps": 4, "per_device_train_batch_size": 6, **extra}),
+                            train_dataset={"up": toy_set(1.0), "down": toy_set(-1.0)},
+                            eval_dataset={"up": toy_set(1.0), "down": toy_set(-1.0)},
+                            data_collator=default_data_collator, shared_parameters=model.trunk.named_parameters(),
+                            ema_decay=ema_decay)
+
+
+def test_ema_decay_evaluates_the_average_and_train_ends_with_it(tmp_path):
+    plain = toy_trainer(tmp_path / "plain", None)
+    recorder = Recorder(plain.model)
+    plain.add_callback(recorder)
+    plain.train()  # training is the same with and without the average: only what is evaluated and kept differs
+    expected = {n: p.clone() for n, p in recorder.steps[0].items()}
+    for updates, weights in enumerate(recorder.steps[1:], start=1):
+        decay = ema_decay_at(0.5, updates)
+        expected = {n: decay * expected[n] + (1 - decay) * weights[n] for n in expected}
+
+    averaged = toy_trainer(tmp_path / "ema", 0.5)
+    averaged.train()
+    assert averaged.average.updates == 4
+    for name, value in averaged.model.named_parameters():  # the model ends as the average
+        torch.testing.assert_close(value.detach(), expected[name], atol=1e-6, rtol=0, msg=name)
+    assert not torch.allclose(expected["trunk.0.weight"], recorder.steps[-1]["trunk.0.weight"])
+
+    averaged.model.load_state_dict(recorder.steps[-1])  # the trained weights back in the model:
+    plain.model.load_state_dict(expected)  # evaluate still scores the average
+    assert averaged.evaluate()["eval_loss"] == pytest.approx(plain.evaluate()["eval_loss"], abs=1e-6)
+
+
+def test_a_resumed_run_continues_the_average_exactly(tmp_path):
+    extra = {"max_steps": 5, "save_strategy": "steps", "save_steps": 2}
+    whole = toy_trainer(tmp_path / "run", 0.6, **extra)
+    whole.train()
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+    assert (checkpoint / "ema.safetensors").is_file()
+    resumed = toy_trainer(tmp_path / "run", 0.6, **extra)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    assert resumed.average.updates == 5
+    assert_same_parameters(resumed.model, whole.model, atol=1e-6)
+
+    without = toy_trainer(tmp_path / "plain", None, **extra)
+    without.train()
+    with pytest.raises(MtbertError, match="holds no moving average of the weights"):
+        toy_trainer(tmp_path / "plain", 0.6, **extra).train(resume_from_checkpoint=str(tmp_path / "plain" /
+                                                                                        "checkpoint-2"))
+    with pytest.raises(ConfigError, match=r"ema_decay: must be between 0 and 1 \(e.g. 0.999\) or None, not 1.0"):
+        toy_trainer(tmp_path, 1.0)
