@@ -306,7 +306,9 @@ class MultiTaskTrainer(Trainer):
         """Metrics of every task's evaluation set: mtbert's (`<task>_acc` / `<task>_corr` and `overall`) for a
         `MultiTaskModel` on `EncodedSet`s, else each task's mean loss (`<task>_loss`) and their mean (`loss`)."""
         sets = _check_datasets(eval_dataset if eval_dataset is not None else self.eval_dataset, "eval_dataset")
-        model = self.average.model if self.average is not None else self.accelerator.unwrap_model(self.model)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.average is not None:
+            model = self.average.follow(model)
         was_training = model.training
         model.eval()
         if isinstance(model, MultiTaskModel) and all(isinstance(ds, EncodedSet) for ds in sets.values()):
@@ -414,8 +416,12 @@ class _UpdateAverage(TrainerCallback):
     def __init__(self, trainer: MultiTaskTrainer) -> None:
         self.trainer = trainer
 
+    def on_train_begin(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
+        self.trainer.average.follow(self.trainer.model)  # Trainer may place the model only now
+
     def on_optimizer_step(self, args: TrainingArguments, state: Any, control: Any, **kwargs: Any) -> None:
-        self.trainer.average.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        if not self.trainer.accelerator.optimizer_step_was_skipped:  # fp16: a step the scaler skipped
+            self.trainer.average.update(self.trainer.accelerator.unwrap_model(self.trainer.model))
 
 
 def _checkpoint_state(folder: str) -> dict[str, Any]:
@@ -425,6 +431,8 @@ def _checkpoint_state(folder: str) -> dict[str, Any]:
         raise ConfigError(f"{folder}: not a MultiTaskTrainer checkpoint ({STATE_FILE} is missing)")
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
 class _Steps(Dataset):
     def __init__(self, n: int) -> None:
         self.n = n

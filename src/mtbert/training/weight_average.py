@@ -34,8 +34,9 @@ class WeightAverage:
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.decay = decay
 
-        def update(averaged: list[torch.Tensor], current: list[torch.Tensor], updates: torch.Tensor) -> None:
-            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(self.decay, int(updates)))
+        def update(averaged: list[torch.Tensor], current: list[torch.Tensor], _: torch.Tensor) -> None:
+            # the count as kept on the CPU (AveragedModel hands the function a copy on the weights' device)
+            torch._foreach_lerp_(averaged, current, 1.0 - ema_decay_at(self.decay, self.updates))
 
         # without a device, AveragedModel keeps its count of updates on the CPU: reading it is no device sync
         self.averaged = AveragedModel(model, multi_avg_fn=update, use_buffers=False)
@@ -45,6 +46,13 @@ class WeightAverage:
     def model(self) -> nn.Module:
         """The averaged model (a copy of the trained one's modules)."""
         return self.averaged.module
+
+    def follow(self, model: nn.Module) -> nn.Module:
+        """The averaged model, moved to `model`'s device if it is elsewhere (its count stays on the CPU)."""
+        device = next(model.parameters()).device
+        if next(self.model.parameters()).device != device:
+            self.model.to(device)
+        return self.model
 
     @property
     def updates(self) -> int:

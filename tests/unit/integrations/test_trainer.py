@@ -361,3 +361,18 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
                                                                                         "checkpoint-2"))
     with pytest.raises(ConfigError, match=r"ema_decay: must be between 0 and 1 \(e.g. 0.999\) or None, not 1.0"):
         toy_trainer(tmp_path, 1.0)
+
+
+def test_the_best_checkpoint_gives_its_average_with_load_best_model_at_end(tmp_path):
+    """The metric is read the wrong way round (the highest loss is best), so that the best checkpoint is an early
+    one: the model ends as that checkpoint's average, not the last one."""
+    extra = {"eval_strategy": "steps", "eval_steps": 1, "save_strategy": "steps", "save_steps": 1,
+             "load_best_model_at_end": True, "metric_for_best_model": "loss", "greater_is_better": True}
+    trainer = toy_trainer(tmp_path / "run", 0.5, **extra)
+    trainer.train()
+    best = Path(trainer.state.best_model_checkpoint)
+    assert best.name != "checkpoint-4"
+    saved = load_file(best / "ema.safetensors")
+    for name, value in trainer.model.named_parameters():
+        torch.testing.assert_close(value.detach(), saved[name], atol=0, rtol=0, msg=name)
+    assert trainer.average.updates == int(best.name.split("-")[1])

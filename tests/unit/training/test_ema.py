@@ -39,6 +39,9 @@ def test_the_count_of_updates_stays_on_the_host_whatever_the_models_device():
     average = WeightAverage(torch.nn.Linear(3, 2, device="meta"), decay=0.9)
     assert average.model.weight.device.type == "meta"
     assert average.averaged.n_averaged.device.type == "cpu" and average.updates == 0
+    on_cpu = WeightAverage(torch.nn.Linear(3, 2), decay=0.9)
+    assert on_cpu.follow(torch.nn.Linear(3, 2, device="meta")).weight.device.type == "meta"  # where the model went
+    assert on_cpu.averaged.n_averaged.device.type == "cpu"
 
 
 def test_ema_decay_must_be_between_0_and_1():
