@@ -980,7 +980,7 @@ def write_table(output_dir: Path, table: dict[str, Row], budget: float, configs_
     """Write DIR/table.json and DIR/table.md and return the JSON."""
     from mtbert.bench.machine import machine
 
-    unit = budget_unit(configs_dir, budget)
+    unit = budget_unit(configs_dir, budget, ref)
     rows = [table[name] for name in table]
     done = [r for r in rows if r.done]
     digests = None
@@ -1023,10 +1023,12 @@ def models_used(names: list[str], configs_dir: Path, ref: Reference) -> list[str
     return sorted({load_config(p).model_name_or_path or BUNDLED for p in paths if p.is_file()})
 
 
-def budget_unit(configs_dir: Path, budget: float) -> int | None:
-    """Samples per task per stage of the pcgrad config at this budget (the unit every row shares)."""
-    path = configs_dir / "pcgrad.yaml"
-    if not path.is_file():
+def budget_unit(configs_dir: Path, budget: float, ref: Reference) -> int | None:
+    """Samples per task per stage at this budget, the unit every row shares: that of the folder's `pcgrad.yaml`
+    when it has one, else that of the first trained row's first config."""
+    names = ["pcgrad", *(c for row in ref.names if row not in BUILT_ROWS for c in ref.config_names(row))]
+    path = next((configs_dir / f"{n}.yaml" for n in names if (configs_dir / f"{n}.yaml").is_file()), None)
+    if path is None:
         return None
     return stages(planned_config(path, Path("unused"), budget))[0]["samples_per_task"]
 

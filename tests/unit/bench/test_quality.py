@@ -17,6 +17,20 @@ def test_two_step_variants_are_compared_with_two_step_pcgrad_and_mlm_steps_scale
         "samples_per_task_per_epoch": 4480, "mlm_steps": 1680}
 
 
+def test_the_budget_unit_of_a_table_without_a_pcgrad_config_is_its_first_rows(monkeypatch):
+    """The SNIPS table names no `pcgrad.yaml`: its unit is its first trained row's (10 epochs of 13,084
+    utterances at batch 32: 4,090 steps of 32), not none."""
+    from pathlib import Path
+
+    from mtbert.bench.quality import budget_unit, load_reference
+
+    monkeypatch.setenv("MTBERT_DATA", "unused")
+    configs = Path(__file__).resolve().parents[3] / "configs"
+    assert budget_unit(configs / "bench", 1.0, load_reference(configs / "bench")) == 3584
+    assert budget_unit(configs / "snips", 1.0, load_reference(configs / "snips")) == 4090 * 32
+    assert budget_unit(configs / "snips", 0.5, load_reference(configs / "snips")) == 10 * 204 * 32  # half the batches
+
+
 
 def test_a_sitting_keeps_its_wall_time_in_the_marker_while_it_trains(tmp_path, monkeypatch):
     """A sitting killed mid-run (SIGKILL runs no `finally`) still adds its time: the marker takes it as it goes.
