@@ -1089,9 +1089,10 @@ def markdown(data: dict[str, Any]) -> str:
         "shown, summed over the sittings that trained them",
         "",
         "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
-        f"the row named (the previous row of the table, as `{Path(reference['file']).name}` orders it; "
-        "`two-step-pcgrad` for a variant of it; `pcgrad` for a PCGrad variant; `multitask` for another method) or "
-        "of the frozen-embedding floor, with the paired 95% bootstrap interval of the difference (both rows scored "
+        f"the row named (the previous row of the table, as `{Path(reference['file']).name}` orders it"
+        + ("; `two-step-pcgrad` for a variant of it; `pcgrad` for a PCGrad variant; `multitask` for another method) "
+           "or of the frozen-embedding floor" if any(r["row"] == "floor" for r in data["rows"]) else ")")
+        + ", with the paired 95% bootstrap interval of the difference (both rows scored "
         "on the same resampled dev examples): an interval that excludes 0 is a difference beyond the dev set's "
         f"noise. Reference: {reference['name']}'s numbers ({reference['about']}), unless a row's note names "
         "another source; — where there are none.",
