@@ -19,6 +19,7 @@ import yaml
 from mtbert.data.sampling import SAMPLING_STRATEGIES
 from mtbert.errors import ConfigError
 from mtbert.tasks import TaskSpec, check_input_groups, input_groups, task_from_config, task_streams
+from mtbert.training.weight_average import ema_decay_problem
 
 PAIR_ARCHITECTURES = ("cross", "bi-cosine", "bi-concat")
 POOLINGS = ("cls", "mean")
@@ -570,8 +571,8 @@ def _check_values(cfg: TrainConfig, prefix: str = "") -> None:
         raise bad("gradient_accumulation_steps", f"must be a positive integer, not {cfg.gradient_accumulation_steps}")
     if cfg.early_stopping_patience is not None and cfg.early_stopping_patience <= 0:
         raise bad("early_stopping_patience", f"must be a positive integer or empty, not {cfg.early_stopping_patience}")
-    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-        raise bad("ema_decay", f"must be between 0 and 1 (e.g. 0.999) or empty, not {cfg.ema_decay}")
+    if (problem := ema_decay_problem(cfg.ema_decay)) is not None:
+        raise bad("ema_decay", problem)
     if cfg.fp16 and cfg.bf16 == "true":
         raise bad("fp16", "cannot be combined with bf16: true; choose one")
     check_input_groups(cfg.task_specs())

@@ -1075,6 +1075,7 @@ def markdown(data: dict[str, Any]) -> str:
     paired = data.get("paired_columns") or []
     headers = list(data["columns"].values())
     models = ", ".join(f"`{m}`" for m in data["model_name_or_path"]) or "—"
+    has_floor = any(r["row"] == "floor" for r in data["rows"])  # else no "Δ vs floor" column
     backbone = (f"`{data['backbone']}` (`--backbone`, in place of every row config's model_name_or_path)"
                 if data["backbone_option"] else f"{data['backbone']} (the row configs' model_name_or_path: {models})")
     lines = [
@@ -1088,26 +1089,29 @@ def markdown(data: dict[str, Any]) -> str:
         f"- Wall time: {hms(data['wall_seconds'])} this call; {hms(data['rows_wall_seconds'])} for all rows "
         "shown, summed over the sittings that trained them",
         "",
-        "Dev set numbers. CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
+        "Dev set numbers. Overall: the mean of the tasks' primary metrics (a correlation r counted as (1 + r) / 2). "
+        "CI: the 95% bootstrap interval of overall over dev examples. Δ: overall minus that of "
         f"the row named (the previous row of the table, as `{Path(reference['file']).name}` orders it"
         + ("; `two-step-pcgrad` for a variant of it; `pcgrad` for a PCGrad variant; `multitask` for another method) "
-           "or of the frozen-embedding floor" if any(r["row"] == "floor" for r in data["rows"]) else ")")
+           "or of the frozen-embedding floor" if has_floor else ")")
         + ", with the paired 95% bootstrap interval of the difference (both rows scored "
         "on the same resampled dev examples): an interval that excludes 0 is a difference beyond the dev set's "
         f"noise. Reference: {reference['name']}'s numbers ({reference['about']}), unless a row's note names "
         "another source; — where there are none.",
         "",
-        f"| Row | {' | '.join(headers[:-1])} | Overall | 95% CI | Δ overall (paired 95% CI) | Δ vs floor | "
+        f"| Row | {' | '.join(headers[:-1])} | Overall | 95% CI | Δ overall (paired 95% CI) | "
+        + ("Δ vs floor | " if has_floor else "")
         + "".join(f"Δ {data['columns'][c]} (paired 95% CI) | " for c in paired)
         + f"Train s | Wall s | Reference {' / '.join(headers[:-1])} / overall | Run dir |",
-        "|---|" + "---|" * (len(keys) + 7 + len(paired)),
+        "|---|" + "---|" * (len(keys) + 6 + has_floor + len(paired)),
     ]
     for row in data["rows"]:
         numbers = row["reference"]
         reference_text = " / ".join(fmt(numbers[k]) for k in keys) if numbers else "—"
         name = f"`{row['row']}`"
         if row["status"] != "done":
-            lines.append(f"| {name} | {row['status']} |{' |' * (len(keys) + 4 + len(paired))} {reference_text} | |")
+            lines.append(f"| {name} | {row['status']} |{' |' * (len(keys) + 3 + has_floor + len(paired))} "
+                         f"{reference_text} | |")
             continue
         ci = row["overall_ci95"]
         ci_text = f"{ci[0]:.3f}–{ci[1]:.3f}" if ci else "—"
@@ -1118,7 +1122,8 @@ def markdown(data: dict[str, Any]) -> str:
         task_cells = " | ".join(fmt(row[k]) for k in keys[:-1])
         column_cells = "".join(f"{difference_text((row.get('versus_columns') or {}).get(c))} | " for c in paired)
         lines.append(f"| {name} | {task_cells} | "
-                     f"**{fmt(row[OVERALL])}** | {ci_text} | {versus} | {floor} | {column_cells}{train} | {wall} | "
+                     f"**{fmt(row[OVERALL])}** | {ci_text} | {versus} | {floor + ' | ' if has_floor else ''}"
+                     f"{column_cells}{train} | {wall} | "
                      f"{reference_text} | {run_dir_text(row)} |")
     lines += ["", "Rows:", ""]
     for row in data["rows"]:

@@ -63,7 +63,7 @@ from mtbert.errors import ConfigError, MtbertError
 from mtbert.io import atomic_write_json
 from mtbert.methods.surgery import BUFFER_DTYPES, SCOPES, GradientSurgery
 from mtbert.model import CONFIG_FILE, MultiTaskModel, task_loss
-from mtbert.training.weight_average import WeightAverage
+from mtbert.training.weight_average import WeightAverage, ema_decay_problem
 
 STATE_FILE = "mtbert_trainer_state.json"
 
@@ -106,8 +106,8 @@ class MultiTaskTrainer(Trainer):
                               f"{', '.join(BUFFER_DTYPES)}")
         if samples_per_task_per_epoch is not None and samples_per_task_per_epoch < 1:
             raise ConfigError("samples_per_task_per_epoch: must be >= 1")
-        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
-            raise ConfigError(f"ema_decay: must be between 0 and 1 (e.g. 0.999) or None, not {ema_decay}")
+        if (problem := ema_decay_problem(ema_decay)) is not None:
+            raise ConfigError(f"ema_decay: {problem}")
         self.ratios = _ratios(task_ratio, list(datasets))
         super().__init__(model=model, args=args, train_dataset=dict(datasets),
                          eval_dataset=dict(eval_dataset) if eval_dataset is not None else None, **trainer_kwargs)

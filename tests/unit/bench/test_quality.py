@@ -74,3 +74,21 @@ def test_a_sitting_keeps_its_wall_time_in_the_marker_while_it_trains(tmp_path, m
     assert seen == [100.4]  # written during the sitting, the earlier sitting's 100 s kept
     assert marker["wall_seconds"] == 100.7 and results == {"overall": 0.5}
     assert json.loads(marker_file.read_text())["wall_seconds"] == 100.7
+
+
+def test_the_floor_column_is_there_only_when_the_table_has_a_floor_and_every_row_fills_the_header():
+    """The SNIPS table has no frozen-embedding floor: no empty "Δ vs floor" column. The CS224N table keeps it."""
+    import json
+    from pathlib import Path
+
+    from mtbert.bench.quality import markdown
+
+    benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+    for name, has_floor in (("snips-table.json", False), ("quality-table-equal-compute.json", True)):
+        data = json.loads((benchmarks / name).read_text(encoding="utf-8"))
+        assert any(r["row"] == "floor" for r in data["rows"]) == has_floor
+        table = [line for line in markdown(data).splitlines() if line.startswith("|")]
+        rows = [line for line in table if not line.startswith("| Row | Stage")]
+        rows = rows[: len(data["rows"]) + 2]  # the header, its rule and the rows (not the budget table)
+        assert ("| Δ vs floor |" in rows[0]) == has_floor
+        assert {line.count("|") for line in rows} == {rows[0].count("|")}, name

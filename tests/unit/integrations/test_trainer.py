@@ -359,7 +359,7 @@ def test_a_resumed_run_continues_the_average_exactly(tmp_path):
     with pytest.raises(MtbertError, match="holds no moving average of the weights"):
         toy_trainer(tmp_path / "plain", 0.6, **extra).train(resume_from_checkpoint=str(tmp_path / "plain" /
                                                                                         "checkpoint-2"))
-    with pytest.raises(ConfigError, match=r"ema_decay: must be between 0 and 1 \(e.g. 0.999\) or None, not 1.0"):
+    with pytest.raises(ConfigError, match=r"ema_decay: must be between 0 and 1 \(e.g. 0.999\), not 1.0"):
         toy_trainer(tmp_path, 1.0)
 
 
