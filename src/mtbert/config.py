@@ -19,7 +19,6 @@ import yaml
 from mtbert.data.sampling import SAMPLING_STRATEGIES
 from mtbert.errors import ConfigError
 from mtbert.tasks import TaskSpec, check_input_groups, input_groups, task_from_config, task_streams
-from mtbert.training.weight_average import ema_decay_problem
 
 PAIR_ARCHITECTURES = ("cross", "bi-cosine", "bi-concat")
 POOLINGS = ("cls", "mean")
@@ -510,6 +509,13 @@ def encoder_positions(name_or_path: str, trust_remote_code: bool = False) -> int
         if isinstance(limit, int | float) and 0 < limit < positions:
             positions = int(limit)
     return positions
+
+
+def ema_decay_problem(decay: float | None) -> str | None:
+    """Why `decay` is no `ema_decay` (None: no average, else strictly between 0 and 1), or None when it is one."""
+    if decay is None or 0.0 < decay < 1.0:
+        return None
+    return f"must be between 0 and 1 (e.g. 0.999), not {decay}"
 
 
 def _check_values(cfg: TrainConfig, prefix: str = "") -> None:

@@ -57,13 +57,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from mtbert.config import ema_decay_problem
 from mtbert.data import SAMPLING_STRATEGIES, EncodedSet, MultiTaskSampler, collate, samples_per_step
 from mtbert.distributed import Ranks
 from mtbert.errors import ConfigError, MtbertError
 from mtbert.io import atomic_write_json
 from mtbert.methods.surgery import BUFFER_DTYPES, SCOPES, GradientSurgery
 from mtbert.model import CONFIG_FILE, MultiTaskModel, task_loss
-from mtbert.training.weight_average import WeightAverage, ema_decay_problem
+from mtbert.training.weight_average import WeightAverage
 
 STATE_FILE = "mtbert_trainer_state.json"
 

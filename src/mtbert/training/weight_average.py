@@ -23,13 +23,6 @@ from mtbert.errors import MtbertError
 FILE = "ema.safetensors"  # in a checkpoint folder
 
 
-def ema_decay_problem(decay: float | None) -> str | None:
-    """Why `decay` is no `ema_decay` (None: no average, else strictly between 0 and 1), or None when it is one."""
-    if decay is None or 0.0 < decay < 1.0:
-        return None
-    return f"must be between 0 and 1 (e.g. 0.999), not {decay}"
-
-
 def ema_decay_at(decay: float, updates: int) -> float:
     """The decay of the update after `updates` earlier ones: `decay`, less during the first steps."""
     return min(decay, (1 + updates) / (10 + updates))
