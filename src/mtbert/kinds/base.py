@@ -16,7 +16,8 @@ A new kind implements, besides `name` (the config's `kind:` value) and `aliases`
   (what the kind reads off every split's examples, such as the most choices of an example),
   `label_parser(spec)` (a row's raw label -> (value, None) or (None, reason)), `texts_from_line(spec, line)`
   (the inputs of one line typed on standard input), `texts_from_input(spec, item)` and `input_words(spec)` (one
-  input of `MultiTaskModel.predict`, and what it takes, in words), `encode(tokenizer, spec, examples, max_length,
+  input of `MultiTaskModel.predict`, and what it takes, in words), `plain_texts(spec, texts)` (an example's inputs
+  as the plain texts masked-LM pretraining reads), `encode(tokenizer, spec, examples, max_length,
   architecture)` (token ids per example and encoder input, and any per-example extra such as word ids; by
   default it encodes `text_groups(examples, architecture)`, one group per encoder input),
   `collate(encoded, indices, pad_token_id, packed, row_width)` (a batch, padded or packed into rows) and
@@ -197,6 +198,10 @@ class TaskKind:
         """What `MultiTaskModel.predict` takes for this task, in words ("texts", "pairs of texts")."""
         width = len(spec.text_columns)
         return "texts" if width == 1 else "pairs of texts" if width == 2 else f"tuples of {width} texts"
+
+    def plain_texts(self, spec: TaskSpec, texts: tuple[Any, ...]) -> tuple[str, ...]:
+        """An example's inputs as plain texts (what masked-LM pretraining reads): the texts as they are."""
+        return texts
 
     def prediction_text(self, spec: TaskSpec, texts: tuple[Any, ...], value: Any) -> str | None:
         """The prediction as the text it picks among the example's inputs (a multiple-choice task's chosen

@@ -121,6 +121,10 @@ class TokenClassification(TaskKind):
     def input_words(self, spec: TaskSpec) -> str:
         return "sentences"
 
+    def plain_texts(self, spec: TaskSpec, texts: tuple[Any, ...]) -> tuple[str, ...]:
+        """Each sentence's words joined by spaces."""
+        return tuple(" ".join(words) for words in texts)
+
     def label_parser(self, spec: TaskSpec) -> LabelParser:
         """A list of tags (names, or indices into `label_names`), or a text of tags split on whitespace."""
         names = spec.label_names

@@ -31,7 +31,7 @@ SETTINGS_FILE = "mtbert_mlm.json"  # what the encoder in the folder was pretrain
 
 
 def training_sentences(cfg: TrainConfig) -> list[str]:
-    """Every distinct text of the tasks' training files, in file order."""
+    """Every distinct text of the tasks' training files, in file order (a token task's words joined by spaces)."""
     seen: dict[str, None] = {}
     for spec in cfg.task_specs():
         result = read_split(resolve_labels(spec, cfg.resolved_data_dir()), "train", cfg.resolved_data_dir())
@@ -41,7 +41,7 @@ def training_sentences(cfg: TrainConfig) -> list[str]:
         if cfg.max_train_samples:
             examples = examples[: cfg.max_train_samples]
         for example in examples:
-            seen.update((text, None) for text in example.texts if text.strip())
+            seen.update((text, None) for text in spec.task_kind.plain_texts(spec, example.texts) if text.strip())
     if not seen:
         raise MtbertError("mlm_steps: the tasks' training files hold no sentences to pretrain on")
     return list(seen)

@@ -65,3 +65,18 @@ def test_a_run_with_mlm_steps_fine_tunes_from_the_pretrained_encoder(tiny_config
     stage1 = load_config(out / "stage1" / "config.yaml")
     assert stage1.mlm_steps == 4
 
+
+
+def test_mlm_reads_a_token_tasks_words_as_sentences(tiny_config, tmp_path):
+    """A token task's input is a list of words: masked-LM pretraining reads each as one sentence, spaces between
+    the words (it used to fail on the list). Its input group's intent task reads the same words: one sentence."""
+    rows = [{"tokens": ["play", "nina", "simone"], "intent": "play", "slots": ["O", "B-artist", "I-artist"]},
+            {"tokens": ["book", "paris"], "intent": "book", "slots": ["O", "B-city"]}]
+    (tmp_path / "joint-train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "joint-dev.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    common = {"train_file": "joint-train.jsonl", "dev_file": "joint-dev.jsonl", "text_columns": ["tokens"],
+              "input_group": "joint"}
+    cfg = build_config({**tiny_config, "data_dir": str(tmp_path), "mlm_steps": 2, "tasks": [
+        {"name": "intent", "kind": "single", "label_column": "intent", **common},
+        {"name": "slots", "kind": "token-classification", "label_column": "slots", **common}]})
+    assert training_sentences(cfg) == ["play nina simone", "book paris"]
