@@ -66,7 +66,6 @@ def test_a_run_with_mlm_steps_fine_tunes_from_the_pretrained_encoder(tiny_config
     assert stage1.mlm_steps == 4
 
 
-
 def test_mlm_reads_a_token_tasks_words_as_sentences(tiny_config, tmp_path):
     """A token task's input is a list of words: masked-LM pretraining reads each as one sentence, spaces between
     the words (it used to fail on the list). Its input group's intent task reads the same words: one sentence."""
